@@ -1,0 +1,144 @@
+//! Store micro-benchmarks on 1M keys (8-byte keys, 256-byte values), one core:
+//! point get, put (puts/s before the checkpoint's fsync: write txns + prepare_commit), the
+//! checkpoint's I/O (write + 2 fdatasync), and range scans.
+//!
+//! cargo bench --bench mvcc   (in the mvcc lane: cd /work/lanes/mvcc && cargo bench)
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringd::mvcc::{RangeOptions, Store, StoreOptions};
+
+const KEY_COUNT: u64 = 1_000_000;
+const VALUE_SIZE_BYTES: usize = 256;
+const LOAD_BATCH: u64 = 20_000;
+const PUT_BATCH: u64 = 1_000;
+
+/// Keys are spread over the u64 space so that random new keys land between existing ones.
+fn key(index: u64) -> [u8; 8] {
+    index.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
+}
+
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn load(directory: &std::path::Path) -> Store {
+    let started = Instant::now();
+    let mut store = Store::open(&directory.join("db"), StoreOptions::default()).expect("open");
+    let value = vec![0x5Au8; VALUE_SIZE_BYTES];
+    for batch in 0..KEY_COUNT / LOAD_BATCH {
+        for index in batch * LOAD_BATCH..(batch + 1) * LOAD_BATCH {
+            let mut txn = store.write();
+            txn.put(&key(index), &value, 0);
+        }
+        store.commit().expect("commit");
+    }
+    eprintln!(
+        "loaded {KEY_COUNT} keys in {:.1?}: file {} MiB",
+        started.elapsed(),
+        store.size_bytes() >> 20
+    );
+    store
+}
+
+fn benchmarks(criterion: &mut Criterion) {
+    let directory = tempfile::tempdir_in(std::env::var("MVCC_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let mut store = load(directory.path());
+    let reader = store.reader();
+    let mut random = Random(0x1234_5678);
+
+    let mut group = criterion.benchmark_group("mvcc_1m");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+
+    group.throughput(Throughput::Elements(1));
+    let snapshot = reader.snapshot();
+    group.bench_function("point_get", |bench| {
+        bench.iter(|| {
+            let result = snapshot.range(&key(random.next() % KEY_COUNT), &[], &RangeOptions::default()).unwrap();
+            black_box(result.kvs.len())
+        })
+    });
+    group.bench_function("point_get_with_new_snapshot", |bench| {
+        bench.iter(|| {
+            let snapshot = reader.snapshot();
+            black_box(snapshot.range(&key(random.next() % KEY_COUNT), &[], &RangeOptions::default()).unwrap().count)
+        })
+    });
+    drop(snapshot);
+
+    // One etcd Put = one write txn (one revision); PUT_BATCH of them per checkpoint, timed up
+    // to and including prepare_commit (the spill); the job's I/O runs outside the timing.
+    group.throughput(Throughput::Elements(PUT_BATCH));
+    let value = vec![0xA5u8; VALUE_SIZE_BYTES];
+    group.bench_function("put_before_fsync", |bench| {
+        bench.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                for _ in 0..PUT_BATCH {
+                    let mut txn = store.write();
+                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                }
+                let job = store.prepare_commit().unwrap();
+                elapsed += started.elapsed();
+                let done = job.run();
+                store.finish_commit(done).unwrap();
+            }
+            elapsed
+        })
+    });
+    group.sample_size(10);
+    group.bench_function("checkpoint_io_after_put_batch", |bench| {
+        bench.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iterations {
+                for _ in 0..PUT_BATCH {
+                    let mut txn = store.write();
+                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                }
+                let job = store.prepare_commit().unwrap();
+                let started = Instant::now();
+                let done = job.run();
+                elapsed += started.elapsed();
+                store.finish_commit(done).unwrap();
+            }
+            elapsed
+        })
+    });
+    eprintln!("after the put benchmarks: file {} MiB, in use {} MiB", store.size_bytes() >> 20, store.size_in_use_bytes() >> 20);
+    let reader = store.reader();
+    group.sample_size(20);
+
+    group.throughput(Throughput::Elements(1000));
+    // [start, start + span) holds about 1000 of the 1M keys (they are spread evenly).
+    let span = (u64::MAX / KEY_COUNT) * 1000;
+    group.bench_function("range_1000_keys", |bench| {
+        bench.iter(|| {
+            let start = random.next() % (u64::MAX - span);
+            let (from, to) = (start.to_be_bytes(), (start + span).to_be_bytes());
+            black_box(reader.snapshot().range(&from, &to, &RangeOptions::default()).unwrap().kvs.len())
+        })
+    });
+    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(KEY_COUNT));
+    group.bench_function("range_all_1m_keys", |bench| {
+        bench.iter(|| black_box(reader.snapshot().range(&[0], &[0], &RangeOptions::default()).unwrap().kvs.len()))
+    });
+    group.bench_function("count_all_1m_keys", |bench| {
+        let options = RangeOptions { count_only: true, ..RangeOptions::default() };
+        bench.iter(|| black_box(reader.snapshot().range(&[0], &[0], &options).unwrap().count))
+    });
+    group.finish();
+}
+
+criterion_group!(mvcc, benchmarks);
+criterion_main!(mvcc);

@@ -1,0 +1,194 @@
+//! gRPC over HTTP/2 on a glommio connection, with h2 and no tokio runtime.
+//!
+//! One task per connection polls `accept` (which also drives frame I/O and PING ACKs, so it
+//! must never wait on a handler); each stream runs in its own task. A gRPC message is a
+//! 5-byte prefix (compressed flag, big-endian length) and the protobuf bytes. Replies are
+//! HEADERS, DATA, then trailers with `grpc-status`; errors use the trailers-only form.
+
+use std::rc::Rc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, HeaderValue, Response};
+
+use crate::api::errors::{self, Status};
+use crate::api::service::{self, Codec};
+use crate::server::Core;
+
+/// Bytes grpc-go lets a message exceed --max-request-bytes by before it refuses it at the
+/// transport (etcd's `grpcOverheadBytes`); between the two, etcd's own check answers.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+const PREFIX_BYTES: usize = 5;
+
+/// Protobuf encoding of messages, as gRPC carries them.
+pub struct ProtobufCodec;
+
+impl Codec for ProtobufCodec {
+    fn decode<M>(&self, body: &Bytes) -> Result<M, Status>
+    where
+        M: prost::Message + Default + serde::de::DeserializeOwned,
+    {
+        M::decode(body.clone()).map_err(|error| Status::malformed(&error))
+    }
+
+    fn encode<M>(&self, message: &M) -> Bytes
+    where
+        M: prost::Message + serde::Serialize,
+    {
+        let length = message.encoded_len();
+        let mut buffer = BytesMut::with_capacity(PREFIX_BYTES + length);
+        buffer.put_u8(0);
+        buffer.put_u32(length as u32);
+        message.encode(&mut buffer).expect("a BytesMut with room for the message");
+        debug_assert_eq!(buffer.len(), PREFIX_BYTES + length);
+        buffer.freeze()
+    }
+}
+
+/// Serves one HTTP/2 connection until the client closes it.
+pub async fn serve<T>(io: T, core: Rc<Core>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_concurrent_streams(u32::MAX)
+        .max_send_buffer_size(1 << 20)
+        .handshake::<T, Bytes>(io)
+        .await;
+    let mut connection = match handshake {
+        Ok(connection) => connection,
+        Err(_) => return,
+    };
+    while let Some(accepted) = connection.accept().await {
+        let Ok((request, respond)) = accepted else { return };
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let path = request.uri().path().to_owned();
+            serve_stream(&core, &path, request.into_body(), respond).await;
+        })
+        .detach();
+    }
+}
+
+async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
+    let method = match service::route_grpc(path) {
+        Ok(method) => method,
+        Err(status) => return send_status(&mut respond, &status),
+    };
+    let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let message = match read_unary(body, limit_bytes).await {
+        Ok(message) => message,
+        Err(status) => return send_status(&mut respond, &status),
+    };
+    if message.len() > core.max_request_bytes() {
+        return send_status(&mut respond, &errors::REQUEST_TOO_LARGE);
+    }
+    match service::call(core, method, &message, &ProtobufCodec).await {
+        Ok(reply) => send_reply(&mut respond, reply),
+        Err(status) => send_status(&mut respond, &status),
+    }
+}
+
+/// Reads one length-prefixed message from a unary request body, refusing one whose declared
+/// length exceeds `limit_bytes` as soon as its prefix arrives.
+async fn read_unary(mut body: RecvStream, limit_bytes: usize) -> Result<Bytes, Status> {
+    let mut buffer = BytesMut::new();
+    let mut expected_bytes: Option<usize> = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buffer.extend_from_slice(&chunk);
+        if expected_bytes.is_none() && buffer.len() >= PREFIX_BYTES {
+            if buffer[0] != 0 {
+                return Err(Status::new(
+                    errors::Code::Unimplemented,
+                    "grpc: Decompressor is not installed for grpc-encoding",
+                ));
+            }
+            let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+            if length > limit_bytes {
+                return Err(Status::message_too_large(length, limit_bytes));
+            }
+            expected_bytes = Some(length);
+        }
+        if let Some(length) = expected_bytes {
+            if buffer.len() >= PREFIX_BYTES + length {
+                break;
+            }
+        }
+    }
+    let Some(length) = expected_bytes else {
+        return Err(Status::new(errors::Code::Internal, "grpc: request ended before a message arrived"));
+    };
+    if buffer.len() < PREFIX_BYTES + length {
+        return Err(Status::new(errors::Code::Internal, "grpc: request ended inside a message"));
+    }
+    let mut message = buffer.freeze();
+    Ok(message.split_off(PREFIX_BYTES).split_to(length))
+}
+
+fn response_headers() -> Response<()> {
+    let mut response = Response::new(());
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+fn send_reply(respond: &mut SendResponse<Bytes>, reply: Bytes) {
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    if stream.send_data(reply, false).is_err() {
+        return;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
+}
+
+/// The trailers-only form: one HEADERS frame with END_STREAM carrying the status.
+pub fn send_status(respond: &mut SendResponse<Bytes>, status: &Status) {
+    let mut response = response_headers();
+    let headers = response.headers_mut();
+    headers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
+        headers.insert("grpc-message", message);
+    }
+    let _ = respond.send_response(response, true);
+}
+
+/// grpc-message is percent-encoded: bytes outside printable ASCII, and '%' itself.
+fn percent_encode(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("etcdserver: key is not provided"), "etcdserver: key is not provided");
+        assert_eq!(percent_encode("100%\n"), "100%25%0A");
+    }
+
+    #[test]
+    fn protobuf_codec_prefixes_length() {
+        let request = crate::api::pb::etcdserverpb::RangeRequest { key: b"foo".to_vec(), ..Default::default() };
+        let bytes = ProtobufCodec.encode(&request);
+        assert_eq!(bytes[0], 0);
+        assert_eq!(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize, bytes.len() - 5);
+        let decoded: crate::api::pb::etcdserverpb::RangeRequest = ProtobufCodec.decode(&bytes.slice(5..)).unwrap();
+        assert_eq!(decoded, request);
+    }
+}

@@ -1,0 +1,96 @@
+//! The client port: every core binds it (glommio sets SO_REUSEPORT, so the kernel spreads
+//! connections over the cores) and sniffs each connection's first bytes: the HTTP/2
+//! preface means gRPC, anything else is HTTP/1.1 for the JSON gateway.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::server::Core;
+
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Binds `address` on this core. Called on every core; fails if the port is taken by
+/// another process.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(address).map_err(|error| io::Error::other(error.to_string()))
+}
+
+/// Accepts connections forever, one task per connection.
+pub async fn accept_loop(listener: TcpListener, core: Rc<Core>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(_) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let core = core.clone();
+        glommio::spawn_local(async move { serve_connection(stream, core).await }).detach();
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, core: Rc<Core>) {
+    let _ = stream.set_nodelay(true);
+    let mut buffer = vec![0u8; 4096];
+    let mut filled = 0usize;
+    // Read until the bytes either are or cannot be the HTTP/2 preface.
+    while filled < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(&buffer[..filled]) {
+        match stream.read(&mut buffer[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => filled += read,
+        }
+    }
+    buffer.truncate(filled);
+    if buffer.starts_with(HTTP2_PREFACE) {
+        let replay = Replay { prefix: buffer, position: 0, inner: stream };
+        crate::api::grpc::serve(replay.compat(), core).await;
+    } else {
+        crate::api::gateway::serve(stream, buffer, core).await;
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Replay {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.position < self.prefix.len() {
+            let available = &self.prefix[self.position..];
+            let count = available.len().min(out.len());
+            out[..count].copy_from_slice(&available[..count]);
+            self.position += count;
+            if self.position == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.position = 0;
+            }
+            return Poll::Ready(Ok(count));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}

@@ -1,0 +1,141 @@
+//! The one table of etcd's API methods: each method's gRPC path, its JSON gateway path, and
+//! the call into the server. gRPC (protobuf) and the gateway (JSON) share `call`; only the
+//! codec differs, so a method behaves the same on both.
+
+use bytes::Bytes;
+
+use crate::api::errors::Status;
+use crate::api::pb::etcdserverpb as pb;
+use crate::server::Core;
+
+/// How a request body becomes a message and a response message becomes bytes.
+pub trait Codec {
+    fn decode<M>(&self, body: &Bytes) -> Result<M, Status>
+    where
+        M: prost::Message + Default + serde::de::DeserializeOwned;
+    fn encode<M>(&self, message: &M) -> Bytes
+    where
+        M: prost::Message + serde::Serialize;
+}
+
+/// The unary methods ringd routes; streaming methods are handled by the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+    Status,
+    MemberList,
+    Hash,
+    HashKv,
+    Defragment,
+    Alarm,
+}
+
+/// (gRPC path, gateway path, method). Gateway paths are etcd's (`google.api.http` bindings).
+const ROUTES: &[(&str, &str, Method)] = &[
+    ("/etcdserverpb.KV/Range", "/v3/kv/range", Method::Range),
+    ("/etcdserverpb.KV/Put", "/v3/kv/put", Method::Put),
+    ("/etcdserverpb.KV/DeleteRange", "/v3/kv/deleterange", Method::DeleteRange),
+    ("/etcdserverpb.KV/Txn", "/v3/kv/txn", Method::Txn),
+    ("/etcdserverpb.KV/Compact", "/v3/kv/compaction", Method::Compact),
+    ("/etcdserverpb.Maintenance/Status", "/v3/maintenance/status", Method::Status),
+    ("/etcdserverpb.Cluster/MemberList", "/v3/cluster/member/list", Method::MemberList),
+    ("/etcdserverpb.Maintenance/Hash", "/v3/maintenance/hash", Method::Hash),
+    ("/etcdserverpb.Maintenance/HashKV", "/v3/maintenance/hashkv", Method::HashKv),
+    ("/etcdserverpb.Maintenance/Defragment", "/v3/maintenance/defragment", Method::Defragment),
+    ("/etcdserverpb.Maintenance/Alarm", "/v3/maintenance/alarm", Method::Alarm),
+];
+
+/// Every method of etcd's API (services and the methods of each) that clients may call.
+/// A path in here that `ROUTES` lacks is answered "not implemented"; any other path is
+/// "unknown service" / "unknown method", as grpc-go answers.
+const SERVICES: &[(&str, &[&str])] = &[
+    ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable", "AuthDisable", "AuthStatus", "Authenticate", "UserAdd", "UserGet",
+            "UserList", "UserDelete", "UserChangePassword", "UserGrantRole", "UserRevokeRole",
+            "RoleAdd", "RoleGet", "RoleList", "RoleDelete", "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
+];
+
+/// The method a gRPC path names, or the status grpc-go would answer for it.
+pub fn route_grpc(path: &str) -> Result<Method, Status> {
+    if let Some(&(_, _, method)) = ROUTES.iter().find(|(grpc, _, _)| *grpc == path) {
+        return Ok(method);
+    }
+    let trimmed = path.trim_start_matches('/');
+    let (service, method) = trimmed.rsplit_once('/').unwrap_or((trimmed, ""));
+    match SERVICES.iter().find(|(name, _)| *name == service) {
+        Some((_, methods)) if methods.contains(&method) => Err(Status::not_implemented(method)),
+        Some(_) => Err(Status::unknown_path(path, true)),
+        None => Err(Status::unknown_path(path, false)),
+    }
+}
+
+/// The method a gateway path names, if ringd serves it.
+pub fn route_gateway(path: &str) -> Option<Method> {
+    ROUTES.iter().find(|(_, gateway, _)| *gateway == path).map(|&(_, _, method)| method)
+}
+
+/// Whether a gateway path is one of etcd's (served by ringd or not yet).
+pub fn is_known_gateway_path(path: &str) -> bool {
+    const LATER: &[&str] = &[
+        "/v3/watch", "/v3/lease/grant", "/v3/lease/revoke", "/v3/kv/lease/revoke",
+        "/v3/lease/keepalive", "/v3/lease/timetolive", "/v3/kv/lease/timetolive",
+        "/v3/lease/leases", "/v3/kv/lease/leases", "/v3/cluster/member/add",
+        "/v3/cluster/member/remove", "/v3/cluster/member/update", "/v3/cluster/member/promote",
+        "/v3/maintenance/snapshot", "/v3/maintenance/transfer-leadership",
+        "/v3/maintenance/downgrade", "/v3/lock/lock", "/v3/lock/unlock",
+        "/v3/election/campaign", "/v3/election/proclaim", "/v3/election/leader",
+        "/v3/election/observe", "/v3/election/resign",
+    ];
+    path.starts_with("/v3/auth/") || LATER.contains(&path)
+}
+
+/// Decodes the request, calls the server, encodes the response.
+pub async fn call<C: Codec>(core: &Core, method: Method, body: &Bytes, codec: &C) -> Result<Bytes, Status> {
+    macro_rules! unary {
+        ($request:ty, |$req:ident| $call:expr) => {{
+            let $req: $request = codec.decode(body)?;
+            let response = $call?;
+            Ok(codec.encode(&response))
+        }};
+    }
+    match method {
+        Method::Range => unary!(pb::RangeRequest, |req| core.range(req)),
+        Method::Put => unary!(pb::PutRequest, |req| core.put(req).await),
+        Method::DeleteRange => unary!(pb::DeleteRangeRequest, |req| core.delete_range(req).await),
+        Method::Txn => unary!(pb::TxnRequest, |req| core.txn(req).await),
+        Method::Compact => unary!(pb::CompactionRequest, |req| core.compact(req).await),
+        Method::Status => unary!(pb::StatusRequest, |_req| core.status()),
+        Method::MemberList => unary!(pb::MemberListRequest, |_req| core.member_list()),
+        Method::Hash => unary!(pb::HashRequest, |_req| core.hash().await),
+        Method::HashKv => unary!(pb::HashKvRequest, |req| core.hash_kv(req).await),
+        Method::Defragment => unary!(pb::DefragmentRequest, |_req| core.defragment().await),
+        Method::Alarm => unary!(pb::AlarmRequest, |req| core.alarm(req).await),
+    }
+}

@@ -1,0 +1,1007 @@
+//! The writer (`Store`, `WriteTxn`), the read side (`Reader`, `Snapshot`) and open/create.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::file::{MmapFile, StoreFile};
+use super::keys::*;
+use super::page::*;
+use super::read;
+use super::tree::{self, Child, Cursor, EditContext, NodeRef, Pages, Value, ValueRef};
+use super::{CheckError, KeyValue, MvccError, OpenError, RangeOptions, RangeResult, Revision, StoreError};
+
+/// Nodes one defragmentation step copies (bounds the memory of a step: 4 MiB of pages).
+const DEFRAG_PAGES_PER_STEP: usize = 1024;
+
+/// Distinct user keys compacted per step (bounds the memory of one step).
+const COMPACTION_KEYS_PER_STEP: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Virtual size of the read mapping, reserved once; the file can grow up to it.
+    pub map_size_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions { map_size_bytes: 64 << 30 }
+    }
+}
+
+/// What the writer and the readers share: the file, its mapping, the published checkpoint and
+/// the reader registry (the txn each live snapshot pins).
+pub(crate) struct Shared {
+    file: Arc<dyn StoreFile>,
+    base: *const u8,
+    published: Mutex<Published>,
+}
+
+struct Published {
+    meta: Meta,
+    readers: BTreeMap<TxnId, usize>,
+}
+
+// SAFETY: `base` points into the mapping owned by `file`, which lives as long as `Shared`; the
+// mapping is only read through it, at pages committed before the reader's snapshot.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    pub(crate) fn pages(&self, page_count: u64) -> Pages<'_> {
+        assert!(page_count * PAGE_SIZE as u64 <= self.file.map_len_bytes());
+        // SAFETY: pages below a published page_count are written and never modified while a
+        // snapshot or the writer can reach them.
+        unsafe { Pages::new(self.base, page_count) }
+    }
+
+    fn oldest_reader(&self) -> TxnId {
+        let published = self.published.lock().unwrap();
+        published.readers.keys().next().copied().unwrap_or(TxnId::MAX)
+    }
+}
+
+/// The read side: Clone + Send + Sync; every core holds one.
+#[derive(Clone)]
+pub struct Reader {
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    /// A consistent view of the last committed checkpoint. Pages it can reach are not reused
+    /// while it lives.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut published = self.shared.published.lock().unwrap();
+        let meta = published.meta;
+        *published.readers.entry(meta.txn_id).or_insert(0) += 1;
+        drop(published);
+        Snapshot { shared: Arc::clone(&self.shared), meta }
+    }
+}
+
+pub struct Snapshot {
+    shared: Arc<Shared>,
+    meta: Meta,
+}
+
+impl Snapshot {
+    pub fn revision(&self) -> Revision {
+        self.meta.current_revision
+    }
+
+    pub fn compact_revision(&self) -> Revision {
+        self.meta.compact_revision
+    }
+
+    pub fn consistent_index(&self) -> u64 {
+        self.meta.consistent_index
+    }
+
+    pub fn range(&self, key: &[u8], range_end: &[u8], options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let pages = self.shared.pages(self.meta.page_count);
+        let root = NodeRef::root(self.meta.kv_root, pages);
+        read::range(pages, root, key, range_end, options, self.meta.current_revision, self.meta.compact_revision)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut published = self.shared.published.lock().unwrap();
+        let count = published.readers.get_mut(&self.meta.txn_id).expect("a live snapshot is registered");
+        *count -= 1;
+        if *count == 0 {
+            published.readers.remove(&self.meta.txn_id);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TreeKind {
+    Kv,
+    Rev,
+}
+
+/// The writer: one owner (the raft core).
+pub struct Store {
+    shared: Arc<Shared>,
+    /// The last durable, published checkpoint.
+    committed: Meta,
+    kv: Child,
+    rev: Child,
+    current_revision: Revision,
+    compact_revision: Revision,
+    /// (main, sub) where the physical compaction resumes; main 0 = none pending.
+    compact_scan: (Revision, i64),
+    consistent_index: u64,
+    kv_entry_count: u64,
+    /// Committed pages this (uncommitted) txn no longer uses.
+    freed: Vec<PageId>,
+    /// Free pages some durable meta or live snapshot may still reach: (page, freed-at txn).
+    free_pending: Vec<(PageId, TxnId)>,
+    /// Free pages nothing can reach, sorted descending so `pop` takes the lowest.
+    free_ready: Vec<PageId>,
+    /// Pages holding the committed free list.
+    freelist_pages: Vec<PageId>,
+    changed: bool,
+    in_flight: Option<Meta>,
+    sticky: Option<StoreError>,
+    /// The page buffer of the last checkpoint, reused by the next one.
+    spare_buffer: Vec<u8>,
+}
+
+/// The blocking part of a checkpoint: Send + 'static, runs anywhere.
+pub struct CommitJob {
+    txn_id: TxnId,
+    work: Option<CommitWork>,
+}
+
+impl std::fmt::Debug for CommitJob {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pages = self.work.as_ref().map_or(0, |work| work.page_ids.len());
+        write!(formatter, "CommitJob {{ txn_id: {}, pages: {pages} }}", self.txn_id)
+    }
+}
+
+struct CommitWork {
+    file: Arc<dyn StoreFile>,
+    page_ids: Vec<PageId>,
+    buffer: Vec<u8>,
+    meta_page: Vec<u8>,
+    meta_offset: u64,
+    /// The file length the new meta allows, if shorter than the file.
+    truncate_to_bytes: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct CommitDone {
+    txn_id: TxnId,
+    /// The job's page buffer, handed back for the next checkpoint (no re-allocation).
+    buffer: Vec<u8>,
+}
+
+impl CommitJob {
+    /// pwrite of the dirty pages, fdatasync, write of the alternate meta page, fdatasync.
+    pub fn run(self) -> Result<CommitDone, StoreError> {
+        let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id, buffer: Vec::new() }) };
+        let path = work.file.path().to_path_buf();
+        let fail = |operation, error| StoreError::io(&path, operation, error);
+        let mut start = 0;
+        while start < work.page_ids.len() {
+            let mut end = start + 1;
+            while end < work.page_ids.len() && work.page_ids[end] == work.page_ids[end - 1] + 1 {
+                end += 1;
+            }
+            let bytes = &work.buffer[start * PAGE_SIZE..end * PAGE_SIZE];
+            work.file.write_at(work.page_ids[start] * PAGE_SIZE as u64, bytes).map_err(|e| fail("write", e))?;
+            start = end;
+        }
+        work.file.sync_data().map_err(|e| fail("fdatasync", e))?;
+        work.file.write_at(work.meta_offset, &work.meta_page).map_err(|e| fail("write of the meta page", e))?;
+        work.file.sync_data().map_err(|e| fail("fdatasync of the meta page", e))?;
+        if let Some(len_bytes) = work.truncate_to_bytes {
+            // Only after the meta is durable: a crash before leaves a longer file (harmless).
+            work.file.set_len(len_bytes).map_err(|e| fail("truncate", e))?;
+        }
+        Ok(CommitDone { txn_id: self.txn_id, buffer: work.buffer })
+    }
+}
+
+/// Drops free pages nothing can reach (`ready`) from the end of the file: the job truncates
+/// the file once the meta with the smaller page count is durable.
+fn trim_tail(sink: &mut Sink) {
+    let trailing = sink.ready.iter().enumerate().take_while(|&(index, &id)| id + 1 + index as u64 == sink.page_count).count();
+    if trailing > 0 {
+        sink.ready.drain(..trailing);
+        sink.page_count -= trailing as u64;
+        assert!(sink.page_ids.iter().all(|&id| id < sink.page_count), "trimmed pages were free");
+    }
+}
+
+/// Pages allocated by a checkpoint and the bytes to write to them.
+struct Sink {
+    txn_id: TxnId,
+    ready: Vec<PageId>,
+    page_count: u64,
+    page_ids: Vec<PageId>,
+    buffer: Vec<u8>,
+}
+
+impl tree::PageSink for Sink {
+    fn allocate(&mut self) -> PageId {
+        match self.ready.pop() {
+            Some(id) => id,
+            None => {
+                self.page_count += 1;
+                self.page_count - 1
+            }
+        }
+    }
+
+    fn txn_id(&self) -> TxnId {
+        self.txn_id
+    }
+
+    fn buffer(&mut self, id: PageId) -> &mut [u8] {
+        assert!(id >= META_PAGES && id < self.page_count);
+        self.page_ids.push(id);
+        let start = (self.page_ids.len() - 1) * PAGE_SIZE;
+        if self.buffer.len() < start + PAGE_SIZE {
+            self.buffer.resize(start + PAGE_SIZE, 0);
+        }
+        // Not zeroed: every writer of a page buffer fills all of it.
+        &mut self.buffer[start..start + PAGE_SIZE]
+    }
+}
+
+fn empty_meta(txn_id: TxnId) -> Meta {
+    Meta {
+        magic: MAGIC,
+        format_version: FORMAT_VERSION,
+        page_size: PAGE_SIZE as u32,
+        txn_id,
+        page_count: META_PAGES,
+        // A new etcd store is at revision 1; its first write is revision 2.
+        current_revision: 1,
+        ..Meta::default()
+    }
+    .sealed()
+}
+
+/// How one meta page reads.
+enum MetaState {
+    Foreign,
+    UnknownVersion(u32),
+    Damaged,
+    Valid(Meta),
+}
+
+fn classify_meta(page: &[u8], slot: u64) -> MetaState {
+    let meta = Meta::decode(page);
+    if meta.magic != MAGIC {
+        return MetaState::Foreign;
+    }
+    if meta.format_version != FORMAT_VERSION {
+        return MetaState::UnknownVersion(meta.format_version);
+    }
+    let sane = meta.checksum == meta.compute_checksum()
+        && meta.page_size as usize == PAGE_SIZE
+        && meta.txn_id % 2 == slot;
+    if sane {
+        MetaState::Valid(meta)
+    } else {
+        MetaState::Damaged
+    }
+}
+
+/// The decision table for the two meta pages: a newer format anywhere refuses; otherwise the
+/// valid meta with the highest txn wins; no valid meta is foreign (no magic at all) or corrupt.
+fn choose_meta(path: &Path, states: [MetaState; 2]) -> Result<Meta, OpenError> {
+    let path = path.to_path_buf();
+    match states {
+        [MetaState::UnknownVersion(version), _] | [_, MetaState::UnknownVersion(version)] => {
+            Err(OpenError::UnknownVersion { path, version })
+        }
+        [MetaState::Valid(a), MetaState::Valid(b)] => Ok(if a.txn_id > b.txn_id { a } else { b }),
+        [MetaState::Valid(meta), _] | [_, MetaState::Valid(meta)] => Ok(meta),
+        [MetaState::Foreign, MetaState::Foreign] => Err(OpenError::Foreign { path }),
+        _ => Err(OpenError::Corrupt { path, reason: "both meta pages fail their checksum".into() }),
+    }
+}
+
+fn corrupt(path: &Path, reason: String) -> OpenError {
+    OpenError::Corrupt { path: path.to_path_buf(), reason }
+}
+
+/// Checks what a meta page points at (bounds, root pages) and loads the free list.
+/// The free list read at open: its entries (page, freed-at txn) and the pages holding it.
+type LoadedFreeList = (Vec<(PageId, TxnId)>, Vec<PageId>);
+
+fn load_free_list(path: &Path, meta: &Meta, pages: Pages) -> Result<LoadedFreeList, OpenError> {
+    let in_file = |id: PageId| id == 0 || (META_PAGES..meta.page_count).contains(&id);
+    if !in_file(meta.kv_root) || !in_file(meta.rev_root) || !in_file(meta.freelist_head) {
+        return Err(corrupt(path, format!("meta txn {} points outside its {} pages", meta.txn_id, meta.page_count)));
+    }
+    let scan_sane = meta.compact_scan_main >= 0 && meta.compact_scan_main <= meta.current_revision && meta.compact_scan_sub >= 0;
+    if meta.compact_revision > meta.current_revision || meta.current_revision < 0 || !scan_sane {
+        return Err(corrupt(path, format!("meta txn {} has compact revision > current revision", meta.txn_id)));
+    }
+    for (name, root) in [("kv", meta.kv_root), ("rev", meta.rev_root)] {
+        if root == 0 {
+            continue;
+        }
+        let page = pages.page(root);
+        let kind = header(page).kind;
+        if !page_is_intact(page) || (kind != KIND_BRANCH && kind != KIND_LEAF) {
+            return Err(corrupt(path, format!("root page {root} of the {name} tree fails its checksum")));
+        }
+    }
+    let (mut entries, mut chain) = (Vec::new(), Vec::new());
+    let mut next = meta.freelist_head;
+    while next != 0 {
+        if !in_file(next) || chain.len() as u64 >= meta.page_count {
+            return Err(corrupt(path, format!("the free list leaves the file at page {next}")));
+        }
+        let page = pages.page(next);
+        let head = header(page);
+        if !page_is_intact(page) || head.kind != KIND_FREELIST || head.count as usize > FREELIST_ENTRIES_MAX {
+            return Err(corrupt(path, format!("free list page {next} fails its checksum")));
+        }
+        for index in 0..head.count as usize {
+            let at = HEADER_SIZE + index * FREELIST_ENTRY_SIZE;
+            let (id, txn) = (read_u64(page, at), read_u64(page, at + 8));
+            if !in_file(id) || id == 0 {
+                return Err(corrupt(path, format!("free list page {next} lists page {id} outside the file")));
+            }
+            entries.push((id, txn));
+        }
+        chain.push(next);
+        next = head.next;
+    }
+    if entries.len() as u64 != meta.free_page_count {
+        return Err(corrupt(path, format!("the free list holds {} pages, the meta says {}", entries.len(), meta.free_page_count)));
+    }
+    Ok((entries, chain))
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if it does not exist (or is empty). A foreign
+    /// file, an unknown format version or a corrupt file is refused without modifying it.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let io = |operation, source| OpenError::Io { path: path.to_path_buf(), operation, source };
+        let existed = path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| io("open", e))?;
+        let mapped = MmapFile::new(file, path, options.map_size_bytes).map_err(|e| io("map", e))?;
+        if let Err(error) = mapped.lock_exclusive() {
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(OpenError::Locked { path: path.to_path_buf() });
+            }
+            return Err(io("lock", error));
+        }
+        let store = Store::open_file(Arc::new(mapped), options)?;
+        if !existed {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let directory = std::fs::File::open(parent).map_err(|e| io("open the directory of", e))?;
+            directory.sync_all().map_err(|e| io("fsync the directory of", e))?;
+        }
+        Ok(store)
+    }
+
+    /// Opens a store on any `StoreFile` (tests use `SimFile`). An empty file is initialized.
+    pub fn open_file(file: Arc<dyn StoreFile>, _options: StoreOptions) -> Result<Store, OpenError> {
+        let path = file.path().to_path_buf();
+        let io = |operation, source| OpenError::Io { path: path.clone(), operation, source };
+        let mut file_size_bytes = file.len_bytes().map_err(|e| io("stat", e))?;
+        if file_size_bytes > file.map_len_bytes() {
+            return Err(OpenError::MapTooSmall { path, file_size_bytes, map_size_bytes: file.map_len_bytes() });
+        }
+        if file_size_bytes == 0 {
+            let mut image = empty_meta(0).encode_page();
+            image.extend_from_slice(&empty_meta(1).encode_page());
+            file.write_at(0, &image).map_err(|e| io("initialize", e))?;
+            file.sync_data().map_err(|e| io("fdatasync", e))?;
+            file_size_bytes = image.len() as u64;
+        }
+        // SAFETY: the first min(file size, 2 pages) bytes are in the file and the mapping.
+        let head = unsafe { core::slice::from_raw_parts(file.map_base(), (file_size_bytes as usize).min(2 * PAGE_SIZE)) };
+        if head.len() < 2 * PAGE_SIZE {
+            if head.len() >= MAGIC.len() && head[..MAGIC.len()] == MAGIC {
+                return Err(corrupt(&path, format!("truncated to {file_size_bytes} bytes")));
+            }
+            return Err(OpenError::Foreign { path });
+        }
+        let states = [classify_meta(&head[..PAGE_SIZE], 0), classify_meta(&head[PAGE_SIZE..], 1)];
+        let meta = choose_meta(&path, states)?;
+        if meta.page_count < META_PAGES || meta.page_count * PAGE_SIZE as u64 > file_size_bytes {
+            let reason = format!("meta txn {} needs {} pages, the file holds {file_size_bytes} bytes", meta.txn_id, meta.page_count);
+            return Err(corrupt(&path, reason));
+        }
+        let shared = Arc::new(Shared {
+            base: file.map_base(),
+            file,
+            published: Mutex::new(Published { meta, readers: BTreeMap::new() }),
+        });
+        let (free_pending, freelist_pages) = load_free_list(&path, &meta, shared.pages(meta.page_count))?;
+        Ok(Store {
+            shared,
+            committed: meta,
+            kv: Child::Page(meta.kv_root),
+            rev: Child::Page(meta.rev_root),
+            current_revision: meta.current_revision,
+            compact_revision: meta.compact_revision,
+            compact_scan: (meta.compact_scan_main, meta.compact_scan_sub),
+            consistent_index: meta.consistent_index,
+            kv_entry_count: meta.kv_entry_count,
+            freed: Vec::new(),
+            free_pending,
+            free_ready: Vec::new(),
+            freelist_pages,
+            changed: false,
+            in_flight: None,
+            sticky: None,
+            spare_buffer: Vec::new(),
+        })
+    }
+
+    pub fn reader(&self) -> Reader {
+        Reader { shared: Arc::clone(&self.shared) }
+    }
+
+    pub fn current_revision(&self) -> Revision {
+        self.current_revision
+    }
+
+    pub fn compact_revision(&self) -> Revision {
+        self.compact_revision
+    }
+
+    pub fn set_consistent_index(&mut self, index: u64) {
+        self.assert_not_in_flight();
+        self.consistent_index = index;
+        self.changed = true;
+    }
+
+    pub fn consistent_index(&self) -> u64 {
+        self.consistent_index
+    }
+
+    /// Key revisions (including tombstones) the writer's state holds.
+    pub fn kv_entry_count(&self) -> u64 {
+        self.kv_entry_count
+    }
+
+    /// The checkpoint txn id last made durable.
+    pub fn committed_txn_id(&self) -> TxnId {
+        self.committed.txn_id
+    }
+
+    fn assert_not_in_flight(&self) {
+        assert!(self.in_flight.is_none(), "the writer is used between prepare_commit and finish_commit");
+    }
+
+    /// The sticky I/O error of a failed checkpoint. After one, the writer's state refers to
+    /// pages that may not be on disk: the owner must stop writing and restart (as etcd exits
+    /// on a backend fsync failure); `write` and `compact` panic.
+    pub fn failed(&self) -> Option<&StoreError> {
+        self.sticky.as_ref()
+    }
+
+    fn assert_usable(&self) {
+        self.assert_not_in_flight();
+        if let Some(error) = &self.sticky {
+            panic!("the store is unusable after a failed checkpoint ({error})");
+        }
+    }
+
+    /// One etcd write transaction (see `WriteTxn`).
+    pub fn write(&mut self) -> WriteTxn<'_> {
+        self.assert_usable();
+        let revision = self.current_revision + 1;
+        WriteTxn { store: self, revision, sub: 0 }
+    }
+
+    fn tree_insert(&mut self, kind: TreeKind, key: &[u8], value: Vec<u8>) {
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
+        let root = if kind == TreeKind::Kv { &mut self.kv } else { &mut self.rev };
+        let mut context = EditContext { pages, freed: &mut self.freed };
+        let value = Value::new(key.len(), value);
+        if let Some(old) = tree::insert(root, key, value, &mut context) {
+            free_value(old, pages, &mut self.freed);
+        }
+    }
+
+    fn tree_remove(&mut self, kind: TreeKind, key: &[u8]) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
+        let root = if kind == TreeKind::Kv { &mut self.kv } else { &mut self.rev };
+        let mut context = EditContext { pages, freed: &mut self.freed };
+        match tree::remove(root, key, &mut context) {
+            Some(old) => {
+                free_value(old, pages, &mut self.freed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// etcd's Compact (see API.md). Reads below `revision` fail from now on; the revisions it
+    /// drops are removed in steps of COMPACTION_KEYS_PER_STEP keys: one now, one at each
+    /// checkpoint, or more through `compact_step`. The position is saved with each checkpoint,
+    /// so a restart resumes the work.
+    pub fn compact(&mut self, revision: Revision) -> Result<(), MvccError> {
+        self.assert_usable();
+        if revision <= self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current_revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let previous = self.compact_revision;
+        self.compact_revision = revision;
+        self.changed = true;
+        // Only keys written after the previous compaction can lose revisions: every other key
+        // holds just its newest revision <= previous, which it keeps. An unfinished scan simply
+        // continues with the new target (the keys it passed gain nothing to drop unless they
+        // were written again, and those writes lie ahead of it).
+        if self.compact_scan.0 == 0 {
+            self.compact_scan = (previous + 1, 0);
+        }
+        self.compact_step();
+        assert!(self.compact_revision <= self.current_revision);
+        Ok(())
+    }
+
+    /// Removes the revisions the compaction drops for up to COMPACTION_KEYS_PER_STEP keys;
+    /// returns whether work remains.
+    pub fn compact_step(&mut self) -> bool {
+        self.assert_usable();
+        let (main, sub) = self.compact_scan;
+        if main == 0 {
+            return false;
+        }
+        let revision = self.compact_revision;
+        let (keys, next) = self.compaction_keys(&rev_key(main, sub), revision);
+        for key in &keys {
+            self.compact_key(key, revision);
+        }
+        self.compact_scan = next.map_or((0, 0), |next| split_rev_key(&next));
+        self.changed = true;
+        self.compact_scan.0 != 0
+    }
+
+    /// Whether a compaction still has revisions to remove.
+    pub fn compaction_pending(&self) -> bool {
+        self.compact_scan.0 != 0
+    }
+
+    /// Up to COMPACTION_KEYS_PER_STEP user keys written at revisions in [from, revision], and
+    /// where to continue.
+    fn compaction_keys(&self, from: &[u8], revision: Revision) -> (BTreeSet<Vec<u8>>, Option<Vec<u8>>) {
+        let pages = self.shared.pages(self.committed.page_count);
+        let mut cursor = Cursor::seek(pages, NodeRef::of(&self.rev, pages), from);
+        let mut keys = BTreeSet::new();
+        while let Some((key, value)) = cursor.current() {
+            if split_rev_key(key).0 > revision {
+                return (keys, None);
+            }
+            if keys.len() >= COMPACTION_KEYS_PER_STEP {
+                return (keys, Some(key.to_vec()));
+            }
+            keys.insert(rev_value_user_key(pages, value));
+            cursor.advance();
+        }
+        (keys, None)
+    }
+
+    /// Keeps the newest revision <= `revision` of `user_key` unless it is a tombstone, and
+    /// removes every older one (etcd's keyIndex.compact).
+    fn compact_key(&mut self, user_key: &[u8], revision: Revision) {
+        let doomed = {
+            let pages = self.shared.pages(self.committed.page_count);
+            let mut cursor = Cursor::seek(pages, NodeRef::of(&self.kv, pages), &kv_seek_key(user_key, revision));
+            let mut doomed = Vec::new();
+            let mut newest = true;
+            while let Some((key, value)) = cursor.current() {
+                let (found, main, sub) = split_kv_key(key);
+                if found != user_key {
+                    break;
+                }
+                assert!(main <= revision);
+                if !newest || read::record_header(pages, value).tombstone {
+                    doomed.push((main, sub));
+                }
+                newest = false;
+                cursor.advance();
+            }
+            doomed
+        };
+        for (main, sub) in doomed {
+            assert!(self.tree_remove(TreeKind::Kv, &kv_key(user_key, main, sub)));
+            assert!(self.tree_remove(TreeKind::Rev, &rev_key(main, sub)));
+            self.kv_entry_count -= 1;
+        }
+    }
+
+    /// The checkpoint's in-memory part: spills dirty nodes to pages, writes the free list and
+    /// the next meta into a job. No write() until finish_commit.
+    pub fn prepare_commit(&mut self) -> Result<CommitJob, StoreError> {
+        if let Some(error) = &self.sticky {
+            return Err(error.clone());
+        }
+        self.assert_not_in_flight();
+        if self.compaction_pending() {
+            self.compact_step();
+        }
+        if !self.changed {
+            self.in_flight = Some(self.committed);
+            return Ok(CommitJob { txn_id: self.committed.txn_id, work: None });
+        }
+        let txn_id = self.committed.txn_id + 1;
+        self.release_freed(txn_id);
+        let mut sink = Sink {
+            txn_id,
+            ready: core::mem::take(&mut self.free_ready),
+            page_count: self.committed.page_count,
+            page_ids: Vec::new(),
+            // Kept at its length: pages are overwritten whole, so it needs no zeroing.
+            buffer: core::mem::take(&mut self.spare_buffer),
+        };
+        let kv_root = tree::spill(&mut self.kv, &mut sink);
+        let rev_root = tree::spill(&mut self.rev, &mut sink);
+        trim_tail(&mut sink);
+        let (freelist_head, free_page_count) = self.write_free_list(&mut sink);
+        self.free_ready = sink.ready;
+        let map_size_bytes = self.shared.file.map_len_bytes();
+        if sink.page_count * PAGE_SIZE as u64 > map_size_bytes {
+            let error = StoreError::MapFull { map_size_bytes };
+            self.sticky = Some(error.clone());
+            return Err(error);
+        }
+        let meta = Meta {
+            txn_id,
+            kv_root,
+            rev_root,
+            freelist_head,
+            page_count: sink.page_count,
+            free_page_count,
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+            consistent_index: self.consistent_index,
+            compact_scan_main: self.compact_scan.0,
+            compact_scan_sub: self.compact_scan.1,
+            kv_entry_count: self.kv_entry_count,
+            ..empty_meta(txn_id)
+        }
+        .sealed();
+        self.in_flight = Some(meta);
+        self.changed = false;
+        let work = CommitWork {
+            file: Arc::clone(&self.shared.file),
+            page_ids: sink.page_ids,
+            buffer: sink.buffer,
+            meta_page: meta.encode_page(),
+            meta_offset: (txn_id % 2) * PAGE_SIZE as u64,
+            truncate_to_bytes: (sink.page_count < self.committed.page_count).then_some(sink.page_count * PAGE_SIZE as u64),
+        };
+        Ok(CommitJob { txn_id, work: Some(work) })
+    }
+
+    /// Pages freed by txn T are reachable from meta T-1 and from snapshots pinning txns < T:
+    /// txn W may reuse them once T <= W-2 (neither durable meta W-1 nor W-2 reaches them) and
+    /// T <= the oldest snapshot's txn.
+    fn release_freed(&mut self, txn_id: TxnId) {
+        assert!(txn_id >= 2);
+        let freed = core::mem::take(&mut self.freed);
+        let old_chain = core::mem::take(&mut self.freelist_pages);
+        self.free_pending.extend(freed.into_iter().chain(old_chain).map(|id| (id, txn_id)));
+        let horizon = (txn_id - 2).min(self.shared.oldest_reader());
+        let mut newly_ready = Vec::new();
+        self.free_pending.retain(|&(id, freed_at)| {
+            if freed_at <= horizon {
+                newly_ready.push(id);
+                false
+            } else {
+                true
+            }
+        });
+        if !newly_ready.is_empty() {
+            // Merge instead of re-sorting the whole (possibly large) ready list.
+            newly_ready.sort_unstable_by(|a, b| b.cmp(a));
+            let ready = core::mem::take(&mut self.free_ready);
+            self.free_ready = merge_descending(ready, newly_ready);
+        }
+        debug_assert!(self.free_ready.windows(2).all(|pair| pair[0] > pair[1]));
+    }
+
+    /// Writes the free list (ready pages recorded as txn 0, pending ones with their txn) on
+    /// pages taken from the free list itself or from the end of the file.
+    fn write_free_list(&mut self, sink: &mut Sink) -> (PageId, u64) {
+        use tree::PageSink;
+        let mut chain = Vec::new();
+        while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + self.free_pending.len() {
+            chain.push(sink.allocate());
+        }
+        let entries: Vec<(PageId, TxnId)> =
+            sink.ready.iter().map(|&id| (id, 0)).chain(self.free_pending.iter().copied()).collect();
+        for (index, &page_id) in chain.iter().enumerate() {
+            let start = (index * FREELIST_ENTRIES_MAX).min(entries.len());
+            let end = (start + FREELIST_ENTRIES_MAX).min(entries.len());
+            let next = chain.get(index + 1).copied().unwrap_or(0);
+            let txn_id = sink.txn_id;
+            let page = sink.buffer(page_id);
+            write_header(page, KIND_FREELIST, (end - start) as u16, txn_id, next);
+            page[HEADER_SIZE + (end - start) * FREELIST_ENTRY_SIZE..].fill(0);
+            for (slot, (id, freed_at)) in entries[start..end].iter().enumerate() {
+                let at = HEADER_SIZE + slot * FREELIST_ENTRY_SIZE;
+                page[at..at + 8].copy_from_slice(&id.to_le_bytes());
+                page[at + 8..at + 16].copy_from_slice(&freed_at.to_le_bytes());
+            }
+            seal_page(page);
+        }
+        self.freelist_pages = chain.clone();
+        (chain.first().copied().unwrap_or(0), entries.len() as u64)
+    }
+
+    /// Publishes the checkpoint (or, after an I/O error, makes the error sticky).
+    pub fn finish_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
+        let meta = self.in_flight.take().expect("finish_commit follows prepare_commit");
+        let mut done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                self.sticky = Some(error.clone());
+                return Err(error);
+            }
+        };
+        assert_eq!(done.txn_id, meta.txn_id, "the job of this checkpoint finished");
+        self.spare_buffer = core::mem::take(&mut done.buffer);
+        if meta.txn_id != self.committed.txn_id {
+            assert_eq!(meta.txn_id, self.committed.txn_id + 1);
+            self.committed = meta;
+            self.shared.published.lock().unwrap().meta = meta;
+        }
+        assert!(matches!(self.kv, Child::Page(id) if id == meta.kv_root));
+        Ok(())
+    }
+
+    /// prepare + run + finish on this thread.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let job = self.prepare_commit()?;
+        let done = job.run();
+        self.finish_commit(done)
+    }
+
+    /// The committed file size (etcd's db_size).
+    pub fn size_bytes(&self) -> u64 {
+        self.committed.page_count * PAGE_SIZE as u64
+    }
+
+    /// Bytes of the committed file not on the free list (etcd's db_size_in_use).
+    pub fn size_in_use_bytes(&self) -> u64 {
+        (self.committed.page_count - self.committed.free_page_count) * PAGE_SIZE as u64
+    }
+
+    /// etcd's HashKV over the writer's state: a crc32 of every key revision in
+    /// (compact revision, revision], plus the revisions <= compact revision that a compaction
+    /// at `revision` would keep.
+    pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError> {
+        self.assert_usable();
+        let compacted = self.compact_revision;
+        if revision > 0 && revision <= compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current_revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let revision = if revision <= 0 { self.current_revision } else { revision };
+        let pages = self.shared.pages(self.committed.page_count);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(b"key");
+        let mut cursor = Cursor::seek(pages, NodeRef::of(&self.kv, pages), &[0u8; KEY_SUFFIX_SIZE]);
+        let mut newest_seen_for: Option<&[u8]> = None;
+        while let Some((key, value)) = cursor.current() {
+            let (user_key, main, sub) = split_kv_key(key);
+            cursor.advance();
+            if main > revision {
+                continue;
+            }
+            let newest = newest_seen_for != Some(user_key);
+            newest_seen_for = Some(user_key);
+            let record = full_value(pages, value);
+            let tombstone = decode_record_header(&record).tombstone;
+            if main > compacted || (newest && !tombstone) {
+                hasher.update(&main.to_be_bytes());
+                hasher.update(&sub.to_be_bytes());
+                hasher.update(&(user_key.len() as u64).to_be_bytes());
+                hasher.update(user_key);
+                hasher.update(&record);
+            }
+        }
+        Ok((hasher.finalize(), compacted, revision))
+    }
+
+    /// etcd's Hash: a crc32 of every entry of both trees of the committed checkpoint.
+    pub fn hash(&self) -> u32 {
+        let pages = self.shared.pages(self.committed.page_count);
+        let mut hasher = crc32fast::Hasher::new();
+        for root in [self.committed.kv_root, self.committed.rev_root] {
+            let mut cursor = Cursor::seek(pages, NodeRef::root(root, pages), &[0u8; KEY_SUFFIX_SIZE]);
+            while let Some((key, value)) = cursor.current() {
+                hasher.update(&(key.len() as u64).to_be_bytes());
+                hasher.update(key);
+                hasher.update(&full_value(pages, value));
+                cursor.advance();
+            }
+        }
+        hasher.finalize()
+    }
+
+    /// Online defragmentation, in steps: each step copies on write at most
+    /// DEFRAG_PAGES_PER_STEP nodes that lie above the live size of the file, so the next
+    /// checkpoint moves them into low free pages; checkpoints trim the free tail. Readers are
+    /// never blocked (they keep their snapshots; pages they reach are not reused). Returns
+    /// whether pages above the live size remain (call again after the next checkpoint).
+    pub fn defragment_step(&mut self) -> Result<bool, StoreError> {
+        if let Some(error) = &self.sticky {
+            return Err(error.clone());
+        }
+        self.assert_usable();
+        let watermark = self.committed.page_count - self.committed.free_page_count;
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
+        let mut budget = DEFRAG_PAGES_PER_STEP;
+        let mut context = EditContext { pages, freed: &mut self.freed };
+        let kv_done = tree::relocate_above(&mut self.kv, watermark, &mut budget, &mut context);
+        let rev_done = kv_done && tree::relocate_above(&mut self.rev, watermark, &mut budget, &mut context);
+        // A checkpoint is due even with nothing moved: it releases and trims free pages.
+        self.changed = true;
+        Ok(!(kv_done && rev_done))
+    }
+
+    /// Defragments on this thread: steps and checkpoints until no node lies above the live
+    /// size (bounded), then the checkpoints that release the moved pages and trim the tail.
+    /// Best effort while old snapshots pin pages. Blocks on fdatasync: the server should call
+    /// `defragment_step` between its own checkpoints instead.
+    pub fn defragment(&mut self) -> Result<(), StoreError> {
+        self.assert_usable();
+        let steps_max = 2 * (self.committed.page_count as usize / DEFRAG_PAGES_PER_STEP) + 8;
+        for _ in 0..steps_max {
+            let more = self.defragment_step()?;
+            self.commit()?;
+            if !more {
+                break;
+            }
+        }
+        // Pages freed by txn T are reusable (and trimmable) from txn T + 2.
+        for _ in 0..3 {
+            self.changed = true;
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Walks the committed file and proves its invariants (see `check.rs`).
+    pub fn check(&self) -> Result<(), CheckError> {
+        let pages = self.shared.pages(self.committed.page_count);
+        super::check::check(pages, &self.committed)
+    }
+}
+
+fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => if x > y { a.next() } else { b.next() },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => return merged,
+        };
+        merged.push(next.unwrap());
+    }
+}
+
+/// Frees the overflow pages of a removed committed value.
+fn free_value(value: Value, pages: Pages, freed: &mut Vec<PageId>) {
+    if let Value::Overflow { first, len } = value {
+        freed.extend(pages.overflow_pages(first, len as usize));
+    }
+}
+
+fn full_value(pages: Pages, value: ValueRef) -> Vec<u8> {
+    match value {
+        ValueRef::Inline(bytes) => bytes.to_vec(),
+        ValueRef::Overflow { first, len } => pages.read_overflow(first, len as usize, usize::MAX),
+    }
+}
+
+fn rev_value_user_key(pages: Pages, value: ValueRef) -> Vec<u8> {
+    let mut bytes = full_value(pages, value);
+    assert!(!bytes.is_empty(), "rev tree value holds flags and a user key");
+    bytes.remove(0);
+    bytes
+}
+
+/// One etcd write transaction: every change gets main revision current + 1 and increasing
+/// sub-revisions; reads see the txn's own writes. Dropping it ends it.
+pub struct WriteTxn<'s> {
+    store: &'s mut Store,
+    revision: Revision,
+    sub: i64,
+}
+
+impl WriteTxn<'_> {
+    /// The revision reads in this txn see: its own if it changed anything (etcd's
+    /// storeTxnWrite.Range).
+    fn read_revision(&self) -> Revision {
+        if self.sub > 0 {
+            self.revision
+        } else {
+            self.revision - 1
+        }
+    }
+
+    pub fn range(&self, key: &[u8], range_end: &[u8], options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let store = &*self.store;
+        let pages = store.shared.pages(store.committed.page_count);
+        let root = NodeRef::of(&store.kv, pages);
+        read::range(pages, root, key, range_end, options, self.read_revision(), store.compact_revision)
+    }
+
+    /// Writes `key`; returns its previous live KeyValue. Panics on an empty key or one longer
+    /// than KEY_SIZE_MAX_BYTES (the server refuses those first).
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Option<KeyValue> {
+        assert!(!key.is_empty() && key.len() <= KEY_SIZE_MAX_BYTES, "key length {} outside [1, {KEY_SIZE_MAX_BYTES}]", key.len());
+        let previous = self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
+        let (create_revision, version) = match &previous {
+            Some(previous) => (previous.create_revision, previous.version + 1),
+            None => (self.revision, 1),
+        };
+        let header = RecordHeader { tombstone: false, create_revision, version, lease };
+        self.write_revision(key, encode_record(header, value), false);
+        previous
+    }
+
+    /// Deletes the live keys in the range (etcd bounds) with tombstones; returns them.
+    pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        let deleted = self.range(key, range_end, &RangeOptions::default()).expect("the current revision is readable").kvs;
+        for kv in &deleted {
+            let header = RecordHeader { tombstone: true, create_revision: 0, version: 0, lease: 0 };
+            self.write_revision(&kv.key, encode_record(header, &[]), true);
+        }
+        deleted
+    }
+
+    fn write_revision(&mut self, key: &[u8], record: Vec<u8>, tombstone: bool) {
+        let (main, sub) = (self.revision, self.sub);
+        self.store.tree_insert(TreeKind::Kv, &kv_key(key, main, sub), record);
+        self.store.tree_insert(TreeKind::Rev, &rev_key(main, sub), encode_rev_value(key, tombstone));
+        self.store.kv_entry_count += 1;
+        self.store.changed = true;
+        self.sub += 1;
+    }
+
+    /// The revision this txn writes at (current + 1).
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Whether the txn changed anything.
+    pub fn changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    /// Ends the txn; returns the store's revision after it.
+    pub fn end(self) -> Revision {
+        self.read_revision()
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if self.sub > 0 {
+            assert_eq!(self.store.current_revision + 1, self.revision);
+            self.store.current_revision = self.revision;
+        }
+    }
+}

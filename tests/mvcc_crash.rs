@@ -1,0 +1,345 @@
+//! Crash and recovery tests of the MVCC store: the writer is stopped at a random I/O operation
+//! of a random checkpoint (simulated file that drops or tears every unsynced write), the file
+//! is reopened, and the last checkpoint must be there, intact (`check()`), and usable. Also:
+//! open refuses foreign, unknown-version and corrupt files without touching them, and I/O
+//! errors are sticky.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ringd::mvcc::{CrashMode, KeyValue, OpenError, RangeOptions, SimFile, Store, StoreError, StoreOptions};
+
+const SIM_CAPACITY_BYTES: u64 = 256 << 20;
+const PAGE_SIZE: usize = 4096;
+
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// What a checkpoint must bring back: the live keys and the revisions.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Expected {
+    live: BTreeMap<Vec<u8>, KeyValue>,
+    revision: i64,
+    compacted: i64,
+    /// (revision, live keys at it) for a few older revisions still readable.
+    history: Vec<(i64, Vec<KeyValue>)>,
+}
+
+fn open_sim(image: &[u8]) -> (Arc<SimFile>, Store) {
+    let sim = Arc::new(SimFile::from_image(image, SIM_CAPACITY_BYTES));
+    let store = Store::open_file(sim.clone(), StoreOptions::default()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    (sim, store)
+}
+
+fn all(store: &Store, revision: i64) -> Vec<KeyValue> {
+    let options = RangeOptions { revision, ..RangeOptions::default() };
+    store.reader().snapshot().range(&[0], &[0], &options).expect("readable revision").kvs
+}
+
+/// One random write txn (puts and deletes over 200 keys, some values in overflow pages).
+fn random_txn(store: &mut Store, random: &mut Random) {
+    let mut txn = store.write();
+    for _ in 0..1 + random.below(30) {
+        let key = format!("key{:03}", random.below(200)).into_bytes();
+        if random.below(6) == 0 {
+            txn.delete_range(&key, &format!("key{:03}", random.below(200)).into_bytes());
+        } else {
+            let len = if random.below(20) == 0 { 9000 } else { random.below(400) as usize };
+            let value: Vec<u8> = (0..len).map(|i| (i as u64 + random.0) as u8).collect();
+            txn.put(&key, &value, 0);
+        }
+    }
+    txn.end();
+}
+
+fn snapshot_expected(store: &Store, previous: &Expected) -> Expected {
+    let revision = store.current_revision();
+    let live = all(store, 0).into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    let mut history: Vec<(i64, Vec<KeyValue>)> =
+        previous.history.iter().filter(|(r, _)| *r >= store.compact_revision()).cloned().collect();
+    if history.len() < 4 {
+        history.push((revision, all(store, 0)));
+    }
+    Expected { live, revision, compacted: store.compact_revision(), history }
+}
+
+fn verify(store: &Store, expected: &Expected) {
+    store.check().unwrap_or_else(|e| panic!("check after recovery: {e}"));
+    assert_eq!(store.current_revision(), expected.revision);
+    assert_eq!(store.compact_revision(), expected.compacted);
+    let live: BTreeMap<_, _> = all(store, 0).into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    assert_eq!(live, expected.live);
+    for (revision, kvs) in &expected.history {
+        assert_eq!(&all(store, *revision), kvs, "range at revision {revision}");
+    }
+}
+
+/// Runs checkpoints until the simulated crash; returns the expectations of the last durable
+/// checkpoint and of the one in flight when the crash hit.
+fn run_until_crash(store: &mut Store, random: &mut Random) -> (Expected, Expected) {
+    let mut durable = Expected { revision: 1, ..Expected::default() };
+    for _ in 0..200 {
+        for _ in 0..1 + random.below(3) {
+            random_txn(store, random);
+        }
+        if random.below(5) == 0 && store.current_revision() > store.compact_revision() + 1 {
+            let span = (store.current_revision() - store.compact_revision()) as u64;
+            store.compact(store.compact_revision() + 1 + random.below(span) as i64).unwrap();
+        }
+        if random.below(8) == 0 {
+            store.defragment_step().unwrap();
+        }
+        let in_flight = expected_of_writer(store, &durable);
+        let job = store.prepare_commit().expect("prepare");
+        let done = job.run();
+        let failed = done.is_err();
+        assert_eq!(store.finish_commit(done).is_err(), failed);
+        if failed {
+            assert!(store.failed().is_some());
+            assert!(store.prepare_commit().is_err(), "I/O errors are sticky");
+            return (durable, in_flight);
+        }
+        durable = snapshot_expected(store, &durable);
+        assert_eq!(durable.live, in_flight.live);
+    }
+    panic!("the simulated crash never came");
+}
+
+/// What the next checkpoint will hold, read from the writer.
+fn expected_of_writer(store: &mut Store, durable: &Expected) -> Expected {
+    let txn = store.write();
+    let kvs = txn.range(&[0], &[0], &RangeOptions::default()).unwrap().kvs;
+    drop(txn);
+    let live = kvs.iter().map(|kv| (kv.key.clone(), kv.clone())).collect();
+    let history = durable.history.iter().filter(|(r, _)| *r >= store.compact_revision()).cloned().collect();
+    Expected { live, revision: store.current_revision(), compacted: store.compact_revision(), history }
+}
+
+fn crash_and_recover(seed: u64, mode: CrashMode) {
+    let mut random = Random(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let (sim, mut store) = open_sim(&[]);
+    sim.crash_after_operations(random.below(400));
+    let (durable, in_flight) = run_until_crash(&mut store, &mut random);
+    assert!(sim.has_crashed());
+    let image = sim.crash_image(mode, seed);
+    drop(store);
+    let (sim, mut store) = open_sim(&image);
+    // Either the last durable checkpoint, or (if its meta page reached the disk whole) the
+    // one in flight.
+    if store.current_revision() == durable.revision && store.compact_revision() == durable.compacted {
+        verify(&store, &durable);
+    } else {
+        verify(&store, &in_flight);
+    }
+    // Usable: more checkpoints, then a clean reopen.
+    for _ in 0..5 {
+        random_txn(&mut store, &mut random);
+        store.commit().expect("commit after recovery");
+    }
+    let expected = snapshot_expected(&store, &Expected::default());
+    store.check().expect("check after more checkpoints");
+    let image = sim.crash_image(CrashMode::TearUnsynced, seed);
+    drop(store);
+    let (_, store) = open_sim(&image);
+    verify(&store, &Expected { history: Vec::new(), ..expected });
+}
+
+#[test]
+fn crash_at_random_points_drops_unsynced_writes() {
+    for seed in 1..120 {
+        crash_and_recover(seed, CrashMode::DropUnsynced);
+    }
+}
+
+#[test]
+fn crash_at_random_points_tears_unsynced_writes() {
+    for seed in 1000..1120 {
+        crash_and_recover(seed, CrashMode::TearUnsynced);
+    }
+}
+
+#[test]
+fn failed_fdatasync_is_sticky_and_readers_keep_the_last_checkpoint() {
+    let (sim, mut store) = open_sim(&[]);
+    let mut txn = store.write();
+    txn.put(b"a", b"1", 0);
+    txn.end();
+    store.commit().unwrap();
+    let reader = store.reader();
+    let mut txn = store.write();
+    txn.put(b"a", b"2", 0);
+    txn.end();
+    sim.fail_next_sync();
+    let error = store.commit().unwrap_err();
+    assert!(matches!(error, StoreError::Io { .. }), "{error}");
+    assert_eq!(store.prepare_commit().unwrap_err(), error, "the same error, every time");
+    let kvs = reader.snapshot().range(b"a", &[], &RangeOptions::default()).unwrap().kvs;
+    assert_eq!(kvs[0].value, b"1");
+}
+
+#[test]
+fn values_up_to_one_and_a_half_mebibytes_round_trip() {
+    let (sim, mut store) = open_sim(&[]);
+    let big: Vec<u8> = (0..(3 << 19)).map(|i: u32| (i * 7) as u8).collect();
+    let mut txn = store.write();
+    txn.put(b"big", &big, 7);
+    txn.put(b"small", b"x", 0);
+    txn.end();
+    store.commit().unwrap();
+    let image = sim.crash_image(CrashMode::DropUnsynced, 0);
+    let (_, mut store) = open_sim(&image);
+    store.check().unwrap();
+    let kvs = store.reader().snapshot().range(b"big", &[], &RangeOptions::default()).unwrap().kvs;
+    assert_eq!((kvs[0].value.len(), kvs[0].lease, kvs[0].value == big), (big.len(), 7, true));
+    let keys_only = RangeOptions { keys_only: true, ..RangeOptions::default() };
+    assert!(store.reader().snapshot().range(b"big", &[], &keys_only).unwrap().kvs[0].value.is_empty());
+    let mut txn = store.write();
+    txn.delete_range(b"big", &[]);
+    let revision = txn.end();
+    store.compact(revision).unwrap();
+    store.commit().unwrap();
+    store.commit().unwrap();
+    store.check().unwrap();
+    assert!(!store.compaction_pending());
+    assert!(store.size_in_use_bytes() < 64 * 1024, "the overflow pages went back to the free list");
+}
+
+fn temp_store(contents: Option<&[u8]>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("db");
+    if let Some(contents) = contents {
+        std::fs::write(&path, contents).unwrap();
+    }
+    (directory, path)
+}
+
+/// Opens `contents` as a store: it must be refused, name the file, and leave it unchanged.
+fn refused(contents: &[u8]) -> OpenError {
+    let (_directory, path) = temp_store(Some(contents));
+    let error = Store::open(&path, StoreOptions::default()).err().expect("refused");
+    assert!(error.to_string().contains(&path.display().to_string()), "names the file: {error}");
+    assert_eq!(std::fs::read(&path).unwrap(), contents, "the refused file is not modified");
+    error
+}
+
+fn valid_file() -> Vec<u8> {
+    let (_directory, path) = temp_store(None);
+    let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+    for round in 0..3 {
+        let mut txn = store.write();
+        for i in 0..300 {
+            txn.put(format!("k{i}").as_bytes(), &[round; 100], 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    }
+    drop(store);
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn open_refuses_foreign_unknown_and_corrupt_files() {
+    assert!(matches!(refused(b"hello, I am a text file\n"), OpenError::Foreign { .. }));
+    assert!(matches!(refused(&vec![0xAB; 3 * PAGE_SIZE]), OpenError::Foreign { .. }));
+    let valid = valid_file();
+    assert!(matches!(refused(&valid[..PAGE_SIZE]), OpenError::Corrupt { .. }), "truncated");
+    assert!(matches!(refused(&valid[..valid.len() - PAGE_SIZE]), OpenError::Corrupt { .. }), "truncated tail");
+
+    let mut unknown_version = valid.clone();
+    unknown_version[8] = 9;
+    assert!(matches!(refused(&unknown_version), OpenError::UnknownVersion { version: 9, .. }));
+
+    let mut both_metas_bad = valid.clone();
+    both_metas_bad[20] ^= 1;
+    both_metas_bad[PAGE_SIZE + 20] ^= 1;
+    let error = refused(&both_metas_bad);
+    assert!(error.to_string().contains("both meta pages fail their checksum"), "{error}");
+
+    // The newest meta's root page damaged: refused, never silently rolled back.
+    let newest = if valid[16] > valid[PAGE_SIZE + 16] { 0 } else { 1 };
+    let kv_root = u64::from_le_bytes(valid[newest * PAGE_SIZE + 24..][..8].try_into().unwrap()) as usize;
+    let mut bad_root = valid.clone();
+    bad_root[kv_root * PAGE_SIZE + 100] ^= 0xFF;
+    let error = refused(&bad_root);
+    assert!(error.to_string().contains("fails its checksum"), "{error}");
+}
+
+#[test]
+fn a_torn_newest_meta_falls_back_to_the_previous_checkpoint() {
+    let valid = valid_file();
+    let newest = if valid[16] > valid[PAGE_SIZE + 16] { 0 } else { 1 };
+    let mut torn = valid.clone();
+    torn[newest * PAGE_SIZE + 40] ^= 0xFF;
+    let (_directory, path) = temp_store(Some(&torn));
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.check().unwrap();
+    assert_eq!(store.current_revision(), 3, "the checkpoint before the last (revisions 2, 3, 4)");
+}
+
+#[test]
+fn a_real_file_survives_reopen_and_is_locked_while_open() {
+    let (_directory, path) = temp_store(None);
+    let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(matches!(Store::open(&path, StoreOptions::default()), Err(OpenError::Locked { .. })));
+    let mut txn = store.write();
+    txn.put(b"foo", b"bar", 0);
+    txn.end();
+    store.set_consistent_index(42);
+    store.commit().unwrap();
+    drop(store);
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.check().unwrap();
+    assert_eq!((store.current_revision(), store.consistent_index()), (2, 42), "a new store is at revision 1, as etcd");
+    assert_eq!(all(&store, 0)[0].value, b"bar");
+}
+
+#[test]
+fn defragment_shrinks_the_file_while_a_reader_reads() {
+    let (_directory, path) = temp_store(None);
+    let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+    for round in 0..10u8 {
+        let mut txn = store.write();
+        for i in 0..6000 {
+            txn.put(format!("key{i:05}").as_bytes(), &[round; 200], 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    }
+    let mut txn = store.write();
+    txn.delete_range(b"key00100", b"key05900");
+    let revision = txn.end();
+    store.compact(revision).unwrap();
+    while store.compact_step() {}
+    store.commit().unwrap();
+    let reader = store.reader();
+    let before = reader.snapshot();
+    let expected = before.range(&[0], &[0], &RangeOptions::default()).unwrap();
+    let size_before = store.size_bytes();
+    store.defragment().unwrap();
+    // The old snapshot still reads what it read (its pages were not reused).
+    assert_eq!(before.range(&[0], &[0], &RangeOptions::default()).unwrap(), expected);
+    drop(before);
+    store.defragment().unwrap();
+    store.check().unwrap();
+    let size_after = store.size_bytes();
+    eprintln!("defragment: {size_before} -> {size_after} bytes");
+    assert!(size_after * 4 < size_before, "defragment shrinks {size_before} to {size_after}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size_after, "the file is truncated");
+    assert_eq!(reader.snapshot().range(&[0], &[0], &RangeOptions::default()).unwrap().kvs, expected.kvs);
+    drop((store, reader)); // the file stays locked while a reader of it lives
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.check().unwrap();
+    assert_eq!(all(&store, 0), expected.kvs);
+}

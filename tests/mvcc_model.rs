@@ -1,0 +1,403 @@
+//! Property tests of the MVCC store against a plain in-memory model of etcd's semantics:
+//! random puts, deletes, txns, compactions, checkpoints, reopens and ranges at random
+//! revisions, read through the writer and through snapshots, must give the model's answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use ringd::mvcc::{CrashMode, KeyValue, MvccError, RangeOptions, RangeResult, SimFile, Snapshot, Store, StoreOptions};
+
+const SIM_CAPACITY_BYTES: u64 = 256 << 20;
+
+fn key_table() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = [&b"a"[..], b"ab", b"abc", b"b", b"b\0", b"\0", b"c", b"cc", b"d", b"zz", b"\xff\xfe"]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+    keys.push(vec![b'L'; 1900]);
+    keys.extend((0..52).map(|i| format!("k{i:02}").into_bytes()));
+    keys
+}
+
+fn value_bytes(seed: i64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8).collect()
+}
+
+#[derive(Clone, Debug)]
+struct RangeSpec {
+    key: usize,
+    end: usize,
+    revision: u8,
+    limit: u8,
+    keys_only: bool,
+    count_only: bool,
+}
+
+#[derive(Clone, Debug)]
+enum TxnOp {
+    Put { key: usize, value_len: usize, lease: i64 },
+    Delete { key: usize, end: usize },
+    Range(RangeSpec),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Txn(Vec<TxnOp>),
+    Compact(u8),
+    Range(RangeSpec),
+    Commit,
+    Reopen,
+    TakeSnapshot,
+    DropSnapshot,
+    Defragment,
+}
+
+fn range_spec() -> impl Strategy<Value = RangeSpec> {
+    (0..64usize, 0..66usize, any::<u8>(), 0..6u8, any::<bool>(), prop::bool::weighted(0.15))
+        .prop_map(|(key, end, revision, limit, keys_only, count_only)| RangeSpec { key, end, revision, limit, keys_only, count_only })
+}
+
+fn value_len() -> impl Strategy<Value = usize> {
+    prop_oneof![8 => 0..700usize, 1 => 900..1100usize, 1 => Just(5000usize), 1 => Just(70_000usize)]
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        6 => (0..64usize, value_len(), 0..3i64).prop_map(|(key, value_len, lease)| TxnOp::Put { key, value_len, lease }),
+        2 => (0..64usize, 0..66usize).prop_map(|(key, end)| TxnOp::Delete { key, end }),
+        1 => range_spec().prop_map(TxnOp::Range),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => prop::collection::vec(txn_op(), 0..8).prop_map(Op::Txn),
+        2 => any::<u8>().prop_map(Op::Compact),
+        4 => range_spec().prop_map(Op::Range),
+        3 => Just(Op::Commit),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::TakeSnapshot),
+        1 => Just(Op::DropSnapshot),
+        1 => Just(Op::Defragment),
+    ]
+}
+
+/// (main, sub, value or None for a tombstone).
+type Revision = (i64, i64, Option<KeyValue>);
+
+/// The model: every revision of every key, as etcd's semantics define them.
+#[derive(Clone, Debug)]
+struct Model {
+    /// key -> (main, sub, value or None for a tombstone), oldest first.
+    history: BTreeMap<Vec<u8>, Vec<Revision>>,
+    current: i64,
+    compacted: i64,
+}
+
+fn in_bounds(user_key: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    match range_end {
+        [] => user_key == key,
+        [0] => user_key >= key,
+        end => user_key >= key && user_key < end,
+    }
+}
+
+impl Default for Model {
+    /// A new store is at revision 1, as etcd.
+    fn default() -> Model {
+        Model { history: BTreeMap::new(), current: 1, compacted: 0 }
+    }
+}
+
+impl Model {
+    fn visible(&self, key: &[u8], revision: i64) -> Option<&KeyValue> {
+        let revisions = self.history.get(key)?;
+        revisions.iter().rev().find(|(main, _, _)| *main <= revision)?.2.as_ref()
+    }
+
+    fn range(&self, key: &[u8], range_end: &[u8], options: &RangeOptions, current: i64) -> Result<RangeResult, MvccError> {
+        if options.revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        let revision = if options.revision <= 0 { current } else { options.revision };
+        if revision < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut result = RangeResult { kvs: Vec::new(), count: 0, revision: current };
+        for user_key in self.history.keys().filter(|k| in_bounds(k, key, range_end)) {
+            let Some(kv) = self.visible(user_key, revision) else { continue };
+            result.count += 1;
+            let under_limit = options.limit <= 0 || (result.kvs.len() as i64) < options.limit;
+            if !options.count_only && under_limit {
+                let mut kv = kv.clone();
+                if options.keys_only {
+                    kv.value.clear();
+                }
+                result.kvs.push(kv);
+            }
+        }
+        Ok(result)
+    }
+
+    fn write(&mut self, key: &[u8], main: i64, sub: i64, kv: Option<KeyValue>) {
+        self.history.entry(key.to_vec()).or_default().push((main, sub, kv));
+    }
+
+    fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        if revision <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        self.compacted = revision;
+        for revisions in self.history.values_mut() {
+            let Some(newest) = revisions.iter().rposition(|(main, _, _)| *main <= revision) else { continue };
+            let drop_newest = revisions[newest].2.is_none();
+            revisions.drain(..newest + usize::from(drop_newest));
+        }
+        self.history.retain(|_, revisions| !revisions.is_empty());
+        Ok(())
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.history.values().map(|r| r.len() as u64).sum()
+    }
+}
+
+struct Harness {
+    keys: Vec<Vec<u8>>,
+    sim: Arc<SimFile>,
+    store: Store,
+    model: Model,
+    committed: Model,
+    snapshots: Vec<(Snapshot, RangeResult)>,
+    /// Sees the same txns and compactions, no checkpoints: its HashKV must be equal.
+    shadow: Store,
+}
+
+fn open_sim(image: &[u8]) -> (Arc<SimFile>, Store) {
+    let sim = Arc::new(SimFile::from_image(image, SIM_CAPACITY_BYTES));
+    let store = Store::open_file(sim.clone(), StoreOptions::default()).expect("the store opens");
+    (sim, store)
+}
+
+fn all_keys() -> (Vec<u8>, Vec<u8>) {
+    (vec![0], vec![0])
+}
+
+fn end_key(keys: &[Vec<u8>], end: usize) -> Vec<u8> {
+    match end {
+        0 => Vec::new(),
+        1 => vec![0],
+        n => keys[n - 2].clone(),
+    }
+}
+
+/// Revisions 0 (current) and from before the compaction to just past the current one.
+fn range_options(spec: &RangeSpec, current: i64) -> RangeOptions {
+    let revision = if spec.revision < 40 { 0 } else { (spec.revision as i64 - 40) * (current + 2) / 215 };
+    RangeOptions { revision, limit: spec.limit as i64, keys_only: spec.keys_only, count_only: spec.count_only }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let (sim, store) = open_sim(&[]);
+        let (_, shadow) = open_sim(&[]);
+        Harness { keys: key_table(), sim, store, model: Model::default(), committed: Model::default(), snapshots: Vec::new(), shadow }
+    }
+
+
+    fn txn(&mut self, ops: &[TxnOp]) {
+        let revision = self.model.current + 1;
+        let mut sub = 0;
+        let mut txn = self.store.write();
+        let mut shadow = self.shadow.write();
+        assert_eq!(txn.revision(), revision);
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value_len, lease } => {
+                    let key = &self.keys[*key];
+                    let value = value_bytes(revision * 100 + sub, *value_len);
+                    let read = if sub > 0 { revision } else { revision - 1 };
+                    let previous = self.model.visible(key, read).cloned();
+                    let (create_revision, version) = previous.as_ref().map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+                    let kv = KeyValue { key: key.clone(), create_revision, mod_revision: revision, version, value: value.clone(), lease: *lease };
+                    self.model.write(key, revision, sub, Some(kv));
+                    sub += 1;
+                    assert_eq!(txn.put(key, &value, *lease), previous, "put's previous value");
+                    shadow.put(key, &value, *lease);
+                }
+                TxnOp::Delete { key, end } => {
+                    let (key, end) = (self.keys[*key].clone(), end_key(&self.keys, *end));
+                    let read = if sub > 0 { revision } else { revision - 1 };
+                    let expected = self.model.range(&key, &end, &RangeOptions::default(), read).unwrap().kvs;
+                    for kv in &expected {
+                        self.model.write(&kv.key, revision, sub, None);
+                        sub += 1;
+                    }
+                    assert_eq!(txn.delete_range(&key, &end), expected, "delete_range's deleted keys");
+                    shadow.delete_range(&key, &end);
+                }
+                TxnOp::Range(spec) => {
+                    let current = if sub > 0 { revision } else { revision - 1 };
+                    let (key, end, options) = (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
+                    assert_eq!(txn.range(key, &end, &options), self.model.range(key, &end, &options, current), "range in a txn");
+                }
+            }
+        }
+        let expected_end = if sub > 0 { revision } else { revision - 1 };
+        assert_eq!(txn.end(), expected_end);
+        assert_eq!(shadow.end(), expected_end);
+        self.model.current = expected_end;
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Txn(ops) => self.txn(ops),
+            Op::Compact(choice) => {
+                let span = self.model.current - self.model.compacted + 2;
+                let revision = self.model.compacted - 1 + (*choice as i64 * span) / 255;
+                let expected = self.model.compact(revision);
+                assert_eq!(self.store.compact(revision), expected, "compact({revision})");
+                assert_eq!(self.shadow.compact(revision), expected);
+            }
+            Op::Range(spec) => {
+                let current = self.model.current;
+                let (key, end, options) = (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
+                let txn = self.store.write();
+                assert_eq!(txn.range(key, &end, &options), self.model.range(key, &end, &options, current), "writer range");
+                drop(txn);
+                let snapshot = self.store.reader().snapshot();
+                let current = self.committed.current;
+                let options = range_options(spec, current);
+                let expected = self.committed.range(key, &end, &options, current);
+                assert_eq!(snapshot.range(key, &end, &options), expected, "snapshot range");
+            }
+            Op::Commit => self.commit(),
+            Op::Reopen => {
+                self.commit();
+                let image = self.sim.crash_image(CrashMode::DropUnsynced, 0);
+                (self.sim, self.store) = open_sim(&image);
+                self.store.check().expect("check after reopen");
+            }
+            Op::TakeSnapshot => {
+                let snapshot = self.store.reader().snapshot();
+                let (key, end) = all_keys();
+                let expected = self.committed.range(&key, &end, &RangeOptions::default(), self.committed.current).unwrap();
+                assert_eq!(snapshot.revision(), self.committed.current);
+                self.snapshots.push((snapshot, expected));
+            }
+            Op::Defragment => {
+                self.store.defragment_step().expect("defragment step");
+            }
+            Op::DropSnapshot => {
+                if !self.snapshots.is_empty() {
+                    self.snapshots.remove(0);
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self) {
+        self.store.commit().expect("commit");
+        self.committed = self.model.clone();
+        self.verify_snapshots();
+    }
+
+    /// Live snapshots read what they read when taken, whatever the writer did since.
+    fn verify_snapshots(&self) {
+        let (key, end) = all_keys();
+        for (snapshot, expected) in &self.snapshots {
+            let options = RangeOptions { revision: snapshot.revision(), ..RangeOptions::default() };
+            let got = snapshot.range(&key, &end, &options).expect("a snapshot reads its own revision");
+            assert_eq!(got.kvs, expected.kvs, "snapshot at revision {} changed", snapshot.revision());
+        }
+    }
+
+    fn finish(&mut self) {
+        while self.store.compact_step() {}
+        self.commit();
+        self.store.check().expect("check");
+        assert_eq!(self.store.kv_entry_count(), self.model.entry_count(), "compaction keeps exactly etcd's revisions");
+        let (key, end) = all_keys();
+        let got = self.store.reader().snapshot().range(&key, &end, &RangeOptions::default()).unwrap();
+        assert_eq!(got, self.model.range(&key, &end, &RangeOptions::default(), self.model.current).unwrap());
+        assert_eq!(self.store.hash_kv(0), self.shadow.hash_kv(0), "equal histories give equal HashKV");
+        assert!(self.store.size_in_use_bytes() <= self.store.size_bytes());
+    }
+}
+
+/// PROPTEST_CASES raises the number of cases (64 by default keeps the suite fast).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(ops in prop::collection::vec(op(), 1..120)) {
+        let mut harness = Harness::new();
+        for op in &ops {
+            harness.apply(op);
+        }
+        harness.finish();
+    }
+}
+
+/// A long deterministic run: deep trees, many checkpoints, compactions and page reuse.
+#[test]
+fn long_random_history_matches_model() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let ops = prop::collection::vec(op(), 20000).new_tree(&mut runner).unwrap().current();
+    let mut harness = Harness::new();
+    for (index, op) in ops.iter().enumerate() {
+        harness.apply(op);
+        if index % 500 == 499 {
+            harness.store.check().unwrap_or_else(|e| panic!("check after op {index}: {e}"));
+        }
+    }
+    harness.finish();
+    eprintln!("revision {} compacted {} entries {} size {} in use {}", harness.model.current, harness.model.compacted, harness.store.kv_entry_count(), harness.store.size_bytes(), harness.store.size_in_use_bytes());
+}
+
+#[test]
+fn errors_have_etcds_messages() {
+    assert_eq!(MvccError::Compacted.to_string(), "mvcc: required revision has been compacted");
+    assert_eq!(MvccError::FutureRevision.to_string(), "mvcc: required revision is a future revision");
+}
+
+#[test]
+fn many_keys_make_a_deep_tree_that_scans_in_order() {
+    let (_sim, mut store) = open_sim(&[]);
+    let count = 20_000u32;
+    for chunk in 0..20u32 {
+        let mut txn = store.write();
+        for i in (chunk..count).step_by(20) {
+            txn.put(&i.to_be_bytes(), &value_bytes(i as i64, 40), 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    }
+    store.check().unwrap();
+    let snapshot = store.reader().snapshot();
+    let all = snapshot.range(&[0], &[0], &RangeOptions::default()).unwrap();
+    assert_eq!(all.count, count as i64);
+    assert!(all.kvs.iter().enumerate().all(|(i, kv)| kv.key == (i as u32).to_be_bytes()));
+    let limited = snapshot.range(&100u32.to_be_bytes(), &200u32.to_be_bytes(), &RangeOptions { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!((limited.count, limited.kvs.len()), (100, 10));
+    drop(snapshot);
+    let mut txn = store.write();
+    assert_eq!(txn.delete_range(&[0], &[0]).len(), count as usize);
+    let revision = txn.end();
+    store.compact(revision).unwrap();
+    assert!(store.compaction_pending(), "40000 keys take more than one step");
+    store.commit().unwrap();
+    while store.compact_step() {}
+    store.commit().unwrap();
+    store.check().unwrap();
+    assert_eq!(store.kv_entry_count(), 0);
+}

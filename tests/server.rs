@@ -1,0 +1,358 @@
+//! The `ringd` binary driven through its real interfaces: the real etcdctl (side by side
+//! with a real etcd where outputs must match), the HTTP JSON gateway, raw gRPC for bad
+//! input, restarts and bad data dirs.
+
+mod support;
+
+use support::{error_line, etcdctl, http, stdout, Etcd, Ringd};
+
+/// etcdctl invocations whose output must be the same from ringd and from real etcd, run in
+/// order on fresh servers: (arguments, stdin).
+const SESSION: &[(&[&str], &str)] = &[
+    (&["put", "foo", "bar"], ""),
+    (&["get", "foo"], ""),
+    (&["put", "a1", "v1"], ""),
+    (&["put", "a2", "v2"], ""),
+    (&["put", "b1", "v3"], ""),
+    (&["put", "a1", "v1-again", "--prev-kv"], ""),
+    (&["get", "a", "b"], ""),
+    (&["get", "--prefix", "a"], ""),
+    (&["get", "--prefix", "--keys-only", "a"], ""),
+    (&["get", "--prefix", "a", "--limit", "1", "-w", "json"], ""),
+    (&["get", "--prefix", "a", "--sort-by", "MODIFY", "--order", "DESCEND"], ""),
+    (&["get", "--prefix", "", "--sort-by", "VALUE", "--order", "ASCEND"], ""),
+    (&["get", "--from-key", "a2"], ""),
+    (&["get", "--prefix", "a", "--keys-only", "-w", "json"], ""),
+    (&["get", "a1", "--rev", "3"], ""),
+    (&["get", "a1", "--rev", "1"], ""),
+    (&["get", "b", "a"], ""),
+    (&["get", "a1", "-w", "json"], ""),
+    (&["get", "foo", "--print-value-only"], ""),
+    (&["txn"], "value(\"b1\") = \"v3\"\nversion(\"a1\") = \"2\"\n\nput x1 y1\nget b1\n\nput x2 y2\n\n"),
+    (&["txn"], "create(\"nope\") > \"0\"\n\nput x3 y3\n\ndel x1\nget x1\n\n"),
+    (&["txn"], "mod(\"a2\") < \"100\"\n\nget --prefix a\n\n\n"),
+    (&["del", "--prev-kv", "--prefix", "a"], ""),
+    (&["del", "nothing-here"], ""),
+    (&["get", "--prefix", ""], ""),
+    (&["compaction", "5"], ""),
+    (&["get", "foo", "--rev", "3"], ""),
+    (&["get", "foo", "--rev", "100"], ""),
+    (&["compaction", "2"], ""),
+    (&["get", "foo", "--rev", "5"], ""),
+    (&["put", "", "empty-key"], ""),
+    (&["get", ""], ""),
+];
+
+/// The raft term is the one field that may differ (etcd elects itself at term 2; ringd
+/// has one member and no election yet).
+fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"raft_term\":") {
+        out.push_str(&rest[..at + "\"raft_term\":".len()]);
+        rest = rest[at + "\"raft_term\":".len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+        out.push('T');
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn etcdctl_session_matches_real_etcd() {
+    let ringd = Ringd::start(&[]);
+    let etcd = Etcd::start();
+    for (args, input) in SESSION {
+        let stdin = if input.is_empty() { None } else { Some(*input) };
+        let ours = etcdctl(&ringd.endpoint(), args, stdin);
+        let theirs = etcdctl(&etcd.endpoint(), args, stdin);
+        assert_eq!(
+            (normalize(&stdout(&ours)), ours.status.code(), error_line(&ours)),
+            (normalize(&stdout(&theirs)), theirs.status.code(), error_line(&theirs)),
+            "etcdctl {args:?} differs from real etcd (left ringd, right etcd)"
+        );
+    }
+}
+
+#[test]
+fn etcdctl_session_has_the_expected_results() {
+    let ringd = Ringd::start(&[]);
+    assert_eq!(stdout(&ringd.etcdctl(&["put", "foo", "bar"])), "OK\n");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "foo"])), "foo\nbar\n");
+    ringd.etcdctl(&["put", "foo", "baz"]);
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "foo", "--rev", "2"])), "foo\nbar\n");
+    let json = stdout(&ringd.etcdctl(&["get", "foo", "-w", "json"]));
+    assert!(json.contains("\"revision\":3"), "{json}");
+    assert!(json.contains("\"version\":2"), "{json}");
+    assert!(json.contains("\"member_id\":10276657743932975437"), "{json}");
+    let deleted = ringd.etcdctl(&["del", "foo", "--prev-kv"]);
+    assert_eq!(stdout(&deleted), "1\nfoo\nbaz\n");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "foo"])), "");
+    assert_eq!(stdout(&ringd.etcdctl(&["compaction", "3"])), "compacted revision 3\n");
+    let compacted = ringd.etcdctl(&["get", "foo", "--rev", "2"]);
+    assert_eq!(error_line(&compacted), "Error: etcdserver: mvcc: required revision has been compacted");
+}
+
+#[test]
+fn keys_and_values_are_bytes() {
+    let ringd = Ringd::start(&[]);
+    // A txn through etcdctl's stdin carries arbitrary bytes, including invalid UTF-8.
+    let key = "k\u{00ff}\u{0001}";
+    assert!(ringd.etcdctl(&["put", key, "v\u{0002}\u{00fe}"]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["get", key])), format!("{key}\nv\u{0002}\u{00fe}\n"));
+    let (status, body) = http(ringd.port, "POST", "/v3/kv/put", r#"{"key":"/w==","value":"gA=="}"#);
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(ringd.port, "POST", "/v3/kv/range", r#"{"key":"/w=="}"#);
+    assert!(body.contains(r#""key":"/w==""#) && body.contains(r#""value":"gA==""#), "{body}");
+}
+
+#[test]
+fn endpoint_status_health_and_member_list() {
+    let ringd = Ringd::start(&["--name", "node1"]);
+    let endpoint = ringd.endpoint();
+    let status = stdout(&ringd.etcdctl(&["endpoint", "status", "-w", "table"]));
+    assert!(status.contains(&endpoint) && status.contains("3.5.0") && status.contains("true"), "{status}");
+    let json = stdout(&ringd.etcdctl(&["endpoint", "status", "-w", "json"]));
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let status = &parsed[0]["Status"];
+    assert_eq!(status["leader"], status["header"]["member_id"]);
+    assert!(status["dbSize"].as_u64().unwrap() > 0);
+    let health = ringd.etcdctl(&["endpoint", "health"]);
+    assert!(health.status.success());
+    assert!(String::from_utf8_lossy(&health.stderr).contains("is healthy"));
+    let members = stdout(&ringd.etcdctl(&["member", "list", "-w", "table"]));
+    assert!(members.contains("node1") && members.contains(&endpoint) && members.contains("started"), "{members}");
+    let members = stdout(&ringd.etcdctl(&["member", "list", "-w", "json"]));
+    assert!(members.contains("\"name\":\"node1\""), "{members}");
+}
+
+#[test]
+fn json_gateway_serves_kv_health_and_version() {
+    let ringd = Ringd::start(&[]);
+    let port = ringd.port;
+    let (status, body) = http(port, "POST", "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""revision":"2""#), "64-bit integers are strings: {body}");
+    let (_, body) = http(port, "POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+    assert!(body.contains(r#""kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}]"#), "{body}");
+    assert!(body.contains(r#""count":"1""#), "{body}");
+    let txn = r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmFy"}],"success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}]}"#;
+    let (_, body) = http(port, "POST", "/v3/kv/txn", txn);
+    assert!(body.contains(r#""succeeded":true"#), "{body}");
+    let (_, body) = http(port, "POST", "/v3/kv/deleterange", r#"{"key":"Zm9v","prev_kv":true}"#);
+    assert!(body.contains(r#""deleted":"1""#) && body.contains(r#""value":"YmF6""#), "{body}");
+    let (status, body) = http(port, "POST", "/v3/kv/compaction", r#"{"revision":"3"}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(port, "POST", "/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        r#"{"code":11,"error":"etcdserver: mvcc: required revision has been compacted","message":"etcdserver: mvcc: required revision has been compacted"}"#
+    );
+    let (status, body) = http(port, "POST", "/v3/kv/range", "{}");
+    assert_eq!(status, 400);
+    assert!(body.contains("etcdserver: key is not provided") && body.contains(r#""code":3"#), "{body}");
+    let (status, body) = http(port, "GET", "/health", "");
+    assert_eq!((status, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+    let (_, body) = http(port, "GET", "/version", "");
+    let version: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(version["etcdserver"], "3.5.0");
+    assert_eq!(version["ringd"], env!("CARGO_PKG_VERSION"));
+    let (status, body) = http(port, "GET", "/no/such/path", "");
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""code":5"#), "{body}");
+    let (status, body) = http(port, "POST", "/v3/kv/range", "{not json");
+    assert_eq!(status, 400, "{body}");
+    // The server keeps serving after every bad request.
+    let (status, _) = http(port, "POST", "/v3/maintenance/status", "{}");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn writes_survive_a_kill_and_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let ringd = Ringd::start_in(&data_dir, &[]);
+    for i in 0..50 {
+        assert!(ringd.etcdctl(&["put", &format!("key{i:02}"), &format!("value{i}")]).status.success());
+    }
+    ringd.kill();
+    let ringd = Ringd::start_in(&data_dir, &[]);
+    let out = stdout(&ringd.etcdctl(&["get", "--prefix", "key", "--keys-only", "--limit", "1", "-w", "json"]));
+    assert!(out.contains("\"count\":50"), "{out}");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "key49", "--print-value-only"])), "value49\n");
+    let json = stdout(&ringd.etcdctl(&["get", "key49", "-w", "json"]));
+    assert!(json.contains("\"revision\":51"), "the revision survives too: {json}");
+}
+
+fn ringd_fails_to_start(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "no panic traces: {stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_flags_get_one_line_and_exit_code_2() {
+    let (code, stderr) = ringd_fails_to_start(&["--no-such-flag"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (code, stderr) = ringd_fails_to_start(&["--max-txn-ops", "lots"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (code, stderr) = ringd_fails_to_start(&["--listen-client-urls", "ftp://127.0.0.1:1"]);
+    assert_eq!(code, 2, "{stderr}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_ringd")).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--quota-backend-bytes"));
+}
+
+#[test]
+fn flags_come_from_etcd_environment_variables() {
+    let temp = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
+        .env("ETCD_NAME", "from-env")
+        .env("ETCD_DATA_DIR", temp.path().join("d"))
+        .env("ETCD_LISTEN_CLIENT_URLS", &url)
+        .env("ETCD_ADVERTISE_CLIENT_URLS", &url)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let members = loop {
+        let out = etcdctl(&url, &["member", "list"], None);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break stdout(&out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(members.contains("from-env"), "{members}");
+    assert!(temp.path().join("d").join("member").join("snap").join("db").exists());
+}
+
+#[test]
+fn a_corrupt_or_foreign_db_is_refused_and_left_alone() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let db = data_dir.join("member").join("snap").join("db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let foreign: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&db, &foreign).unwrap();
+    let (code, stderr) = ringd_fails_to_start(&["--data-dir", data_dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("db"), "the message names the file: {stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), foreign, "the file is never overwritten");
+}
+
+#[test]
+fn an_unwritable_data_dir_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, stderr) = ringd_fails_to_start(&["--data-dir", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("data dir"), "{stderr}");
+}
+
+#[test]
+fn a_second_process_cannot_share_a_data_dir() {
+    let ringd = Ringd::start(&[]);
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, stderr) = ringd_fails_to_start(&[
+        "--data-dir",
+        ringd.data_dir.to_str().unwrap(),
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+/// A RangeRequest for `key`, encoded by hand (field 1, length-delimited), so this test
+/// does not depend on the crate's own encoder.
+fn range_request(key: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0x0a, key.len() as u8];
+    bytes.extend_from_slice(key);
+    bytes
+}
+
+#[test]
+fn bad_grpc_input_gets_etcds_codes_and_the_server_keeps_serving() {
+    use support::grpc_call;
+    let ringd = Ringd::start(&["--max-request-bytes", "1024"]);
+    assert!(ringd.etcdctl(&["put", "k", "v"]).status.success());
+    let port = ringd.port;
+
+    // Malformed protobuf: a field header whose length runs past the end.
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &[0x0a, 0x7f, 0x01], None);
+    assert_eq!(answer.status, 13, "{answer:?}");
+    assert!(answer.message.starts_with("grpc: error unmarshalling request"), "{answer:?}");
+
+    let answer = grpc_call(port, "/etcdserverpb.KV/NoSuchMethod", &[], None);
+    assert_eq!((answer.status, answer.message.as_str()), (12, "unknown method NoSuchMethod for service etcdserverpb.KV"));
+    let answer = grpc_call(port, "/nosuch.Service/Method", &[], None);
+    assert_eq!((answer.status, answer.message.as_str()), (12, "unknown service nosuch.Service"));
+    let answer = grpc_call(port, "/etcdserverpb.Lease/LeaseGrant", &[], None);
+    assert_eq!(answer.status, 12, "{answer:?}");
+
+    // Over --max-request-bytes: etcd's own error; far over it: grpc's transport limit.
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &range_request(&[b'x'; 1100][..100]).repeat(11), None);
+    assert_eq!((answer.status, answer.message.as_str()), (3, "etcdserver: request is too large"));
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &[0u8; 16], Some(64 * 1024 * 1024));
+    assert_eq!(answer.status, 8, "{answer:?}");
+    assert!(answer.message.starts_with("grpc: received message larger than max"), "{answer:?}");
+
+    // Empty key, and key > range_end (an empty range, as in etcd).
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &[], None);
+    assert_eq!((answer.status, answer.message.as_str()), (3, "etcdserver: key is not provided"));
+    let mut backwards = range_request(b"z");
+    backwards.extend_from_slice(&[0x12, 1, b'a']);
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &backwards, None);
+    assert_eq!(answer.status, 0, "{answer:?}");
+
+    // A put with a lease before the lease service exists.
+    let lease_put = ringd.etcdctl(&["put", "k", "v", "--lease", "1234"]);
+    assert_eq!(error_line(&lease_put), "Error: etcdserver: requested lease not found");
+
+    // Still serving.
+    let answer = grpc_call(port, "/etcdserverpb.KV/Range", &range_request(b"k"), None);
+    assert_eq!(answer.status, 0);
+    assert!(answer.body.windows(1).any(|w| w == b"v"));
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "k", "--print-value-only"])), "v\n");
+}
+
+#[test]
+fn txn_limits_and_duplicate_keys_are_refused_as_etcd_does() {
+    let ringd = Ringd::start(&["--max-txn-ops", "2"]);
+    let too_many = ringd.etcdctl_stdin(&["txn"], "\nput a 1\nput b 2\nput c 3\n\n\n");
+    assert_eq!(error_line(&too_many), "Error: etcdserver: too many operations in txn request");
+    let duplicate = ringd.etcdctl_stdin(&["txn"], "\nput a 1\nput a 2\n\n\n");
+    assert_eq!(error_line(&duplicate), "Error: etcdserver: duplicate key given in txn request");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "a"])), "", "a refused txn writes nothing");
+}
+
+#[test]
+fn periodic_auto_compaction_compacts_old_revisions() {
+    let ringd = Ringd::start(&["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1s"]);
+    ringd.etcdctl(&["put", "k", "v1"]);
+    ringd.etcdctl(&["put", "k", "v2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let old = ringd.etcdctl(&["get", "k", "--rev", "2"]);
+        if error_line(&old) == "Error: etcdserver: mvcc: required revision has been compacted" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no auto-compaction within 15 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "k", "--print-value-only"])), "v2\n");
+}

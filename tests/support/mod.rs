@@ -1,0 +1,266 @@
+//! Processes for integration tests: a `ringd` started from the built binary, a real etcd
+//! (Debian's etcd-server) for side-by-side comparisons, and the real `etcdctl`. Every
+//! process is stopped by PID when its handle drops; every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; we release it for the server to bind).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Finds a tool the tests need; never skips: a missing tool is a failed test that says how
+/// to install it (the README's test command installs it).
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let candidate = Path::new(dir).join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: run the README's test command (bash tests/run-all.sh), which installs it");
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited during start: {status}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within {START_TIMEOUT:?}");
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A ringd process on a fresh port, with its own data dir (kept unless `data_dir` was given).
+pub struct Ringd {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Ringd {
+    pub fn start(extra_args: &[&str]) -> Ringd {
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = temp.path().join("data");
+        let mut ringd = Ringd::start_in(&data_dir, extra_args);
+        ringd._temp = Some(temp);
+        ringd
+    }
+
+    pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Ringd {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringd"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the ringd binary");
+        wait_for_port(port, &mut child, "ringd");
+        Ringd { child, port, data_dir: data_dir.to_owned(), _temp: None }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoint(), args, None)
+    }
+
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        etcdctl(&self.endpoint(), args, Some(stdin))
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(mut self) -> PathBuf {
+        stop(&mut self.child);
+        self.data_dir.clone()
+    }
+}
+
+impl Drop for Ringd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A real etcd (Debian's etcd-server) on fresh ports, for side-by-side checks. It keeps the
+/// default advertised peer URL and token, so its member and cluster IDs equal ringd's.
+pub struct Etcd {
+    pub child: Child,
+    pub port: u16,
+    _temp: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let etcd = require_tool("etcd");
+        let temp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let peer_port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(etcd)
+            .args(["--name", "default", "--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .arg("--data-dir")
+            .arg(temp.path().join("etcd"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        wait_for_port(port, &mut child, "etcd");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !etcdctl(&endpoint, &["endpoint", "health"], None).status.success() {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd { child, port, _temp: temp }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Runs the real etcdctl (v3 API) against `endpoint`, bounded by its own timeouts.
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let etcdctl = require_tool("etcdctl");
+    let mut child = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--dial-timeout", "5s", "--command-timeout", "10s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The last line etcdctl printed on stderr that starts with "Error:".
+pub fn error_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("Error:"))
+        .last()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// One HTTP/1.1 request over a plain TCP stream; returns (status code, body).
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The answer to one raw gRPC call.
+#[derive(Debug)]
+pub struct GrpcAnswer {
+    pub status: u8,
+    pub message: String,
+    pub body: Vec<u8>,
+}
+
+/// Sends one gRPC request with `message` as its (unprefixed) payload, over HTTP/2 with h2
+/// on a glommio executor (no tokio runtime), and returns the status and response bytes.
+/// `declared_length` lets a test lie about the length prefix.
+pub fn grpc_call(port: u16, path: &str, message: &[u8], declared_length: Option<u32>) -> GrpcAnswer {
+    let path = path.to_owned();
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&declared_length.unwrap_or(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .make()
+        .expect("a glommio executor for the test client");
+    executor.run(async move {
+        use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
+        glommio::spawn_local(async move {
+            let _ = connection.await;
+        })
+        .detach();
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(bytes::Bytes::from(frame), true).unwrap();
+        let response = response.await.unwrap();
+        let headers = response.headers().clone();
+        let mut body_stream = response.into_body();
+        let mut body = Vec::new();
+        while let Some(chunk) = body_stream.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body_stream.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        let trailers = body_stream.trailers().await.unwrap().unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| headers.get(name))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        GrpcAnswer {
+            status: field("grpc-status").parse().unwrap(),
+            message: field("grpc-message"),
+            body: if body.len() >= 5 { body[5..].to_vec() } else { body },
+        }
+    })
+}
