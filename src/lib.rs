@@ -5,7 +5,18 @@
 //! - `api`: etcd's v3 protos, gRPC over HTTP/2, the JSON gateway, etcd's error strings.
 //! - `server`: flags, cores, the writer loop, etcd's KV semantics over the store.
 //! - `mvcc`: the memory-mapped copy-on-write B+tree MVCC store.
+//! - `raft`: our Raft, sans-IO: messages and ticks in, numbered `Ready`s out.
+//! - `wal`: the segmented write-ahead log with group commit on direct I/O.
+//! - `io`: the storage traits the WAL is generic over, and their glommio implementation.
+//! - `testing`: the simulated disk and the linearizability checker used by the test suites.
 
 pub mod api;
+pub mod io;
 pub mod mvcc;
+/// Until the Raft core lands, only its message types (which the WAL persists).
+pub mod raft {
+    pub mod pb;
+}
 pub mod server;
+pub mod testing;
+pub mod wal;

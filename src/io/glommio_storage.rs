@@ -1,0 +1,181 @@
+//! [`Storage`] and [`DirectFile`] on glommio: `DmaFile` (O_DIRECT through io_uring) for data,
+//! `Directory` for the directory fsync.
+//!
+//! Buffers come from `DmaFile::alloc_dma_buffer`, which uses the executor's registered
+//! `io_memory` while it lasts and aligned heap memory beyond. Keep `io_memory` small (for example
+//! 1 MiB per executor): RLIMIT_MEMLOCK is 8 MiB on our machines and glommio silently runs without
+//! registered buffers when it cannot lock the whole amount.
+
+use super::{DirectFile, Storage, SECTOR_SIZE_BYTES};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A directory of direct-I/O files, locked against other users for as long as it is open.
+pub struct GlommioStorage {
+    path: PathBuf,
+    directory: glommio::io::Directory,
+    /// Holds an exclusive `flock` on `LOCK`: two processes (or two opens in one process)
+    /// appending to one WAL would interleave their records and corrupt it.
+    _lock: std::fs::File,
+}
+
+impl GlommioStorage {
+    /// Opens `path`, creating it (and its parents) first if needed, and locks it. Fails with
+    /// `WouldBlock` while another process or handle has it open.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<GlommioStorage> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_dir() {
+            std::fs::create_dir_all(&path)?;
+        }
+        let lock = lock_directory(&path)?;
+        probe_direct_io(&path).await?;
+        let directory = glommio::io::Directory::open(&path).await?;
+        Ok(GlommioStorage { path, directory, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        options
+    }
+
+    fn file_path(&self, name: &str) -> PathBuf {
+        assert!(!name.is_empty() && !name.contains('/'), "bad file name {name:?}");
+        self.path.join(name)
+    }
+}
+
+impl Storage for GlommioStorage {
+    type File = GlommioFile;
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    async fn create_file(&self, name: &str) -> io::Result<GlommioFile> {
+        let file = self.open_options().create_new(true).dma_open(self.file_path(name)).await?;
+        GlommioFile::new(file)
+    }
+
+    async fn open_file(&self, name: &str) -> io::Result<GlommioFile> {
+        let file = self.open_options().dma_open(self.file_path(name)).await?;
+        GlommioFile::new(file)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.file_path(from), self.file_path(to)).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.file_path(name)).await?;
+        Ok(())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.directory.sync().await?;
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> String {
+        self.path.join(name).display().to_string()
+    }
+}
+
+/// Name of the lock file in every directory a `GlommioStorage` opens.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+fn lock_directory(directory: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let lock_path = directory.join(LOCK_FILE_NAME);
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    // SAFETY: flock on a descriptor we own; it does not touch memory.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is in use by another process or handle ({error}); stop it first", directory.display()),
+        ));
+    }
+    Ok(lock)
+}
+
+/// Works around a glommio 0.9 probe: the first `DmaFile` a thread opens on a block device
+/// decides, by reading its first sector through the I/O-polling ring, whether every later file on
+/// that device uses that ring. On an empty file the read succeeds without touching the device,
+/// glommio concludes polling works, and every later read fails with EOPNOTSUPP on devices without
+/// polling (virtio, most cloud disks). Opening a file that has data first makes the probe honest;
+/// the result is cached per thread and device, so this costs once.
+async fn probe_direct_io(directory: &Path) -> io::Result<()> {
+    let probe_path = directory.join("direct-io-probe.tmp");
+    std::fs::write(&probe_path, vec![0u8; SECTOR_SIZE_BYTES])?;
+    let probe = OpenOptions::new().read(true).dma_open(&probe_path).await;
+    std::fs::remove_file(&probe_path)?;
+    probe?.close().await?;
+    Ok(())
+}
+
+/// One `DmaFile`.
+pub struct GlommioFile {
+    file: DmaFile,
+}
+
+impl GlommioFile {
+    fn new(file: DmaFile) -> io::Result<GlommioFile> {
+        // Our sector must be a multiple of what the device needs, or O_DIRECT writes fail.
+        if !(SECTOR_SIZE_BYTES as u64).is_multiple_of(file.alignment()) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("device needs {} byte alignment for direct I/O", file.alignment()),
+            ));
+        }
+        Ok(GlommioFile { file })
+    }
+}
+
+impl DirectFile for GlommioFile {
+    type WriteBuffer = DmaBuffer;
+    type ReadBuffer = ReadResult;
+
+    fn alloc_write_buffer(&self, len_bytes: usize) -> DmaBuffer {
+        assert!(len_bytes > 0 && len_bytes.is_multiple_of(SECTOR_SIZE_BYTES), "unaligned length {len_bytes}");
+        self.file.alloc_dma_buffer(len_bytes)
+    }
+
+    async fn write_at(&self, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
+        assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
+        let len_bytes = buffer.len();
+        let written_bytes = self.file.write_at(buffer, offset_bytes).await?;
+        if written_bytes != len_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short direct write: {written_bytes} of {len_bytes} bytes at {offset_bytes}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, offset_bytes: u64, len_bytes: usize) -> io::Result<ReadResult> {
+        Ok(self.file.read_at(offset_bytes, len_bytes).await?)
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+}
