@@ -1,6 +1,7 @@
 //! Store micro-benchmarks on 1M keys (8-byte keys, 256-byte values), one core:
-//! point get, put (puts/s before the checkpoint's fsync: write txns + prepare_commit), the
-//! checkpoint's I/O (write + 2 fdatasync), and range scans.
+//! point get, put (puts/s before the checkpoint's fsync: one write txn per put, random
+//! existing keys, then prepare_commit; 1k and 10k puts per checkpoint), the checkpoint's I/O
+//! (pwrite + 2 fdatasync), and range scans.
 //!
 //! cargo bench --bench mvcc   (in the mvcc lane: cd /work/lanes/mvcc && cargo bench)
 
@@ -14,6 +15,7 @@ const KEY_COUNT: u64 = 1_000_000;
 const VALUE_SIZE_BYTES: usize = 256;
 const LOAD_BATCH: u64 = 20_000;
 const PUT_BATCH: u64 = 1_000;
+const PUT_BATCH_LARGE: u64 = 10_000;
 
 /// Keys are spread over the u64 space so that random new keys land between existing ones.
 fn key(index: u64) -> [u8; 8] {
@@ -97,6 +99,25 @@ fn benchmarks(criterion: &mut Criterion) {
         })
     });
     group.sample_size(10);
+    group.throughput(Throughput::Elements(PUT_BATCH_LARGE));
+    group.bench_function("put_before_fsync_10k_per_checkpoint", |bench| {
+        bench.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                for _ in 0..PUT_BATCH_LARGE {
+                    let mut txn = store.write();
+                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                }
+                let job = store.prepare_commit().unwrap();
+                elapsed += started.elapsed();
+                let done = job.run();
+                store.finish_commit(done).unwrap();
+            }
+            elapsed
+        })
+    });
+    group.throughput(Throughput::Elements(PUT_BATCH));
     group.bench_function("checkpoint_io_after_put_batch", |bench| {
         bench.iter_custom(|iterations| {
             let mut elapsed = Duration::ZERO;

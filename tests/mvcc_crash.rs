@@ -343,3 +343,28 @@ fn defragment_shrinks_the_file_while_a_reader_reads() {
     store.check().unwrap();
     assert_eq!(all(&store, 0), expected.kvs);
 }
+
+#[test]
+fn an_unfinished_compaction_resumes_after_a_restart() {
+    let (sim, mut store) = open_sim(&[]);
+    for round in 0..3u8 {
+        let mut txn = store.write();
+        for i in 0..10_000 {
+            txn.put(format!("key{i:05}").as_bytes(), &[round; 20], 0);
+        }
+        txn.end();
+    }
+    let revision = store.current_revision();
+    store.compact(revision).unwrap();
+    assert!(store.compaction_pending());
+    store.commit().unwrap();
+    let image = sim.crash_image(CrashMode::DropUnsynced, 0);
+    let (_, mut store) = open_sim(&image);
+    assert!(store.compaction_pending(), "the scan position is durable");
+    assert_eq!(store.reader().snapshot().range(b"key", &[0], &RangeOptions { revision: revision - 1, ..Default::default() }), Err(ringd::mvcc::MvccError::Compacted));
+    while store.compact_step() {}
+    store.commit().unwrap();
+    store.check().unwrap();
+    assert_eq!(store.kv_entry_count(), 10_000, "only the newest revision of each key is left");
+    assert!(all(&store, 0).iter().all(|kv| kv.value == [2; 20] && kv.version == 3));
+}

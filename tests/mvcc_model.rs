@@ -180,7 +180,9 @@ struct Harness {
 
 fn open_sim(image: &[u8]) -> (Arc<SimFile>, Store) {
     let sim = Arc::new(SimFile::from_image(image, SIM_CAPACITY_BYTES));
-    let store = Store::open_file(sim.clone(), StoreOptions::default()).expect("the store opens");
+    let mut store = Store::open_file(sim.clone(), StoreOptions::default()).expect("the store opens");
+    // Tiny compaction steps: compactions stay pending across writes, checkpoints and reopens.
+    store.set_compaction_keys_per_step(3);
     (sim, store)
 }
 

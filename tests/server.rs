@@ -356,3 +356,93 @@ fn periodic_auto_compaction_compacts_old_revisions() {
     }
     assert_eq!(stdout(&ringd.etcdctl(&["get", "k", "--print-value-only"])), "v2\n");
 }
+
+fn db_size(ringd: &Ringd) -> u64 {
+    let json = stdout(&ringd.etcdctl(&["endpoint", "status", "-w", "json"]));
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    parsed[0]["Status"]["dbSize"].as_u64().unwrap()
+}
+
+#[test]
+fn compaction_and_online_defragmentation_shrink_the_file() {
+    let ringd = Ringd::start(&[]);
+    let value = "x".repeat(4000);
+    let txn_puts: String = (0..100).map(|i| format!("put key{i:03} {value}\n")).collect();
+    for round in 0..5 {
+        let out = ringd.etcdctl_stdin(&["txn"], &format!("\n{txn_puts}\n\n"));
+        assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let grown = db_size(&ringd);
+    assert!(ringd.etcdctl(&["del", "--prefix", "key"]).status.success());
+    let revision = {
+        let json = stdout(&ringd.etcdctl(&["get", "x", "-w", "json"]));
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        parsed["header"]["revision"].as_i64().unwrap()
+    };
+    let compacted = ringd.etcdctl(&["compaction", "--physical", &revision.to_string()]);
+    assert_eq!(stdout(&compacted), format!("compacted revision {revision}\n"));
+    let defrag = ringd.etcdctl(&["defrag"]);
+    assert!(defrag.status.success(), "{}", String::from_utf8_lossy(&defrag.stderr));
+    assert!(stdout(&defrag).starts_with("Finished defragmenting etcd member"), "{}", stdout(&defrag));
+    let shrunk = db_size(&ringd);
+    assert!(shrunk * 4 < grown, "defragmentation shrinks {grown} bytes of mostly deleted data: {shrunk}");
+    assert!(ringd.etcdctl(&["put", "after", "defrag"]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "after", "--print-value-only"])), "defrag\n");
+}
+
+#[test]
+fn the_quota_raises_nospace_until_disarmed() {
+    let ringd = Ringd::start(&["--quota-backend-bytes", "300000"]);
+    let value = "v".repeat(10_000);
+    let mut refused = None;
+    for i in 0..200 {
+        let out = ringd.etcdctl(&["put", &format!("k{i}"), &value]);
+        if !out.status.success() {
+            refused = Some(error_line(&out));
+            break;
+        }
+    }
+    assert_eq!(refused.as_deref(), Some("Error: etcdserver: mvcc: database space exceeded"));
+    let alarms = stdout(&ringd.etcdctl(&["alarm", "list"]));
+    assert_eq!(alarms, "memberID:10276657743932975437 alarm:NOSPACE \n");
+    let (status, _) = http(ringd.port, "GET", "/health", "");
+    assert_eq!(status, 503, "an alarm makes the member unhealthy");
+    // Deletes still work; then compact, defragment and disarm as etcd's docs say.
+    assert!(ringd.etcdctl(&["del", "--prefix", "k"]).status.success());
+    let json = stdout(&ringd.etcdctl(&["get", "k", "-w", "json"]));
+    let revision = serde_json::from_str::<serde_json::Value>(&json).unwrap()["header"]["revision"].as_i64().unwrap();
+    assert!(ringd.etcdctl(&["compaction", "--physical", &revision.to_string()]).status.success());
+    assert!(ringd.etcdctl(&["defrag"]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["alarm", "disarm"])), "memberID:10276657743932975437 alarm:NOSPACE \n");
+    assert_eq!(stdout(&ringd.etcdctl(&["alarm", "list"])), "");
+    assert!(ringd.etcdctl(&["put", "small", "ok"]).status.success());
+}
+
+#[test]
+fn hashkv_is_stable_and_follows_writes() {
+    let ringd = Ringd::start(&[]);
+    ringd.etcdctl(&["put", "a", "1"]);
+    let hash = |ringd: &Ringd| {
+        let json = stdout(&ringd.etcdctl(&["endpoint", "hashkv", "-w", "json"]));
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()[0]["HashKV"]["hash"].as_u64().unwrap()
+    };
+    let first = hash(&ringd);
+    assert_eq!(first, hash(&ringd));
+    ringd.etcdctl(&["put", "a", "2"]);
+    assert_ne!(first, hash(&ringd));
+}
+
+#[test]
+fn a_key_longer_than_the_store_allows_is_refused() {
+    let ringd = Ringd::start(&[]);
+    let long = "k".repeat(2001);
+    let out = ringd.etcdctl(&["put", &long, "v"]);
+    // Not one of etcd's strings, so etcdctl shows the raw status.
+    assert_eq!(
+        error_line(&out),
+        "Error: rpc error: code = InvalidArgument desc = etcdserver: key is too large (ringd keys are at most 2000 bytes)"
+    );
+    let longest = "k".repeat(2000);
+    assert!(ringd.etcdctl(&["put", &longest, "v"]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["get", &longest, "--print-value-only"])), "v\n");
+}

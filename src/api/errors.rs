@@ -124,9 +124,15 @@ pub const NO_SPACE: Status =
     Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded");
 pub const LEASE_NOT_FOUND: Status = Status::new(Code::NotFound, "etcdserver: requested lease not found");
 pub const REQUEST_TOO_LARGE: Status = Status::new(Code::InvalidArgument, "etcdserver: request is too large");
+/// ringd's own: a key longer than the store's cell allows (etcd has no such bound; the
+/// message says what the limit is so that a user can act on it).
+pub const KEY_TOO_LARGE: Status =
+    Status::new(Code::InvalidArgument, "etcdserver: key is too large (ringd keys are at most 2000 bytes)");
 pub const TOO_MANY_REQUESTS: Status = Status::new(Code::ResourceExhausted, "etcdserver: too many requests");
 pub const STOPPED: Status = Status::new(Code::Unavailable, "etcdserver: server stopped");
 pub const TIMEOUT: Status = Status::new(Code::Unavailable, "etcdserver: request timed out");
 pub const CORRUPT: Status = Status::new(Code::DataLoss, "etcdserver: corrupt cluster");
 pub const MEMBER_NOT_FOUND: Status = Status::new(Code::NotFound, "etcdserver: member not found");
 pub const NOT_CAPABLE: Status = Status::new(Code::Unavailable, "etcdserver: not capable");
+
+const _: () = assert!(crate::mvcc::KEY_SIZE_MAX_BYTES == 2000, "KEY_TOO_LARGE's message names the limit");

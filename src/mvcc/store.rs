@@ -62,6 +62,16 @@ impl Shared {
     }
 }
 
+// The contract of API.md: readers and snapshots cross cores; a checkpoint's job runs anywhere.
+const _: () = {
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    const fn send<T: Send + 'static>() {}
+    send_sync::<Reader>();
+    send_sync::<Snapshot>();
+    send::<CommitJob>();
+    send::<CommitDone>();
+};
+
 /// The read side: Clone + Send + Sync; every core holds one.
 #[derive(Clone)]
 pub struct Reader {
@@ -133,6 +143,7 @@ pub struct Store {
     compact_revision: Revision,
     /// (main, sub) where the physical compaction resumes; main 0 = none pending.
     compact_scan: (Revision, i64),
+    compaction_keys_per_step: usize,
     consistent_index: u64,
     kv_entry_count: u64,
     /// Committed pages this (uncommitted) txn no longer uses.
@@ -430,6 +441,7 @@ impl Store {
             current_revision: meta.current_revision,
             compact_revision: meta.compact_revision,
             compact_scan: (meta.compact_scan_main, meta.compact_scan_sub),
+            compaction_keys_per_step: COMPACTION_KEYS_PER_STEP,
             consistent_index: meta.consistent_index,
             kv_entry_count: meta.kv_entry_count,
             freed: Vec::new(),
@@ -570,6 +582,13 @@ impl Store {
         self.compact_scan.0 != 0
     }
 
+    /// Keys one compaction step handles (COMPACTION_KEYS_PER_STEP by default): tests use tiny
+    /// steps to interleave compaction with everything else.
+    pub fn set_compaction_keys_per_step(&mut self, keys: usize) {
+        assert!(keys > 0);
+        self.compaction_keys_per_step = keys;
+    }
+
     /// Whether a compaction still has revisions to remove.
     pub fn compaction_pending(&self) -> bool {
         self.compact_scan.0 != 0
@@ -585,7 +604,7 @@ impl Store {
             if split_rev_key(key).0 > revision {
                 return (keys, None);
             }
-            if keys.len() >= COMPACTION_KEYS_PER_STEP {
+            if keys.len() >= self.compaction_keys_per_step {
                 return (keys, Some(key.to_vec()));
             }
             keys.insert(rev_value_user_key(pages, value));

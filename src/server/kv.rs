@@ -60,6 +60,10 @@ pub fn check_put(request: &pb::PutRequest) -> Result<(), Status> {
     if request.key.is_empty() {
         return Err(errors::EMPTY_KEY);
     }
+    // etcd bounds a key only by the request size; ringd's B+tree cells bound it further.
+    if request.key.len() > mvcc::KEY_SIZE_MAX_BYTES {
+        return Err(errors::KEY_TOO_LARGE);
+    }
     if request.ignore_value && !request.value.is_empty() {
         return Err(errors::VALUE_PROVIDED);
     }

@@ -77,6 +77,16 @@ enum Route {
     Remote(glommio::channels::shared_channel::ConnectedSender<Proposal>),
 }
 
+/// Sends a command to the writer and unwraps the outcome of the same kind.
+macro_rules! propose_as {
+    ($core:expr, $command:expr, $variant:ident) => {
+        match $core.propose($command).await? {
+            writer::Outcome::$variant(response) => Ok(response),
+            _ => unreachable!(concat!("the writer answers ", stringify!($variant), " in kind")),
+        }
+    };
+}
+
 /// One core's handle: what the API layer calls.
 pub struct Core {
     pub shared: Arc<Shared>,
@@ -122,18 +132,12 @@ impl Core {
     pub async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         kv::check_put(&request)?;
         self.check_space()?;
-        match self.propose(Command::Put(request)).await? {
-            writer::Outcome::Put(response) => Ok(response),
-            _ => unreachable!("the writer answers a Put with a Put"),
-        }
+        propose_as!(self, Command::Put(request), Put)
     }
 
     pub async fn delete_range(&self, request: pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, Status> {
         kv::check_delete(&request)?;
-        match self.propose(Command::DeleteRange(request)).await? {
-            writer::Outcome::DeleteRange(response) => Ok(response),
-            _ => unreachable!("the writer answers a DeleteRange with a DeleteRange"),
-        }
+        propose_as!(self, Command::DeleteRange(request), DeleteRange)
     }
 
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
@@ -145,17 +149,11 @@ impl Core {
             return Ok(response);
         }
         self.check_space()?;
-        match self.propose(Command::Txn(request)).await? {
-            writer::Outcome::Txn(response) => Ok(response),
-            _ => unreachable!("the writer answers a Txn with a Txn"),
-        }
+        propose_as!(self, Command::Txn(request), Txn)
     }
 
     pub async fn compact(&self, request: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
-        match self.propose(Command::Compact(request)).await? {
-            writer::Outcome::Compact(response) => Ok(response),
-            _ => unreachable!("the writer answers a Compact with a Compact"),
-        }
+        propose_as!(self, Command::Compact(request), Compact)
     }
 
     pub fn status(&self) -> Result<pb::StatusResponse, Status> {
@@ -197,31 +195,19 @@ impl Core {
     }
 
     pub async fn hash(&self) -> Result<pb::HashResponse, Status> {
-        match self.propose(Command::Hash).await? {
-            writer::Outcome::Hash(response) => Ok(response),
-            _ => unreachable!("the writer answers a Hash with a Hash"),
-        }
+        propose_as!(self, Command::Hash, Hash)
     }
 
     pub async fn hash_kv(&self, request: pb::HashKvRequest) -> Result<pb::HashKvResponse, Status> {
-        match self.propose(Command::HashKv(request)).await? {
-            writer::Outcome::HashKv(response) => Ok(response),
-            _ => unreachable!("the writer answers a HashKV with a HashKV"),
-        }
+        propose_as!(self, Command::HashKv(request), HashKv)
     }
 
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, Status> {
-        match self.propose(Command::Defragment).await? {
-            writer::Outcome::Defragment(response) => Ok(response),
-            _ => unreachable!("the writer answers a Defragment with a Defragment"),
-        }
+        propose_as!(self, Command::Defragment, Defragment)
     }
 
     pub async fn alarm(&self, request: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
-        match self.propose(Command::Alarm(request)).await? {
-            writer::Outcome::Alarm(response) => Ok(response),
-            _ => unreachable!("the writer answers an Alarm with an Alarm"),
-        }
+        propose_as!(self, Command::Alarm(request), Alarm)
     }
 
     /// etcd's /health: unhealthy while an alarm is raised.

@@ -150,31 +150,123 @@ async fn run_client_core(
     futures::future::pending::<()>().await;
 }
 
+/// Background work the writer does a step of per batch, so that neither blocks the core:
+/// a compaction's physical deletion and an online defragmentation.
+#[derive(Default)]
+struct Background {
+    /// Compact requests with physical=true, answered once the deletion is done.
+    physical_compactions: Vec<Reply>,
+    /// Defragment requests, answered once the file has shrunk to its live pages.
+    defragmentations: Vec<Reply>,
+    /// Defragmentation steps left before giving up on pages old snapshots still pin.
+    defragment_steps_left: usize,
+    /// Checkpoints still due after the last relocation: pages freed by txn T are reusable
+    /// (and the file trimmable) from txn T + 2.
+    defragment_trailing_checkpoints: u8,
+}
+
+type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
+
+const DEFRAGMENT_TRAILING_CHECKPOINTS: u8 = 3;
+
+impl Background {
+    fn busy(&self, store: &mvcc::Store) -> bool {
+        !self.defragmentations.is_empty() || store.compaction_pending()
+    }
+
+    /// One step of each pending job, before the batch's checkpoint.
+    fn step(&mut self, store: &mut mvcc::Store) {
+        if store.compaction_pending() {
+            store.compact_step();
+        }
+        if self.defragmentations.is_empty() {
+            return;
+        }
+        let more = match store.defragment_step() {
+            Ok(more) => more,
+            Err(error) => fatal(&error),
+        };
+        self.defragment_steps_left = self.defragment_steps_left.saturating_sub(1);
+        if !more || self.defragment_steps_left == 0 {
+            self.defragment_trailing_checkpoints += 1;
+        }
+    }
+
+    /// Answers the jobs that finished with the checkpoint just made.
+    fn answer_finished(&mut self, store: &mvcc::Store, shared: &Shared) {
+        let header = Some(shared.header(store.current_revision()));
+        if !store.compaction_pending() {
+            for reply in self.physical_compactions.drain(..) {
+                let _ = reply.send(Ok(Outcome::Compact(pb::CompactionResponse { header: header.clone() })));
+            }
+        }
+        if self.defragment_trailing_checkpoints > DEFRAGMENT_TRAILING_CHECKPOINTS {
+            self.defragment_trailing_checkpoints = 0;
+            for reply in self.defragmentations.drain(..) {
+                let _ = reply.send(Ok(Outcome::Defragment(pb::DefragmentResponse { header: header.clone() })));
+            }
+        }
+    }
+}
+
 async fn writer_loop(mut store: mvcc::Store, mut queue: mpsc::Receiver<Proposal>, shared: Arc<Shared>) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(BATCH_REQUESTS_MAX);
     let mut replies = Vec::with_capacity(BATCH_REQUESTS_MAX);
-    while let Some(first) = queue.next().await {
-        batch.push(first);
+    let mut background = Background::default();
+    loop {
+        if !background.busy(&store) {
+            match queue.next().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+        }
         while batch.len() < BATCH_REQUESTS_MAX {
             match queue.try_recv() {
                 Ok(proposal) => batch.push(proposal),
                 _ => break,
             }
         }
-        let mut changed = false;
+        let mut changed = background.busy(&store);
         for proposal in batch.drain(..) {
-            let (result, dirty) = apply(&mut store, &shared, proposal.command);
-            changed |= dirty;
-            replies.push((proposal.reply, result));
+            match proposal.command {
+                Command::Defragment => {
+                    if background.defragmentations.is_empty() {
+                        background.defragment_steps_left = defragment_steps_max(&store);
+                    }
+                    background.defragmentations.push(proposal.reply);
+                    changed = true;
+                }
+                Command::Compact(request) if request.physical => {
+                    let (result, dirty) = apply(&mut store, &shared, Command::Compact(request));
+                    changed |= dirty;
+                    match result {
+                        Ok(_) => background.physical_compactions.push(proposal.reply),
+                        Err(status) => replies.push((proposal.reply, Err(status))),
+                    }
+                }
+                command => {
+                    let (result, dirty) = apply(&mut store, &shared, command);
+                    changed |= dirty;
+                    replies.push((proposal.reply, result));
+                }
+            }
         }
+        background.step(&mut store);
         if changed {
             checkpoint(&mut store, &shared).await;
         }
         for (reply, result) in replies.drain(..) {
             let _ = reply.send(result);
         }
+        background.answer_finished(&store, &shared);
         glommio::yield_if_needed().await;
     }
+}
+
+/// A bound on defragmentation steps: each moves a fixed number of pages, so twice the page
+/// count is more than enough unless old snapshots pin pages (then it gives up, best effort).
+fn defragment_steps_max(store: &mvcc::Store) -> usize {
+    2 * (store.size_bytes() / mvcc::page::PAGE_SIZE as u64) as usize + 8
 }
 
 /// Makes the batch durable: pages written and synced, then the meta switched, on the
@@ -239,13 +331,7 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             let header = Some(shared.header(store.current_revision()));
             (result.map(|()| Outcome::Compact(pb::CompactionResponse { header })), true)
         }
-        Command::Defragment => {
-            let result = store
-                .defragment()
-                .map_err(|e| Status::with_message(errors::Code::Internal, e.to_string()));
-            let header = Some(shared.header(store.current_revision()));
-            (result.map(|()| Outcome::Defragment(pb::DefragmentResponse { header })), true)
-        }
+        Command::Defragment => unreachable!("the writer loop schedules defragmentation"),
         Command::Hash => {
             let header = Some(shared.header(store.current_revision()));
             (Ok(Outcome::Hash(pb::HashResponse { header, hash: store.hash() })), false)
