@@ -368,3 +368,48 @@ fn an_unfinished_compaction_resumes_after_a_restart() {
     assert_eq!(store.kv_entry_count(), 10_000, "only the newest revision of each key is left");
     assert!(all(&store, 0).iter().all(|kv| kv.value == [2; 20] && kv.version == 3));
 }
+
+/// A snapshot's image (Maintenance.Snapshot) opens as a valid store at exactly the
+/// snapshot's revision, even though the writer went on and reused free pages meanwhile.
+#[test]
+fn an_image_is_a_consistent_store_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+    let put_round = |store: &mut Store, round: u32| {
+        let mut txn = store.write();
+        for key in 0..300u32 {
+            txn.put(format!("key{key:04}").as_bytes(), format!("round{round}-{}", "x".repeat(200)).as_bytes(), 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    };
+    for round in 0..3 {
+        put_round(&mut store, round);
+    }
+    store.compact(store.current_revision()).unwrap();
+    while store.compact_step() {}
+    store.commit().unwrap();
+    let image = store.reader().snapshot().image().unwrap();
+    let revision = image.revision();
+    // Writes after the image reuse the pages the compaction freed.
+    for round in 3..8 {
+        put_round(&mut store, round);
+    }
+    let mut bytes = Vec::new();
+    let mut offset = 0;
+    while offset < image.len_bytes() {
+        let before = bytes.len();
+        image.read_chunk(offset, 64 * 1024, &mut bytes);
+        offset += (bytes.len() - before) as u64;
+    }
+    assert_eq!(bytes.len() as u64, image.len_bytes());
+    let copy_path = dir.path().join("copy.db");
+    std::fs::write(&copy_path, &bytes).unwrap();
+    let copy = Store::open(&copy_path, StoreOptions::default()).unwrap();
+    copy.check().unwrap();
+    assert_eq!(copy.current_revision(), revision);
+    let all = RangeOptions { revision: 0, limit: 0, keys_only: false, count_only: false };
+    let result = copy.reader().snapshot().range(b"key", b"kez", &all).unwrap();
+    assert_eq!(result.kvs.len(), 300);
+    assert!(result.kvs.iter().all(|kv| kv.value.starts_with(b"round2-")));
+}

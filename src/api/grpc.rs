@@ -74,6 +74,10 @@ where
 }
 
 async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
+    if path == SNAPSHOT_PATH {
+        drop(body);
+        return stream_snapshot(core, respond).await;
+    }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
         Err(status) => return send_status(&mut respond, &status),
@@ -90,6 +94,74 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
         Ok(reply) => send_reply(&mut respond, reply),
         Err(status) => send_status(&mut respond, &status),
     }
+}
+
+const SNAPSHOT_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
+/// Bytes of the db per SnapshotResponse (etcd's snapshotSendBufferSize).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+/// Bytes of the db read per trip to the blocking pool (page faults stay off the executor).
+const SNAPSHOT_READ_BYTES: usize = 1024 * 1024;
+
+/// Maintenance.Snapshot: streams a consistent copy of the db (see `mvcc::Image`), then, as
+/// etcd does, one last message with the sha256 of the db (etcdctl checks it is there). Each
+/// message is sent only once flow control has room for it, so a slow client holds back the
+/// stream instead of filling memory.
+async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
+    let mut image = match core.snapshot_image() {
+        Ok(image) => image,
+        Err(status) => return send_status(&mut respond, &status),
+    };
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let total_bytes = image.len_bytes();
+    let mut offset = 0u64;
+    let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+    while offset < total_bytes {
+        let read = glommio::executor()
+            .spawn_blocking(move || {
+                let mut block = Vec::with_capacity(SNAPSHOT_READ_BYTES);
+                image.read_chunk(offset, SNAPSHOT_READ_BYTES, &mut block);
+                (image, block)
+            })
+            .await;
+        image = read.0;
+        let block = read.1;
+        assert!(!block.is_empty(), "an image chunk below its length is never empty");
+        sha2::Digest::update(&mut digest, &block);
+        for piece in block.chunks(SNAPSHOT_CHUNK_BYTES) {
+            offset += piece.len() as u64;
+            let message = crate::api::pb::etcdserverpb::SnapshotResponse {
+                header: None,
+                remaining_bytes: total_bytes - offset,
+                blob: piece.to_vec(),
+            };
+            if !send_when_room(&mut stream, ProtobufCodec.encode(&message)).await {
+                return;
+            }
+        }
+    }
+    let checksum = crate::api::pb::etcdserverpb::SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha2::Digest::finalize(digest).to_vec(),
+    };
+    if !send_when_room(&mut stream, ProtobufCodec.encode(&checksum)).await {
+        return;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
+}
+
+/// Waits until the peer's flow-control window has room for `data`, then sends it.
+async fn send_when_room(stream: &mut h2::SendStream<Bytes>, data: Bytes) -> bool {
+    stream.reserve_capacity(data.len());
+    while stream.capacity() < data.len() {
+        match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            _ => return false,
+        }
+    }
+    stream.send_data(data, false).is_ok()
 }
 
 /// Reads one length-prefixed message from a unary request body, refusing one whose declared

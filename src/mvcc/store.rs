@@ -115,6 +115,59 @@ impl Snapshot {
     }
 }
 
+/// A consistent copy of the store file as of one snapshot (Maintenance.Snapshot, backups):
+/// the snapshot's meta in its slot (txn % 2) and zeros in the other, then every page below
+/// its page count; free pages are written as zeros, because the writer may be reusing them
+/// while the copy is made. Pages a snapshot reaches are never modified while it lives, so the
+/// copy opens as a valid store at exactly the snapshot's revision.
+pub struct Image {
+    snapshot: Snapshot,
+    free_pages: BTreeSet<PageId>,
+}
+
+impl Snapshot {
+    pub fn image(self) -> Result<Image, OpenError> {
+        let pages = self.shared.pages(self.meta.page_count);
+        let path = self.shared.file.path().to_path_buf();
+        let (entries, _chain) = load_free_list(&path, &self.meta, pages)?;
+        let free_pages = entries.into_iter().map(|(page, _)| page).collect();
+        Ok(Image { snapshot: self, free_pages })
+    }
+}
+
+impl Image {
+    pub fn len_bytes(&self) -> u64 {
+        self.snapshot.meta.page_count * PAGE_SIZE as u64
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.snapshot.meta.current_revision
+    }
+
+    /// Appends up to `max_bytes` of the image from `offset` (page-aligned) to `out`.
+    pub fn read_chunk(&self, offset: u64, max_bytes: usize, out: &mut Vec<u8>) {
+        assert_eq!(offset % PAGE_SIZE as u64, 0, "image chunks are page-aligned");
+        assert!(max_bytes >= PAGE_SIZE);
+        let meta = &self.snapshot.meta;
+        let pages = self.snapshot.shared.pages(meta.page_count);
+        let first = offset / PAGE_SIZE as u64;
+        let last = (first + (max_bytes / PAGE_SIZE) as u64).min(meta.page_count);
+        for id in first..last {
+            if id < META_PAGES {
+                if id == meta.txn_id % META_PAGES {
+                    out.extend_from_slice(&meta.encode_page());
+                } else {
+                    out.resize(out.len() + PAGE_SIZE, 0);
+                }
+            } else if self.free_pages.contains(&id) {
+                out.resize(out.len() + PAGE_SIZE, 0);
+            } else {
+                out.extend_from_slice(pages.page(id));
+            }
+        }
+    }
+}
+
 impl Drop for Snapshot {
     fn drop(&mut self) {
         let mut published = self.shared.published.lock().unwrap();

@@ -210,6 +210,15 @@ impl Core {
         propose_as!(self, Command::Alarm(request), Alarm)
     }
 
+    /// A consistent copy of the db for Maintenance.Snapshot.
+    pub fn snapshot_image(&self) -> Result<mvcc::Image, Status> {
+        self.shared
+            .reader
+            .snapshot()
+            .image()
+            .map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
+    }
+
     /// etcd's /health: unhealthy while an alarm is raised.
     pub fn health(&self) -> (bool, String) {
         if self.shared.alarm_no_space.load(Ordering::Acquire) {
