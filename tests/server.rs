@@ -473,3 +473,69 @@ fn a_snapshot_saved_by_etcdctl_restores_as_a_data_dir() {
     let json = stdout(&restored.etcdctl(&["get", "key000", "-w", "json"]));
     assert!(json.contains("\"revision\":101"), "{json}");
 }
+
+#[test]
+fn etcdctl_watch_sees_puts_and_deletes_live() {
+    use support::EtcdctlWatch;
+    let ringd = Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let prefix = EtcdctlWatch::start(&endpoint, &["--prefix", "a", "--prev-kv"]);
+    let single = EtcdctlWatch::start(&endpoint, &["foo"]);
+    EtcdctlWatch::settle();
+    ringd.etcdctl(&["put", "a1", "x"]);
+    ringd.etcdctl(&["put", "foo", "bar"]);
+    ringd.etcdctl(&["put", "a1", "y"]);
+    ringd.etcdctl(&["del", "a1"]);
+    let timeout = std::time::Duration::from_secs(10);
+    assert_eq!(
+        prefix.lines(10, timeout),
+        ["PUT", "a1", "x", "PUT", "a1", "x", "a1", "y", "DELETE", "a1"],
+        "a prefix watch with prev_kv: a put, an update with its previous value, a delete"
+    );
+    assert_eq!(prefix.lines(2, timeout), ["y", "a1"]);
+    assert_eq!(single.lines(3, timeout), ["PUT", "foo", "bar"]);
+}
+
+/// A watch from an old revision replays the history exactly as real etcd does.
+#[test]
+fn historical_watch_matches_real_etcd() {
+    use support::EtcdctlWatch;
+    let ringd = Ringd::start(&[]);
+    let etcd = Etcd::start();
+    let script: &[&[&str]] = &[
+        &["put", "k1", "v1"],
+        &["put", "k2", "v2"],
+        &["put", "k1", "v1b"],
+        &["del", "k", "l"],
+        &["put", "k3", "v3"],
+        &["put", "other", "x"],
+    ];
+    for endpoint in [ringd.endpoint(), etcd.endpoint()] {
+        for args in script {
+            assert!(etcdctl(&endpoint, args, None).status.success());
+        }
+    }
+    let timeout = std::time::Duration::from_secs(10);
+    let replay = |endpoint: &str, args: &[&str], lines: usize| EtcdctlWatch::start(endpoint, args).lines(lines, timeout);
+    for (args, lines) in [
+        (&["--rev", "2", "--prefix", "k", "--prev-kv"][..], 19),
+        (&["--rev", "4", "k1"][..], 5),
+        (&["--rev", "1", "--prefix", ""][..], 20),
+    ] {
+        assert_eq!(replay(&ringd.endpoint(), args, lines), replay(&etcd.endpoint(), args, lines), "watch {args:?}");
+    }
+    // After a compaction, a watch from before it is canceled, as etcd cancels it.
+    for endpoint in [ringd.endpoint(), etcd.endpoint()] {
+        assert!(etcdctl(&endpoint, &["compaction", "5"], None).status.success());
+    }
+    let canceled = |endpoint: &str| {
+        let out = std::process::Command::new(support::require_tool("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "watch", "--rev", "2", "k1"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(canceled(&ringd.endpoint()), canceled(&etcd.endpoint()));
+    assert_eq!(canceled(&ringd.endpoint()).0, Some(5));
+}

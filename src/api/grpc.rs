@@ -78,6 +78,9 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
         drop(body);
         return stream_snapshot(core, respond).await;
     }
+    if path == WATCH_PATH {
+        return serve_watch(core, body, respond).await;
+    }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
         Err(status) => return send_status(&mut respond, &status),
@@ -97,6 +100,87 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
 }
 
 const SNAPSHOT_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
+const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
+
+/// Reads the next length-prefixed message of a streaming request; None at the end of the
+/// client's side of the stream.
+async fn next_message(body: &mut RecvStream, buffer: &mut BytesMut, limit_bytes: usize) -> Option<Result<Bytes, Status>> {
+    loop {
+        if buffer.len() >= PREFIX_BYTES {
+            if buffer[0] != 0 {
+                return Some(Err(Status::new(errors::Code::Unimplemented, "grpc: Decompressor is not installed for grpc-encoding")));
+            }
+            let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+            if length > limit_bytes {
+                return Some(Err(Status::message_too_large(length, limit_bytes)));
+            }
+            if buffer.len() >= PREFIX_BYTES + length {
+                let mut message = buffer.split_to(PREFIX_BYTES + length);
+                return Some(Ok(message.split_off(PREFIX_BYTES).freeze()));
+            }
+        }
+        match body.data().await? {
+            Ok(chunk) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buffer.extend_from_slice(&chunk);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Watch: a bidirectional stream. Requests (create, cancel, progress) are handled as they
+/// arrive; responses come from this core's watch hub through the stream's outbox and are
+/// sent as flow control allows. The stream ends when the client closes its side.
+async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
+    use futures::{FutureExt, StreamExt};
+    let (watch, mut responses) = core.watch_hub().open_stream();
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let receiver = watch.clone();
+    let receive = glommio::spawn_local(async move {
+        let mut buffer = BytesMut::new();
+        while let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await {
+            let request = message.and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::WatchRequest>(&bytes))?;
+            receiver.handle(request);
+        }
+        Ok::<(), Status>(())
+    });
+    let progress_interval = core.watch_progress_interval();
+    let ticking = std::rc::Rc::downgrade(&watch);
+    let ticker = glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(progress_interval).await;
+            match ticking.upgrade() {
+                Some(watch) => watch.notify_progress(),
+                None => return,
+            }
+        }
+    });
+    let mut receive = receive.fuse();
+    let ended = loop {
+        futures::select! {
+            response = responses.next() => {
+                let Some(response) = response else { break Ok(()) };
+                watch.response_sent();
+                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
+                    break Ok(());
+                }
+            }
+            ended = receive => break ended,
+        }
+    };
+    drop(ticker);
+    let mut trailers = HeaderMap::new();
+    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
+    trailers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
+    if status.code != errors::Code::Ok {
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
+            trailers.insert("grpc-message", message);
+        }
+    }
+    let _ = stream.send_trailers(trailers);
+}
 /// Bytes of the db per SnapshotResponse (etcd's snapshotSendBufferSize).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// Bytes of the db read per trip to the blocking pool (page faults stay off the executor).

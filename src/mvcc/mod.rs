@@ -67,6 +67,7 @@ mod tree;
 pub use error::{CheckError, MvccError, OpenError, StoreError};
 pub use file::{CrashMode, MmapFile, SimFile, StoreFile};
 pub use page::KEY_SIZE_MAX_BYTES;
+pub use read::HistoryEvent;
 pub use store::{CommitDone, CommitJob, Image, Reader, Snapshot, Store, StoreOptions, WriteTxn};
 
 /// An etcd revision (main revision of a write transaction).

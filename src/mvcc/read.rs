@@ -204,3 +204,73 @@ pub fn range(
     assert!(result.kvs.len() as i64 <= result.count);
     Ok(result)
 }
+
+/// One write of the history: a put (the key's KeyValue at that revision) or a delete (the
+/// key and its mod_revision only, as etcd reports a delete event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEvent {
+    pub deleted: bool,
+    pub kv: KeyValue,
+}
+
+impl Bounds<'_> {
+    fn contains(&self, user_key: &[u8]) -> bool {
+        match self {
+            Bounds::Single(key) => user_key == *key,
+            Bounds::Interval(start, _) => user_key >= *start && !self.is_past(user_key),
+        }
+    }
+}
+
+/// The writes with revision in (after, until] to keys in bounds, in revision order, read from
+/// the rev tree (one ordered scan) and the kv tree (one point lookup per matching write).
+/// Stops after `max_events` events, but never inside one revision: all events of a revision
+/// are delivered together. Returns the events and the last revision fully covered.
+pub fn history(
+    pages: Pages,
+    kv_root: NodeRef,
+    rev_root: NodeRef,
+    bounds: Bounds,
+    after: Revision,
+    until: Revision,
+    max_events: usize,
+) -> (Vec<HistoryEvent>, Revision) {
+    assert!(after >= 0 && max_events > 0);
+    let mut events = Vec::new();
+    let mut cursor = Cursor::seek(pages, rev_root, &rev_key(after + 1, 0));
+    let mut covered = until;
+    while let Some((key, value)) = cursor.current() {
+        let (main, sub) = split_rev_key(key);
+        if main > until {
+            break;
+        }
+        if events.len() >= max_events && events.last().is_some_and(|e: &HistoryEvent| e.kv.mod_revision < main) {
+            covered = main - 1;
+            break;
+        }
+        let value = match value {
+            ValueRef::Inline(bytes) => bytes.to_vec(),
+            ValueRef::Overflow { first, len } => pages.read_overflow(first, len as usize, usize::MAX),
+        };
+        let (flags, user_key) = value.split_first().expect("a rev tree value holds flags and the key");
+        if bounds.contains(user_key) {
+            events.push(history_event(pages, kv_root, user_key, main, sub, flags & REV_FLAG_TOMBSTONE != 0));
+        }
+        cursor.advance();
+    }
+    (events, covered)
+}
+
+fn history_event(pages: Pages, kv_root: NodeRef, user_key: &[u8], main: Revision, sub: i64, deleted: bool) -> HistoryEvent {
+    if deleted {
+        let kv = KeyValue { key: user_key.to_vec(), mod_revision: main, ..KeyValue::default() };
+        return HistoryEvent { deleted, kv };
+    }
+    let cursor = Cursor::seek(pages, kv_root, &kv_key(user_key, main, sub));
+    let (key, value) = cursor.current().expect("every rev tree entry has its kv tree entry");
+    assert_eq!(split_kv_key(key), (user_key, main, sub), "kv tree entry of a rev tree entry");
+    let visible = Visible { user_key, main, value };
+    let header = record_header(pages, value);
+    assert!(!header.tombstone, "the rev tree and the kv tree agree on tombstones");
+    HistoryEvent { deleted, kv: build_key_value(pages, &visible, header, false) }
+}

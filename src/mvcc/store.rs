@@ -115,6 +115,32 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The writes after `after_revision` up to this snapshot's revision to keys in etcd
+    /// bounds (watch replay), at most about `max_events` and never splitting a revision.
+    /// Returns them and the last revision covered. `Compacted` if the revisions after
+    /// `after_revision` are no longer all there.
+    pub fn history(
+        &self,
+        after_revision: Revision,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+    ) -> Result<(Vec<read::HistoryEvent>, Revision), MvccError> {
+        if after_revision + 1 < self.meta.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if after_revision >= self.meta.current_revision {
+            return Ok((Vec::new(), self.meta.current_revision));
+        }
+        let pages = self.shared.pages(self.meta.page_count);
+        let kv_root = NodeRef::root(self.meta.kv_root, pages);
+        let rev_root = NodeRef::root(self.meta.rev_root, pages);
+        let bounds = read::Bounds::new(key, range_end);
+        Ok(read::history(pages, kv_root, rev_root, bounds, after_revision, self.meta.current_revision, max_events))
+    }
+}
+
 /// A consistent copy of the store file as of one snapshot (Maintenance.Snapshot, backups):
 /// the snapshot's meta in its slot (txn % 2) and zeros in the other, then every page below
 /// its page count; free pages are written as zeros, because the writer may be reusing them

@@ -49,7 +49,7 @@ pub fn parse(mode: &str, retention: &str) -> Result<AutoCompaction, String> {
 }
 
 /// Go's time.ParseDuration for the units a retention uses: "1h30m", "45m", "10s", "500ms".
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     if rest.is_empty() {

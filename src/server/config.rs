@@ -73,6 +73,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
+    /// Duration of periodic watch progress notifications (etcd 3.5's flag).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
+
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
@@ -91,6 +95,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub auto_compaction: super::compactor::AutoCompaction,
+    pub watch_progress_interval: std::time::Duration,
     pub cores: usize,
 }
 
@@ -135,6 +140,9 @@ impl Flags {
         let quota_backend_bytes =
             if self.quota_backend_bytes == 0 { QUOTA_BACKEND_BYTES_DEFAULT } else { self.quota_backend_bytes };
         let auto_compaction = super::compactor::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        let watch_progress_interval = super::compactor::parse_duration(&self.experimental_watch_progress_notify_interval)
+            .filter(|interval| !interval.is_zero())
+            .ok_or_else(|| "--experimental-watch-progress-notify-interval: not a positive duration".to_owned())?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.ringd", self.name)));
         Ok(Config {
             name: self.name,
@@ -147,6 +155,7 @@ impl Flags {
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
             auto_compaction,
+            watch_progress_interval,
             cores,
         })
     }

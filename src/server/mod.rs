@@ -18,6 +18,7 @@ pub mod compactor;
 pub mod config;
 pub mod identity;
 pub mod kv;
+pub mod watch;
 mod writer;
 
 use std::path::Path;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub applied_index: AtomicU64,
     pub db_size_bytes: AtomicU64,
     pub db_size_in_use_bytes: AtomicU64,
+    /// The revision watchers may deliver up to, published by the writer after checkpoints.
+    pub watch: watch::Publisher,
 }
 
 impl Shared {
@@ -91,11 +94,21 @@ macro_rules! propose_as {
 pub struct Core {
     pub shared: Arc<Shared>,
     route: Route,
+    hub: Rc<watch::Hub>,
 }
 
 impl Core {
     pub fn max_request_bytes(&self) -> usize {
         self.shared.config.max_request_bytes
+    }
+
+    /// This core's watchers.
+    pub fn watch_hub(&self) -> &Rc<watch::Hub> {
+        &self.hub
+    }
+
+    pub fn watch_progress_interval(&self) -> std::time::Duration {
+        self.shared.config.watch_progress_interval
     }
 
     async fn propose(&self, command: Command) -> Result<writer::Outcome, Status> {
@@ -282,6 +295,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         applied_index: AtomicU64::new(store.consistent_index()),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
+        watch: watch::Publisher::new(config.cores, store.current_revision()),
         config,
     });
     writer::start_cores(shared, store)
@@ -289,10 +303,22 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
 /// Builds the per-core handle for core 0 (local route).
 fn local_core(shared: Arc<Shared>, sender: mpsc::Sender<Proposal>) -> Rc<Core> {
-    Rc::new(Core { shared, route: Route::Local(sender) })
+    let hub = start_hub(&shared, 0);
+    Rc::new(Core { shared, route: Route::Local(sender), hub })
 }
 
 /// Builds the per-core handle for another core (remote route).
-fn remote_core(shared: Arc<Shared>, sender: glommio::channels::shared_channel::ConnectedSender<Proposal>) -> Rc<Core> {
-    Rc::new(Core { shared, route: Route::Remote(sender) })
+fn remote_core(
+    shared: Arc<Shared>,
+    core: usize,
+    sender: glommio::channels::shared_channel::ConnectedSender<Proposal>,
+) -> Rc<Core> {
+    let hub = start_hub(&shared, core);
+    Rc::new(Core { shared, route: Route::Remote(sender), hub })
+}
+
+fn start_hub(shared: &Arc<Shared>, core: usize) -> Rc<watch::Hub> {
+    let hub = watch::Hub::new(shared.clone(), core);
+    glommio::spawn_local(hub.clone().run()).detach();
+    hub
 }

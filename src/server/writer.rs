@@ -70,7 +70,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
         let core_ready = ready_sender.clone();
         handles.push(
             builder(index + 1)
-                .spawn(move || async move { run_client_core(core_shared, sender, core_ready).await })
+                .spawn(move || async move { run_client_core(core_shared, index + 1, sender, core_ready).await })
                 .map_err(|e| StartError(format!("cannot start core {}: {e}", index + 1)))?,
         );
     }
@@ -140,11 +140,12 @@ async fn run_writer_core(
 
 async fn run_client_core(
     shared: Arc<Shared>,
+    index: usize,
     sender: SharedSender<Proposal>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let sender = sender.connect().await;
-    let core = super::remote_core(shared.clone(), sender);
+    let core = super::remote_core(shared.clone(), index, sender);
     let _ = ready.send(serve_clients(core, &shared.config.listen_client_addresses));
     // The accept loops run forever; park this task without spinning.
     futures::future::pending::<()>().await;
@@ -284,6 +285,7 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared) {
     }
     shared.db_size_bytes.store(store.size_bytes(), Ordering::Release);
     shared.db_size_in_use_bytes.store(store.size_in_use_bytes(), Ordering::Release);
+    shared.watch.publish(store.current_revision());
 }
 
 fn fatal(error: &dyn std::fmt::Display) -> ! {

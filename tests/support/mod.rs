@@ -264,3 +264,59 @@ pub fn grpc_call(port: u16, path: &str, message: &[u8], declared_length: Option<
         }
     })
 }
+
+/// A background `etcdctl watch ...`, whose stdout lines are collected by a thread.
+pub struct EtcdctlWatch {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EtcdctlWatch {
+    pub fn start(endpoint: &str, args: &[&str]) -> EtcdctlWatch {
+        use std::io::BufRead;
+        let mut child = Command::new(require_tool("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "watch"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run etcdctl watch");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        EtcdctlWatch { child, lines }
+    }
+
+    /// The next `count` lines, or panics after `timeout`.
+    pub fn lines(&self, count: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::with_capacity(count);
+        while lines.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("watch printed {} of {count} lines within {timeout:?}: {lines:?}", lines.len()),
+            }
+        }
+        lines
+    }
+
+    /// Waits until the watch has had time to be created (etcdctl prints nothing for it).
+    pub fn settle() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+impl Drop for EtcdctlWatch {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
