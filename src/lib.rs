@@ -2,6 +2,7 @@
 //! io_uring. The architecture is in DESIGN.md (shared with the team); each module's doc
 //! comment says what it owns and what it may depend on:
 //!
+//! - `client`: an async etcd v3 client on glommio (used by ringbench).
 //! - `api`: etcd's v3 protos, gRPC over HTTP/2, the JSON gateway, etcd's error strings.
 //! - `server`: flags, cores, the writer loop, etcd's KV semantics over the store.
 //! - `mvcc`: the memory-mapped copy-on-write B+tree MVCC store.
@@ -11,12 +12,10 @@
 //! - `testing`: the simulated disk and the linearizability checker used by the test suites.
 
 pub mod api;
+pub mod client;
 pub mod io;
 pub mod mvcc;
-/// Until the Raft core lands, only its message types (which the WAL persists).
-pub mod raft {
-    pub mod pb;
-}
+pub mod raft;
 pub mod server;
 pub mod testing;
 pub mod wal;

@@ -2,5 +2,5 @@
 //! use it): the simulated disk (fault-injecting, deterministic from a seed) and the
 //! linearizability checker for client histories.
 
-// linearizability: lands with the Raft simulator.
+pub mod linearizability;
 pub mod sim_disk;

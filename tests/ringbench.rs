@@ -1,0 +1,461 @@
+//! ringbench: its flags and defaults against etcd's benchmark (3.4), its report arithmetic
+//! against a direct port of etcd's pkg/report over the same data, and end-to-end runs
+//! against a ringd and a real etcd that the test starts (never skipped: a missing etcd is a
+//! failure that says how to install it).
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../tools/ringbench/cli.rs"]
+mod cli;
+#[allow(dead_code)]
+#[path = "../tools/ringbench/report.rs"]
+mod report;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use clap::Parser;
+use cli::{Cli, Command as Sub, OutputFormat};
+use report::{Precision, Recorder, Stats};
+
+fn parse(args: &[&str]) -> Cli {
+    let mut argv = vec!["ringbench"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{args:?}: {error}"))
+}
+
+#[test]
+fn global_flags_default_as_etcds() {
+    let cli = parse(&["put"]);
+    let global = &cli.global;
+    assert_eq!(global.endpoints, vec!["127.0.0.1:2379"]);
+    assert_eq!((global.conns, global.clients, global.rate), (1, 1, 0));
+    assert!(!global.precise && !global.sample && !global.target_leader);
+    assert_eq!(global.dial_timeout, Duration::ZERO);
+    assert_eq!(global.output, OutputFormat::Text);
+    assert_eq!(global.client_cores, 1);
+}
+
+#[test]
+fn subcommand_flags_default_as_etcds() {
+    let Sub::Put(put) = parse(&["put"]).command else { panic!("put") };
+    assert_eq!((put.key_size, put.val_size, put.total, put.key_space_size), (8, 8, 10000, 1));
+    assert!(!put.sequential_keys && !put.check_hashkv);
+    assert_eq!((put.compact_interval, put.compact_index_delta), (Duration::ZERO, 1000));
+    let Sub::Range(range) = parse(&["range", "foo"]).command else { panic!("range") };
+    assert_eq!((range.key.as_str(), range.end.as_deref(), range.total), ("foo", None, 10000));
+    assert_eq!((range.consistency.as_str(), range.limit), ("l", 0));
+    let Sub::TxnPut(txn) = parse(&["txn-put"]).command else { panic!("txn-put") };
+    assert_eq!((txn.key_size, txn.val_size, txn.txn_ops, txn.total, txn.key_space_size), (8, 8, 1, 10000, 1));
+    let Sub::WatchLatency(watch) = parse(&["watch-latency"]).command else { panic!("watch-latency") };
+    assert_eq!((watch.put_total, watch.put_rate, watch.key_size, watch.val_size), (1000, 100, 32, 32));
+    let Sub::Mvcc { command: cli::MvccCommand::Put(mvcc) } = parse(&["mvcc", "put"]).command else { panic!("mvcc put") };
+    assert_eq!((mvcc.total, mvcc.key_size, mvcc.value_size, mvcc.txn, mvcc.txn_ops), (100, 64, 64, false, 1));
+    let Sub::TxnMixed(mixed) = parse(&["txn-mixed"]).command else { panic!("txn-mixed") };
+    assert_eq!((mixed.total, mixed.limit, mixed.rw_ratio, mixed.key_space_size), (10000, 1000, 1.0, 1));
+    assert_eq!(mixed.consistency, "l");
+}
+
+#[test]
+fn flags_parse_as_etcds_command_lines() {
+    // etcd's performance doc, word for word (global flags before and after the subcommand).
+    let cli = parse(&[
+        "--endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379", "--target-leader", "--conns=100", "--clients=1000",
+        "put", "--key-size=8", "--sequential-keys", "--total=100000", "--val-size=256", "--rate", "500",
+        "--dial-timeout=1m30s", "--precise=true", "--output", "json",
+    ]);
+    assert_eq!(cli.global.endpoints, vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+    assert!(cli.global.target_leader && cli.global.precise);
+    assert_eq!((cli.global.conns, cli.global.clients, cli.global.rate), (100, 1000, 500));
+    assert_eq!(cli.global.dial_timeout, Duration::from_secs(90));
+    assert_eq!(cli.global.output, OutputFormat::Json);
+    let Sub::Put(put) = &cli.command else { panic!("put") };
+    assert!(put.sequential_keys);
+    assert_eq!((put.key_size, put.val_size, put.total), (8, 256, 100000));
+    let cli = parse(&["range", "a", "z", "--consistency=s", "--limit", "5"]);
+    let Sub::Range(range) = &cli.command else { panic!("range") };
+    assert_eq!((range.end.as_deref(), range.consistency.as_str(), range.limit), (Some("z"), "s", 5));
+    assert!(Cli::try_parse_from(["ringbench", "range", "a", "--consistency=x"]).is_err());
+    assert!(Cli::try_parse_from(["ringbench", "range"]).is_err(), "range needs a key, as etcd's");
+    assert!(parse(&["txn-put", "--txn-ops=3"]).validate().unwrap_err().contains("--txn-ops no larger than --key-space-size"));
+    assert!(parse(&["put", "--key-space-size=0"]).validate().unwrap_err().contains("expected positive --key-space-size"));
+}
+
+#[test]
+fn go_durations_parse() {
+    assert_eq!(cli::parse_go_duration("0").unwrap(), Duration::ZERO);
+    assert_eq!(cli::parse_go_duration("300ms").unwrap(), Duration::from_millis(300));
+    assert_eq!(cli::parse_go_duration("2h45m").unwrap(), Duration::from_secs(9900));
+    assert_eq!(cli::parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(cli::parse_go_duration("10us").unwrap(), Duration::from_micros(10));
+    assert!(cli::parse_go_duration("5").is_err());
+    assert!(cli::parse_go_duration("5 parsecs").is_err());
+}
+
+/// etcd's pkg/report arithmetic, ported line by line over a list of latencies in seconds.
+struct EtcdReference {
+    fastest: f64,
+    slowest: f64,
+    average: f64,
+    stddev: f64,
+    histogram: Vec<(f64, u64)>,
+    percentiles: Vec<f64>,
+}
+
+fn etcd_reference(mut lats: Vec<f64>) -> EtcdReference {
+    let n = lats.len();
+    let average = lats.iter().sum::<f64>() / n as f64;
+    let stddev = (lats.iter().map(|l| (l - average) * (l - average)).sum::<f64>() / n as f64).sqrt();
+    lats.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (fastest, slowest) = (lats[0], lats[n - 1]);
+    let bs = (slowest - fastest) / 10.0;
+    let mut buckets: Vec<f64> = (0..10).map(|i| fastest + bs * i as f64).collect();
+    buckets.push(slowest);
+    let mut counts = vec![0u64; 11];
+    let (mut bi, mut i) = (0, 0);
+    while i < n {
+        if lats[i] <= buckets[bi] {
+            i += 1;
+            counts[bi] += 1;
+        } else if bi < buckets.len() - 1 {
+            bi += 1;
+        }
+    }
+    let mut percentiles = vec![0.0; 8];
+    let mut j = 0;
+    for (i, lat) in lats.iter().enumerate() {
+        if j >= 8 {
+            break;
+        }
+        if i as f64 * 100.0 / n as f64 >= report::PERCENTILES[j] {
+            percentiles[j] = *lat;
+            j += 1;
+        }
+    }
+    EtcdReference { fastest, slowest, average, stddev, histogram: buckets.into_iter().zip(counts).collect(), percentiles }
+}
+
+fn recorder_of(nanos: &[u64]) -> Recorder {
+    let mut recorder = Recorder::new(false);
+    for &n in nanos {
+        recorder.record(Duration::from_nanos(n), 0);
+    }
+    recorder
+}
+
+fn assert_close(ours: f64, theirs: f64, what: &str) {
+    assert!((ours - theirs).abs() <= theirs.abs() * 1e-9 + 1e-15, "{what}: ours {ours}, etcd's {theirs}");
+}
+
+#[test]
+fn summary_matches_etcds_arithmetic_on_known_data() {
+    // Latencies below 2048 ns are exact in a 3-significant-digit HDR histogram, so every
+    // number must equal etcd's; several sizes exercise etcd's one-percentile-per-index rule.
+    let mut state = 12345u64;
+    for count in [1usize, 2, 5, 10, 99, 100, 101, 1000, 1001, 4096] {
+        let nanos: Vec<u64> = (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                1 + (state >> 33) % 2047
+            })
+            .collect();
+        let stats = Stats::compute(&recorder_of(&nanos), Duration::from_secs(2));
+        let reference = etcd_reference(nanos.iter().map(|&n| n as f64 / 1e9).collect());
+        assert_close(stats.fastest, reference.fastest, "fastest");
+        assert_close(stats.slowest, reference.slowest, "slowest");
+        assert_close(stats.average, reference.average, "average");
+        assert_close(stats.stddev, reference.stddev, "stddev");
+        assert_close(stats.requests_per_second, count as f64 / 2.0, "requests/sec");
+        for ((mark, ours), (their_mark, theirs)) in stats.histogram.iter().zip(&reference.histogram) {
+            assert_close(*mark, *their_mark, "histogram mark");
+            assert_eq!(ours, theirs, "histogram count at {mark} for {count} latencies");
+        }
+        for ((percentile, ours), theirs) in stats.percentiles.iter().zip(&reference.percentiles) {
+            assert_close(*ours, *theirs, &format!("{percentile}% of {count}"));
+        }
+    }
+}
+
+#[test]
+fn percentiles_follow_etcds_test() {
+    // etcd's TestPercentiles: one slow request in 100 is the 99th percentile, one in 1000
+    // the 99.9th.
+    for (count, slot) in [(100usize, 6usize), (1000, 7)] {
+        let mut nanos = vec![1_000u64; count];
+        nanos[count - 1] = 2_000;
+        let stats = Stats::compute(&recorder_of(&nanos), Duration::from_secs(1));
+        assert_eq!(stats.percentiles[slot], (report::PERCENTILES[slot], 2e-6));
+        assert_eq!(stats.percentiles[slot - 1].1, 1e-6);
+    }
+}
+
+#[test]
+fn report_text_is_etcds_layout() {
+    // etcd's TestReport data: five requests of one second, one error.
+    let mut recorder = recorder_of(&[1_000_000_000; 5]);
+    recorder.record_error("oops".into());
+    let stats = Stats::compute(&recorder, Duration::from_secs(5));
+    let text = report::render(&stats, &recorder, Precision::Fixed);
+    let bar = "∎".repeat(40);
+    let mut expected = String::from(
+        "\nSummary:\n  Total:\t5.0000 secs.\n  Slowest:\t1.0000 secs.\n  Fastest:\t1.0000 secs.\n  Average:\t1.0000 secs.\n  Stddev:\t0.0000 secs.\n  Requests/sec:\t1.0000\n\nResponse time histogram:\n",
+    );
+    expected += &format!("  1.0000 [5]\t|{bar}\n");
+    for _ in 0..10 {
+        expected += "  1.0000 [0]\t|\n";
+    }
+    expected += "\nLatency distribution:\n  10% in 1.0000 secs.\n  25% in 1.0000 secs.\n  50% in 1.0000 secs.\n  75% in 1.0000 secs.\n";
+    expected += "\nError distribution:\n  [1]\toops\n";
+    assert_eq!(text, expected);
+    let precise = report::render(&stats, &recorder, Precision::Full);
+    assert!(precise.contains("  Stddev:\t0 secs.\n") && precise.contains("  Average:\t1 secs.\n"), "{precise}");
+}
+
+#[test]
+fn go_number_and_duration_formats() {
+    assert_eq!(report::go_general(0.000123), "0.000123");
+    assert_eq!(report::go_general(1.23e-05), "1.23e-05");
+    assert_eq!(report::go_general(1234.5), "1234.5");
+    assert_eq!(report::go_general(12134.397185596454), "12134.397185596454");
+    assert_eq!(report::go_general(1234567.0), "1.234567e+06");
+    assert_eq!(report::go_duration(1_500_000), "1.5ms");
+    assert_eq!(report::go_duration(2_000_001_000), "2.000001s");
+    assert_eq!(report::go_duration(750), "750ns");
+    assert_eq!(report::go_duration(90_000_000_000), "1m30s");
+}
+
+#[test]
+fn hgrm_export_ends_at_the_maximum() {
+    let recorder = recorder_of(&(1..=1000).map(|i| i * 1000).collect::<Vec<_>>());
+    let hgrm = report::hgrm(&recorder);
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"), "{hgrm}");
+    let last_row = hgrm.lines().rfind(|l| !l.starts_with('#') && !l.is_empty()).unwrap();
+    assert!(last_row.contains("1.000000000000       1000"), "{last_row}");
+    assert!(hgrm.contains("Total count    =         1000]"));
+}
+
+fn ringbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringbench")).args(args).output().expect("run ringbench")
+}
+
+fn success(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "ringbench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// put and range with a small --total: the text report, then JSON with exact counts.
+fn end_to_end(endpoint: &str) {
+    let put = success(&ringbench(&[
+        "--endpoints", endpoint, "--conns=2", "--clients=8", "put", "--total=200", "--val-size=256", "--key-space-size=50",
+    ]));
+    for line in ["\nSummary:\n  Total:\t", "Requests/sec:\t", "Response time histogram:", "Latency distribution:", "CPU per request:"] {
+        assert!(put.contains(line), "missing {line:?} in:\n{put}");
+    }
+    assert!(!put.contains("Error distribution"), "{put}");
+    let range = success(&ringbench(&["--endpoints", endpoint, "--clients=4", "--output=json", "range", "foo", "--total=150", "--consistency=s"]));
+    let json: serde_json::Value = serde_json::from_str(&range).unwrap_or_else(|e| panic!("{e}: {range}"));
+    assert_eq!(json["stats"]["count"], 150, "{json}");
+    assert_eq!(json["operation"], "range");
+    assert!(json["stats"]["requests_per_second"].as_f64().unwrap() > 0.0);
+    let linearizable = success(&ringbench(&["--endpoints", endpoint, "--output=csv", "range", "foo", "--total=50"]));
+    let row = linearizable.lines().nth(1).expect("a csv row");
+    assert!(row.starts_with("range,") && row.split(',').nth(2) == Some("50"), "{linearizable}");
+    // etcd's error surfaces per request, code and message as etcd's client prints it.
+    let empty_key = success(&ringbench(&["--endpoints", endpoint, "put", "--key-size=0", "--total=20"]));
+    assert!(empty_key.contains("Error distribution:\n  [20]\tetcdserver: key is not provided\n"), "{empty_key}");
+}
+
+#[test]
+fn put_and_range_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    end_to_end(&ringd.endpoint());
+}
+
+#[test]
+fn put_and_range_against_real_etcd() {
+    let etcd = support::Etcd::start();
+    end_to_end(&etcd.endpoint());
+}
+
+#[test]
+fn txn_benchmarks_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let txn = success(&ringbench(&["--endpoints", &endpoint, "--clients=4", "txn-put", "--txn-ops=4", "--key-space-size=16", "--total=40"]));
+    assert!(txn.contains("Summary:") && !txn.contains("Error distribution"), "{txn}");
+    let mixed = success(&ringbench(&["--endpoints", &endpoint, "--clients=4", "txn-mixed", "--total=60", "--key-space-size=10"]));
+    assert!(mixed.contains("Total Read Ops: ") && mixed.contains("Total Write Ops: "), "{mixed}");
+    assert!(!mixed.contains("Error distribution"), "{mixed}");
+}
+
+#[test]
+fn compare_runs_both_servers_and_prints_one_table() {
+    support::require_tool("etcd");
+    let temp = tempfile::tempdir().unwrap();
+    let scenario = temp.path().join("tiny.toml");
+    std::fs::write(
+        &scenario,
+        "title = \"tiny\"\nseed = [{ key = \"foo\", value_size = 8 }]\n[[scenario]]\nname = \"put c4\"\nargs = \"--clients=4 put --total=100\"\n[[scenario]]\nname = \"range s\"\nargs = \"range foo --consistency=s --total=100\"\n",
+    )
+    .unwrap();
+    let plot = temp.path().join("tiny.svg");
+    let output = ringbench(&[
+        "compare", "--scenario", scenario.to_str().unwrap(), "--ringd", env!("CARGO_BIN_EXE_ringd"),
+        "--data-root", temp.path().join("data").to_str().unwrap(), "--plot", plot.to_str().unwrap(),
+    ]);
+    let table = success(&output);
+    assert!(table.contains("| scenario | etcd req/s |") && table.contains("ringd/etcd req/s"), "{table}");
+    assert!(table.contains("| put c4 | ") && table.contains("| range s | "), "{table}");
+    assert!(table.contains("load average before: "), "{table}");
+    let svg = std::fs::read_to_string(temp.path().join("tiny-put-c4.svg")).expect("one chart per scenario");
+    assert!(svg.contains(">etcd</text>") && svg.contains(">ringd</text>"), "both curves on one chart");
+    let left: Vec<String> = std::fs::read_dir(temp.path().join("data"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".log"))
+        .collect();
+    assert!(left.is_empty(), "data dirs are removed after the run, logs kept: {left:?}");
+}
+
+/// The client module by itself: every unary call it offers, and etcd's error (code and
+/// message) surfaced as etcd's client surfaces it.
+fn client_calls(endpoint: String) {
+    use ringd::api::errors::Code;
+    use ringd::api::pb::etcdserverpb as pb;
+    use ringd::client::{Client, ClientOptions};
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    executor.run(async move {
+        let options = ClientOptions { connections: 3, dial_timeout: Duration::from_secs(5) };
+        let client = Client::connect(&[endpoint], &options).await.expect("connect");
+        assert_eq!(client.connection_count(), 3);
+        let put = |key: &str, value: &str| pb::PutRequest { key: key.into(), value: value.into(), prev_kv: true, ..Default::default() };
+        let first = client.put(&put("k1", "v1")).await.unwrap();
+        let second = client.put(&put("k1", "v2")).await.unwrap();
+        assert_eq!(second.prev_kv.unwrap().value, b"v1");
+        let revision = second.header.unwrap().revision;
+        assert_eq!(revision, first.header.unwrap().revision + 1);
+        // Many calls in flight at once share the three connections as HTTP/2 streams.
+        let requests: Vec<pb::PutRequest> = (0..64).map(|i| put(&format!("k{i}"), "x")).collect();
+        let calls = requests.iter().map(|request| client.put(request));
+        for reply in futures::future::join_all(calls).await {
+            reply.expect("concurrent put");
+        }
+        let range = pb::RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), count_only: true, ..Default::default() };
+        assert_eq!(client.range(&range).await.unwrap().count, 64);
+        let compare = pb::Compare {
+            key: b"k1".to_vec(),
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Value as i32,
+            target_union: Some(pb::compare::TargetUnion::Value(b"x".to_vec())),
+            ..Default::default()
+        };
+        let txn = pb::TxnRequest { compare: vec![compare], ..Default::default() };
+        assert!(client.txn(&txn).await.unwrap().succeeded);
+        let delete = pb::DeleteRangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
+        assert_eq!(client.delete_range(&delete).await.unwrap().deleted, 64);
+        client.compact(&pb::CompactionRequest { revision, physical: true }).await.unwrap();
+        let old = pb::RangeRequest { key: b"k1".to_vec(), revision: revision - 1, ..Default::default() };
+        let error = client.range(&old).await.unwrap_err();
+        assert_eq!((error.code, error.message.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+        assert_eq!(error.to_string(), "etcdserver: mvcc: required revision has been compacted");
+        let status = client.status(0).await.unwrap();
+        assert!(status.leader != 0 && status.db_size > 0, "{status:?}");
+        let empty = client.put(&put("", "v")).await.unwrap_err();
+        assert_eq!((empty.code, empty.message.as_str()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+    });
+}
+
+/// A watch stream from the client: created, then the put's event, with its revision.
+fn client_watch(endpoint: String) {
+    use ringd::api::pb::etcdserverpb as pb;
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    executor.run(async move {
+        let options = ringd::client::ClientOptions::default();
+        let client = ringd::client::Client::connect(&[endpoint], &options).await.expect("connect");
+        let mut stream = client.channel(0).watch().await.expect("open a watch stream");
+        stream.create(pb::WatchCreateRequest { key: b"w".to_vec(), range_end: b"x".to_vec(), ..Default::default() }).unwrap();
+        let created = stream.next().await.unwrap().expect("a reply");
+        assert!(created.created, "{created:?}");
+        let put = pb::PutRequest { key: b"w1".to_vec(), value: b"v".to_vec(), ..Default::default() };
+        let revision = client.put(&put).await.unwrap().header.unwrap().revision;
+        let reply = stream.next().await.unwrap().expect("an event");
+        assert_eq!(reply.watch_id, created.watch_id);
+        let event = &reply.events[0];
+        let kv = event.kv.as_ref().unwrap();
+        assert_eq!((kv.key.as_slice(), kv.mod_revision), (b"w1".as_slice(), revision));
+    });
+}
+
+#[test]
+fn client_calls_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    client_calls(ringd.endpoint());
+    client_watch(ringd.endpoint());
+}
+
+#[test]
+fn client_calls_against_real_etcd() {
+    let etcd = support::Etcd::start();
+    client_calls(etcd.endpoint());
+    client_watch(etcd.endpoint());
+}
+
+#[test]
+fn watch_latency_against_ringd_and_real_etcd() {
+    let (ringd, etcd) = (support::Ringd::start(&[]), support::Etcd::start());
+    for endpoint in [ringd.endpoint(), etcd.endpoint()] {
+        let output = success(&ringbench(&[
+            "--endpoints", &endpoint, "--conns=2", "--clients=6", "--output=json", "watch-latency", "--put-total=20", "--put-rate=400",
+        ]));
+        let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+        assert_eq!(json["stats"]["count"], 120, "one event per watcher per put: {json}");
+        assert_eq!(json["operation"], "watch-latency");
+    }
+}
+
+#[test]
+fn client_reports_an_unreachable_endpoint() {
+    let port = support::free_port();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    let error = executor.run(async move {
+        let options = ringd::client::ClientOptions { connections: 1, dial_timeout: Duration::from_secs(2) };
+        ringd::client::Client::connect(&[format!("http://127.0.0.1:{port}")], &options).await.err().expect("refused")
+    });
+    assert_eq!(error.code, ringd::api::errors::Code::Unavailable);
+    assert!(error.to_string().starts_with("rpc error: code = Unavailable desc = connection error: dial tcp 127.0.0.1:"), "{error}");
+}
+
+#[test]
+fn exports_and_rate_limit_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    let temp = tempfile::tempdir().unwrap();
+    let (hgrm, plot) = (temp.path().join("put.hgrm"), temp.path().join("put.svg"));
+    let started = std::time::Instant::now();
+    // The same member twice: --target-leader asks each for its status and keeps the leader.
+    let endpoints = format!("{0},{0}", ringd.endpoint());
+    let output = success(&ringbench(&[
+        "--endpoints", &endpoints, "--target-leader", "--rate=200", "--hgrm", hgrm.to_str().unwrap(), "--plot", plot.to_str().unwrap(),
+        "put", "--total=60",
+    ]));
+    // 60 requests at 200/s take at least 59 intervals of 5 ms.
+    assert!(started.elapsed() >= Duration::from_millis(290), "--rate was not applied: {output}");
+    let hgrm = std::fs::read_to_string(hgrm).unwrap();
+    assert!(hgrm.contains("Total count    =           60]"), "{hgrm}");
+    let svg = std::fs::read_to_string(plot).unwrap();
+    assert!(svg.starts_with("<svg ") && svg.contains("<polyline") && svg.contains(">put</text>"), "{svg}");
+}
+
+#[test]
+fn mvcc_put_runs_against_the_store_directly() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().to_str().unwrap();
+    let output = success(&ringbench(&["mvcc", "put", "--total=30", "--data-dir", data_dir]));
+    assert_eq!(output.matches("\nSummary:\n").count(), 1, "{output}");
+    assert!(output.contains("Latency distribution:"), "{output}");
+    // --txn: etcd's weighted report (per put) first, then the one per transaction.
+    let output = success(&ringbench(&["mvcc", "put", "--total=20", "--txn", "--txn-ops=4", "--commit-every=5", "--data-dir", data_dir]));
+    assert_eq!(output.matches("\nSummary:\n").count(), 2, "{output}");
+    assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0, "the store's directory is removed after the run");
+}

@@ -1,0 +1,219 @@
+//! One benchmark run of a subcommand (put, range, txn-put, txn-mixed): builds the
+//! workload, runs the load, and prints etcd's report (or JSON / CSV), the client's CPU,
+//! and the optional .hgrm and SVG files.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringd::client::{Channel, Endpoint};
+
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::load::{self, LoadOptions};
+use crate::report::{self, ClientCpu, Outcome, Precision, Recorder, Stats};
+use crate::workload::{self, Random, Workload};
+
+/// One report of a run (txn-mixed has two: reads and writes).
+pub struct Run {
+    pub name: String,
+    pub recorder: Recorder,
+    pub stats: Stats,
+    pub cpu: ClientCpu,
+}
+
+/// Runs a future on a glommio executor of its own thread and waits for its output.
+pub fn block_on<T, F, G>(make: G) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + 'static,
+    G: FnOnce() -> F + Send + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .spawn(make)
+        .map_err(|error| format!("cannot start a glommio executor: {error}"))?
+        .join()
+        .map_err(|error| format!("glommio executor failed: {error}"))
+}
+
+/// The endpoints the load goes to: all of them, or with --target-leader only the leader
+/// (found with Maintenance Status, as etcd's benchmark does).
+pub fn target_endpoints(cli: &Cli) -> Result<Vec<Endpoint>, String> {
+    let endpoints: Vec<Endpoint> = cli.global.endpoints.iter().map(|e| Endpoint::parse(e)).collect::<Result<_, _>>()?;
+    if endpoints.is_empty() {
+        return Err("no --endpoints given".into());
+    }
+    if !cli.global.target_leader || endpoints.len() == 1 {
+        return Ok(endpoints);
+    }
+    let dial_timeout = cli.global.dial_timeout;
+    let candidates = endpoints.clone();
+    let leader = block_on(move || async move {
+        for endpoint in candidates {
+            let Ok(channel) = Channel::connect(&endpoint, dial_timeout).await else { continue };
+            let Ok(status) = channel.status().await else { continue };
+            if status.header.is_some_and(|header| header.member_id == status.leader) {
+                return Some(endpoint);
+            }
+        }
+        None
+    })?;
+    leader.map(|leader| vec![leader]).ok_or_else(|| "no leader found among --endpoints".into())
+}
+
+fn workload_of(command: &Command) -> Result<(Arc<dyn Workload>, usize), String> {
+    let mut random = Random::new(Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64);
+    Ok(match command {
+        Command::Put(args) => {
+            let value = random.bytes(args.val_size);
+            (Arc::new(workload::Put { args: args.clone(), value }), args.total)
+        }
+        Command::Range(args) => (Arc::new(workload::Range::new(args)), args.total),
+        Command::TxnPut(args) => {
+            let value = random.bytes(args.val_size);
+            (Arc::new(workload::TxnPut { args: args.clone(), value }), args.total)
+        }
+        Command::TxnMixed(args) => {
+            let value = random.bytes(args.val_size);
+            (Arc::new(workload::TxnMixed::new(args.clone(), value)), args.total)
+        }
+        _ => return Err("not a load subcommand".into()),
+    })
+}
+
+/// Runs the load of `cli` and computes its reports; prints nothing but the progress bar.
+pub fn run(cli: &Cli, progress: bool) -> Result<Vec<Run>, String> {
+    let (workload, total) = workload_of(&cli.command)?;
+    let compaction = match &cli.command {
+        Command::Put(put) if !put.compact_interval.is_zero() => Some((put.compact_interval, put.compact_index_delta)),
+        _ => None,
+    };
+    let options = LoadOptions {
+        endpoints: target_endpoints(cli)?,
+        connections: cli.global.conns,
+        clients: cli.global.clients,
+        executors: cli.global.client_cores,
+        dial_timeout: cli.global.dial_timeout,
+        rate: cli.global.rate,
+        total,
+        sample: cli.global.sample,
+        progress,
+        compaction,
+    };
+    let names = workload.classes();
+    let result = load::run(options, workload)?;
+    let runs = names
+        .into_iter()
+        .zip(result.recorders)
+        .map(|(name, recorder)| {
+            let stats = Stats::compute(&recorder, result.wall);
+            Run { name, recorder, stats, cpu: result.cpu }
+        })
+        .collect();
+    Ok(runs)
+}
+
+/// `ringbench put|range|txn-put|txn-mixed`: run and print as etcd's benchmark prints.
+pub fn main(cli: &Cli) -> Result<(), String> {
+    let text = cli.global.output == OutputFormat::Text;
+    if let (Command::Range(args), true) = (&cli.command, text) {
+        let kind = if args.consistency == "l" { "linearizable" } else { "serializable" };
+        println!("bench with {kind} range");
+    }
+    let runs = match &cli.command {
+        Command::WatchLatency(args) => vec![crate::watch_latency::run(cli, args)?],
+        _ => run(cli, true)?,
+    };
+    print_runs(cli, &runs);
+    if let Some(path) = &cli.global.hgrm {
+        write_hgrm(path, &runs)?;
+    }
+    if let Some(path) = &cli.global.plot {
+        let curves: Vec<(String, &Recorder)> = runs.iter().map(|run| (run.name.clone(), &run.recorder)).collect();
+        std::fs::write(path, crate::plot::svg(&curves, "ringbench latency by percentile"))
+            .map_err(|error| format!("write {}: {error}", path.display()))?;
+    }
+    if let Command::Put(put) = &cli.command {
+        if put.check_hashkv {
+            check_hashkv(cli)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn print_runs(cli: &Cli, runs: &[Run]) {
+    let precision = if cli.global.precise { Precision::Full } else { Precision::Fixed };
+    match cli.global.output {
+        OutputFormat::Json => {
+            let outcomes: Vec<Outcome> = runs.iter().map(outcome).collect();
+            let json = if outcomes.len() == 1 {
+                serde_json::to_string_pretty(&outcomes[0])
+            } else {
+                serde_json::to_string_pretty(&outcomes)
+            };
+            println!("{}", json.expect("plain data serialises"));
+        }
+        OutputFormat::Csv => {
+            println!("{}", report::CSV_HEADER);
+            for run in runs {
+                println!("{}", outcome(run).csv_row());
+            }
+        }
+        OutputFormat::Text => {
+            let mixed = matches!(cli.command, Command::TxnMixed(_));
+            for run in runs {
+                let body = report::render(&run.stats, &run.recorder, precision);
+                if mixed {
+                    let kind = if run.name.ends_with("read") { "Read" } else { "Write" };
+                    let operations = run.recorder.count + run.recorder.error_count();
+                    println!("Total {kind} Ops: {operations}\nDetails:{body}");
+                } else if matches!(cli.command, Command::Range(_) | Command::WatchLatency(_)) {
+                    print!("{body}");
+                } else {
+                    println!("{body}");
+                }
+            }
+            if let Some(run) = runs.first() {
+                print!("{}", run.cpu.render());
+            }
+        }
+    }
+}
+
+fn outcome(run: &Run) -> Outcome {
+    Outcome { operation: run.name.clone(), stats: run.stats.clone(), client_cpu: run.cpu }
+}
+
+fn write_hgrm(path: &std::path::Path, runs: &[Run]) -> Result<(), String> {
+    for (index, run) in runs.iter().enumerate() {
+        let target = if index == 0 {
+            path.to_owned()
+        } else {
+            path.with_file_name(format!("{}.{}", path.file_name().unwrap_or_default().to_string_lossy(), run.name))
+        };
+        std::fs::write(&target, report::hgrm(&run.recorder)).map_err(|error| format!("write {}: {error}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// put --check-hashkv: etcd's HashKV summary of the first endpoint after the run.
+fn check_hashkv(cli: &Cli) -> Result<(), String> {
+    let endpoint = Endpoint::parse(&cli.global.endpoints[0])?;
+    let dial_timeout = cli.global.dial_timeout;
+    let shown = endpoint.authority();
+    let (hash, db_size, took) = block_on(move || async move {
+        let channel = Channel::connect(&endpoint, dial_timeout).await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let hash = channel.hash_kv(0).await.map_err(|e| e.to_string())?;
+        let status = channel.status().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((hash.hash, status.db_size, started.elapsed()))
+    })??;
+    println!(
+        "HashKV Summary:\n\tHashKV: {hash}\n\tEndpoint: {shown}\n\tTime taken to get hashkv: {}\n\tDB size: {db_size} B",
+        report::go_duration(took.as_nanos() as u64)
+    );
+    Ok(())
+}
+
+/// How long compare waits for a server it started to answer.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
