@@ -9,13 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("etcd_descriptor.bin");
-    let protos = [
-        "proto/kv.proto",
-        "proto/auth.proto",
-        "proto/rpc.proto",
-        "proto/v3lock.proto",
-        "proto/v3election.proto",
-    ];
+    let protos =
+        ["proto/kv.proto", "proto/auth.proto", "proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -26,9 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     // etcd's gateway (grpc-gateway with OrigName) writes the .proto field names, 64-bit
     // integers as strings, bytes as base64, and leaves out fields at their default.
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptors)?
-        .preserve_proto_field_names()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".v3lockpb", ".v3electionpb"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.preserve_proto_field_names().build(&[
+        ".etcdserverpb",
+        ".mvccpb",
+        ".authpb",
+        ".v3lockpb",
+        ".v3electionpb",
+    ])?;
     Ok(())
 }

@@ -44,11 +44,7 @@ fn load(directory: &std::path::Path) -> Store {
         }
         store.commit().expect("commit");
     }
-    eprintln!(
-        "loaded {KEY_COUNT} keys in {:.1?}: file {} MiB",
-        started.elapsed(),
-        store.size_bytes() >> 20
-    );
+    eprintln!("loaded {KEY_COUNT} keys in {:.1?}: file {} MiB", started.elapsed(), store.size_bytes() >> 20);
     store
 }
 
@@ -135,7 +131,11 @@ fn benchmarks(criterion: &mut Criterion) {
             elapsed
         })
     });
-    eprintln!("after the put benchmarks: file {} MiB, in use {} MiB", store.size_bytes() >> 20, store.size_in_use_bytes() >> 20);
+    eprintln!(
+        "after the put benchmarks: file {} MiB, in use {} MiB",
+        store.size_bytes() >> 20,
+        store.size_in_use_bytes() >> 20
+    );
     let reader = store.reader();
     group.sample_size(20);
 

@@ -38,9 +38,9 @@ fn free_port() -> u16 {
 }
 
 fn bench_dir() -> std::path::PathBuf {
-    let dir = std::env::var("BENCH_DIR").map(Into::into).unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-server")
-    });
+    let dir = std::env::var("BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-server"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -121,10 +121,8 @@ struct Result {
 
 fn run(server: &Server, workload: Workload) -> Result {
     let port = server.port;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(512 * 1024)
-        .make()
-        .unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(512 * 1024).make().unwrap();
     executor.run(async move {
         let mut connections = Vec::new();
         for _ in 0..workload.connections {
@@ -203,7 +201,8 @@ fn main() {
         // `cargo test --benches`: a short smoke run against ringd only.
         let server = start("ringd");
         for put in [true, false] {
-            let workload = Workload { name: "smoke", put, serializable: false, connections: 2, clients: 8, requests: 200 };
+            let workload =
+                Workload { name: "smoke", put, serializable: false, connections: 2, clients: 8, requests: 200 };
             let result = run(&server, workload);
             assert_eq!(result.errors, 0, "smoke run had errors");
         }
@@ -211,11 +210,46 @@ fn main() {
     }
     let scale: usize = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let workloads = [
-        Workload { name: "put c1/1", put: true, serializable: false, connections: 1, clients: 1, requests: 2_000 * scale },
-        Workload { name: "put c100/1000", put: true, serializable: false, connections: 100, clients: 1000, requests: 50_000 * scale },
-        Workload { name: "range-l c1/1", put: false, serializable: false, connections: 1, clients: 1, requests: 5_000 * scale },
-        Workload { name: "range-l c100/1000", put: false, serializable: false, connections: 100, clients: 1000, requests: 100_000 * scale },
-        Workload { name: "range-s c100/1000", put: false, serializable: true, connections: 100, clients: 1000, requests: 100_000 * scale },
+        Workload {
+            name: "put c1/1",
+            put: true,
+            serializable: false,
+            connections: 1,
+            clients: 1,
+            requests: 2_000 * scale,
+        },
+        Workload {
+            name: "put c100/1000",
+            put: true,
+            serializable: false,
+            connections: 100,
+            clients: 1000,
+            requests: 50_000 * scale,
+        },
+        Workload {
+            name: "range-l c1/1",
+            put: false,
+            serializable: false,
+            connections: 1,
+            clients: 1,
+            requests: 5_000 * scale,
+        },
+        Workload {
+            name: "range-l c100/1000",
+            put: false,
+            serializable: false,
+            connections: 100,
+            clients: 1000,
+            requests: 100_000 * scale,
+        },
+        Workload {
+            name: "range-s c100/1000",
+            put: false,
+            serializable: true,
+            connections: 100,
+            clients: 1000,
+            requests: 100_000 * scale,
+        },
     ];
     let mut table = Vec::new();
     for name in ["ringd", "etcd"] {
@@ -231,7 +265,9 @@ fn main() {
     }
     println!("workload            ringd req/s  etcd req/s  ratio  ringd p50/p99 ms   etcd p50/p99 ms");
     for workload in workloads {
-        let find = |server: &str| table.iter().find(|(s, w, _)| *s == server && *w == workload.name).map(|(_, _, r)| r).unwrap();
+        let find = |server: &str| {
+            table.iter().find(|(s, w, _)| *s == server && *w == workload.name).map(|(_, _, r)| r).unwrap()
+        };
         let (ours, theirs) = (find("ringd"), find("etcd"));
         println!(
             "{:18} {:>12.0} {:>11.0} {:>6.2}  {:>7.2} / {:<7.2}  {:>7.2} / {:<7.2}",

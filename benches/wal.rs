@@ -71,7 +71,9 @@ async fn floor_us(dir: &Path) -> f64 {
         }
     }
     let (median, p99) = percentiles_us(&mut samples);
-    println!("floor: 4 KiB O_DIRECT write + fdatasync: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)");
+    println!(
+        "floor: 4 KiB O_DIRECT write + fdatasync: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)"
+    );
     median
 }
 
@@ -159,18 +161,17 @@ fn main() {
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("wal bench in {} (load average {})", dir.display(), load.trim());
-    let results = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(1024 * 1024)
-        .make()
-        .expect("glommio executor")
-        .run(async {
-            let floor = floor_us(&dir).await;
-            let single = single_append_us(&dir).await;
-            appenders_records_per_s(&dir, 16, run_time).await;
-            appenders_records_per_s(&dir, 256, run_time).await;
-            let many = appenders_records_per_s(&dir, 1024, run_time).await;
-            (floor, single, many)
-        });
+    let results =
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(1024 * 1024).make().expect("glommio executor").run(
+            async {
+                let floor = floor_us(&dir).await;
+                let single = single_append_us(&dir).await;
+                appenders_records_per_s(&dir, 16, run_time).await;
+                appenders_records_per_s(&dir, 256, run_time).await;
+                let many = appenders_records_per_s(&dir, 1024, run_time).await;
+                (floor, single, many)
+            },
+        );
     let _ = std::fs::remove_dir_all(&dir);
     println!("single append / floor = {:.2}", results.1 / results.0);
     println!("floor_us {:.1}", results.0);

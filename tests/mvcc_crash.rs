@@ -361,7 +361,10 @@ fn an_unfinished_compaction_resumes_after_a_restart() {
     let image = sim.crash_image(CrashMode::DropUnsynced, 0);
     let (_, mut store) = open_sim(&image);
     assert!(store.compaction_pending(), "the scan position is durable");
-    assert_eq!(store.reader().snapshot().range(b"key", &[0], &RangeOptions { revision: revision - 1, ..Default::default() }), Err(ringd::mvcc::MvccError::Compacted));
+    assert_eq!(
+        store.reader().snapshot().range(b"key", &[0], &RangeOptions { revision: revision - 1, ..Default::default() }),
+        Err(ringd::mvcc::MvccError::Compacted)
+    );
     while store.compact_step() {}
     store.commit().unwrap();
     store.check().unwrap();

@@ -55,8 +55,16 @@ enum Op {
 }
 
 fn range_spec() -> impl Strategy<Value = RangeSpec> {
-    (0..64usize, 0..66usize, any::<u8>(), 0..6u8, any::<bool>(), prop::bool::weighted(0.15))
-        .prop_map(|(key, end, revision, limit, keys_only, count_only)| RangeSpec { key, end, revision, limit, keys_only, count_only })
+    (0..64usize, 0..66usize, any::<u8>(), 0..6u8, any::<bool>(), prop::bool::weighted(0.15)).prop_map(
+        |(key, end, revision, limit, keys_only, count_only)| RangeSpec {
+            key,
+            end,
+            revision,
+            limit,
+            keys_only,
+            count_only,
+        },
+    )
 }
 
 fn value_len() -> impl Strategy<Value = usize> {
@@ -117,7 +125,13 @@ impl Model {
         revisions.iter().rev().find(|(main, _, _)| *main <= revision)?.2.as_ref()
     }
 
-    fn range(&self, key: &[u8], range_end: &[u8], options: &RangeOptions, current: i64) -> Result<RangeResult, MvccError> {
+    fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        options: &RangeOptions,
+        current: i64,
+    ) -> Result<RangeResult, MvccError> {
         if options.revision > current {
             return Err(MvccError::FutureRevision);
         }
@@ -208,9 +222,16 @@ impl Harness {
     fn new() -> Harness {
         let (sim, store) = open_sim(&[]);
         let (_, shadow) = open_sim(&[]);
-        Harness { keys: key_table(), sim, store, model: Model::default(), committed: Model::default(), snapshots: Vec::new(), shadow }
+        Harness {
+            keys: key_table(),
+            sim,
+            store,
+            model: Model::default(),
+            committed: Model::default(),
+            snapshots: Vec::new(),
+            shadow,
+        }
     }
-
 
     fn txn(&mut self, ops: &[TxnOp]) {
         let revision = self.model.current + 1;
@@ -225,8 +246,16 @@ impl Harness {
                     let value = value_bytes(revision * 100 + sub, *value_len);
                     let read = if sub > 0 { revision } else { revision - 1 };
                     let previous = self.model.visible(key, read).cloned();
-                    let (create_revision, version) = previous.as_ref().map_or((revision, 1), |p| (p.create_revision, p.version + 1));
-                    let kv = KeyValue { key: key.clone(), create_revision, mod_revision: revision, version, value: value.clone(), lease: *lease };
+                    let (create_revision, version) =
+                        previous.as_ref().map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        create_revision,
+                        mod_revision: revision,
+                        version,
+                        value: value.clone(),
+                        lease: *lease,
+                    };
                     self.model.write(key, revision, sub, Some(kv));
                     sub += 1;
                     assert_eq!(txn.put(key, &value, *lease), previous, "put's previous value");
@@ -245,8 +274,13 @@ impl Harness {
                 }
                 TxnOp::Range(spec) => {
                     let current = if sub > 0 { revision } else { revision - 1 };
-                    let (key, end, options) = (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
-                    assert_eq!(txn.range(key, &end, &options), self.model.range(key, &end, &options, current), "range in a txn");
+                    let (key, end, options) =
+                        (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
+                    assert_eq!(
+                        txn.range(key, &end, &options),
+                        self.model.range(key, &end, &options, current),
+                        "range in a txn"
+                    );
                 }
             }
         }
@@ -268,9 +302,14 @@ impl Harness {
             }
             Op::Range(spec) => {
                 let current = self.model.current;
-                let (key, end, options) = (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
+                let (key, end, options) =
+                    (&self.keys[spec.key], end_key(&self.keys, spec.end), range_options(spec, current));
                 let txn = self.store.write();
-                assert_eq!(txn.range(key, &end, &options), self.model.range(key, &end, &options, current), "writer range");
+                assert_eq!(
+                    txn.range(key, &end, &options),
+                    self.model.range(key, &end, &options, current),
+                    "writer range"
+                );
                 drop(txn);
                 let snapshot = self.store.reader().snapshot();
                 let current = self.committed.current;
@@ -288,7 +327,8 @@ impl Harness {
             Op::TakeSnapshot => {
                 let snapshot = self.store.reader().snapshot();
                 let (key, end) = all_keys();
-                let expected = self.committed.range(&key, &end, &RangeOptions::default(), self.committed.current).unwrap();
+                let expected =
+                    self.committed.range(&key, &end, &RangeOptions::default(), self.committed.current).unwrap();
                 assert_eq!(snapshot.revision(), self.committed.current);
                 self.snapshots.push((snapshot, expected));
             }
@@ -363,7 +403,14 @@ fn long_random_history_matches_model() {
         }
     }
     harness.finish();
-    eprintln!("revision {} compacted {} entries {} size {} in use {}", harness.model.current, harness.model.compacted, harness.store.kv_entry_count(), harness.store.size_bytes(), harness.store.size_in_use_bytes());
+    eprintln!(
+        "revision {} compacted {} entries {} size {} in use {}",
+        harness.model.current,
+        harness.model.compacted,
+        harness.store.kv_entry_count(),
+        harness.store.size_bytes(),
+        harness.store.size_in_use_bytes()
+    );
 }
 
 #[test]
@@ -389,7 +436,9 @@ fn many_keys_make_a_deep_tree_that_scans_in_order() {
     let all = snapshot.range(&[0], &[0], &RangeOptions::default()).unwrap();
     assert_eq!(all.count, count as i64);
     assert!(all.kvs.iter().enumerate().all(|(i, kv)| kv.key == (i as u32).to_be_bytes()));
-    let limited = snapshot.range(&100u32.to_be_bytes(), &200u32.to_be_bytes(), &RangeOptions { limit: 10, ..Default::default() }).unwrap();
+    let limited = snapshot
+        .range(&100u32.to_be_bytes(), &200u32.to_be_bytes(), &RangeOptions { limit: 10, ..Default::default() })
+        .unwrap();
     assert_eq!((limited.count, limited.kvs.len()), (100, 10));
     drop(snapshot);
     let mut txn = store.write();

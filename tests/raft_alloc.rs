@@ -66,7 +66,17 @@ fn steady_state_append_and_ack_do_not_allocate() {
         let entries: Vec<Entry> = (1..=ENTRIES_PER_APPEND)
             .map(|offset| Entry { term, index: last + offset, entry_type: 0, data: vec![round as u8; 16] })
             .collect();
-        let append = Message { msg_type: MessageType::MsgApp as i32, from: 1, to: 2, term, index: last, log_term: term, entries, commit: committed, ..Default::default() };
+        let append = Message {
+            msg_type: MessageType::MsgApp as i32,
+            from: 1,
+            to: 2,
+            term,
+            index: last,
+            log_term: term,
+            entries,
+            commit: committed,
+            ..Default::default()
+        };
         let before = allocations();
         network.member(2).step(append);
         follower_allocations += allocations() - before;
@@ -80,7 +90,11 @@ fn steady_state_append_and_ack_do_not_allocate() {
         network.member(1).on_persist_ready(leader_ready.number);
         let follower_ready = network.member(2).ready();
         network.member(2).on_persist_ready(follower_ready.number);
-        let ack = follower_ready.messages_after_persist.into_iter().find(|m| m.msg_type == MessageType::MsgAppResp as i32).unwrap();
+        let ack = follower_ready
+            .messages_after_persist
+            .into_iter()
+            .find(|m| m.msg_type == MessageType::MsgAppResp as i32)
+            .unwrap();
         assert!(!ack.reject, "round {}", round);
         let before = allocations();
         network.member(1).step(ack);

@@ -90,7 +90,15 @@ fn check_quorum_lease_ignores_vote_requests_while_the_leader_is_heard() {
     let mut network = Network::with_config(&[1, 2, 3], with_pre_vote_and_check_quorum);
     network.campaign(1);
     let term = network.member(2).term();
-    let request = Message { msg_type: MessageType::MsgVote as i32, from: 3, to: 2, term: term + 5, index: 100, log_term: 100, ..Default::default() };
+    let request = Message {
+        msg_type: MessageType::MsgVote as i32,
+        from: 3,
+        to: 2,
+        term: term + 5,
+        index: 100,
+        log_term: 100,
+        ..Default::default()
+    };
     network.member(2).step(request);
     assert_eq!(network.member(2).term(), term);
     assert!(network.take_queue().is_empty());
@@ -101,7 +109,8 @@ fn old_and_duplicated_messages_change_nothing() {
     let mut network = Network::new(&[1, 2, 3]);
     network.campaign(1);
     network.propose(1, b"a");
-    let appends: Vec<Message> = network.delivered.iter().filter(|m| m.msg_type == MessageType::MsgApp as i32 && m.to == 2).cloned().collect();
+    let appends: Vec<Message> =
+        network.delivered.iter().filter(|m| m.msg_type == MessageType::MsgApp as i32 && m.to == 2).cloned().collect();
     network.propose(1, b"b");
     let (last, committed, term) = (network.last_index(2), network.committed(2), network.member(2).term());
     // Replay every append member 2 ever got, twice, and an append of an older term.
@@ -116,7 +125,8 @@ fn old_and_duplicated_messages_change_nothing() {
     assert_eq!((network.last_index(2), network.committed(2), network.member(2).term()), (last, committed, term));
     // An old acknowledgement does not move the leader's view of member 2 backwards.
     let matched = network.member(1).progress(2).unwrap().matched;
-    let old_ack = Message { msg_type: MessageType::MsgAppResp as i32, from: 2, to: 1, term, index: 1, ..Default::default() };
+    let old_ack =
+        Message { msg_type: MessageType::MsgAppResp as i32, from: 2, to: 1, term, index: 1, ..Default::default() };
     network.member(1).step(old_ack.clone());
     network.member(1).step(old_ack);
     assert_eq!(network.member(1).progress(2).unwrap().matched, matched);
@@ -131,7 +141,8 @@ fn snapshot_arriving_while_appends_are_in_flight() {
         network.propose(1, &[round]);
     }
     // Appends to 3 that the network still holds (captured before they are dropped).
-    let mut held: Vec<Message> = network.delivered.iter().filter(|m| m.msg_type == MessageType::MsgApp as i32 && m.to == 2).cloned().collect();
+    let mut held: Vec<Message> =
+        network.delivered.iter().filter(|m| m.msg_type == MessageType::MsgApp as i32 && m.to == 2).cloned().collect();
     for message in &mut held {
         message.to = 3;
     }
@@ -160,7 +171,9 @@ fn snapshot_arriving_while_appends_are_in_flight() {
 fn learner_replicates_but_never_votes_campaigns_or_counts() {
     let mut network = Network::new(&[1, 2, 3]);
     network.campaign(1);
-    network.members.insert(4, ringd::raft::Raft::new(config(4), Default::default(), Box::new(ringd::raft::SplitMix64::new(4))));
+    network
+        .members
+        .insert(4, ringd::raft::Raft::new(config(4), Default::default(), Box::new(ringd::raft::SplitMix64::new(4))));
     network.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, 4)).unwrap();
     network.stabilize();
     network.tick(1, 1);
@@ -267,7 +280,9 @@ fn leader_transfer_to_a_lagging_member_catches_it_up_first_and_blocks_proposals(
 fn membership_add_learner_promote_and_remove_the_leader() {
     let mut network = Network::new(&[1, 2, 3]);
     network.campaign(1);
-    network.members.insert(4, ringd::raft::Raft::new(config(4), Default::default(), Box::new(ringd::raft::SplitMix64::new(4))));
+    network
+        .members
+        .insert(4, ringd::raft::Raft::new(config(4), Default::default(), Box::new(ringd::raft::SplitMix64::new(4))));
     network.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, 4)).unwrap();
     assert_eq!(
         network.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddNode, 4)),

@@ -12,7 +12,15 @@ const BOOTSTRAP_3: u64 = 3;
 const BOOTSTRAP_5: u64 = 5;
 
 fn vote_request(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) -> Message {
-    Message { msg_type: MessageType::MsgVote as i32, from, to, term, index: last_index, log_term: last_term, ..Default::default() }
+    Message {
+        msg_type: MessageType::MsgVote as i32,
+        from,
+        to,
+        term,
+        index: last_index,
+        log_term: last_term,
+        ..Default::default()
+    }
 }
 
 fn network_of(members: Vec<ringd::raft::Raft>) -> Network {
@@ -61,7 +69,15 @@ fn paper_5_2_candidate_returns_to_follower_on_append_from_leader_of_its_term() {
     network.campaign(1);
     assert_eq!(network.role(1), Role::Candidate);
     let term = network.member(1).term();
-    let append = Message { msg_type: MessageType::MsgApp as i32, from: 2, to: 1, term, index: BOOTSTRAP_3, log_term: 1, ..Default::default() };
+    let append = Message {
+        msg_type: MessageType::MsgApp as i32,
+        from: 2,
+        to: 1,
+        term,
+        index: BOOTSTRAP_3,
+        log_term: 1,
+        ..Default::default()
+    };
     network.member(1).step(append);
     assert_eq!(network.role(1), Role::Follower);
     assert_eq!(network.member(1).leader_id(), 2);
@@ -178,7 +194,13 @@ fn paper_5_3_figure_7_leader_brings_every_follower_log_in_line() {
         let leader_last = network.last_index(1);
         assert_eq!(network.last_index(2), leader_last, "case {}", case);
         for index in 1..=leader_last {
-            assert_eq!(network.member(2).log().term(index), network.member(1).log().term(index), "case {} index {}", case, index);
+            assert_eq!(
+                network.member(2).log().term(index),
+                network.member(1).log().term(index),
+                "case {} index {}",
+                case,
+                index
+            );
         }
         assert_eq!(network.committed(2), leader_last);
     }
@@ -199,7 +221,11 @@ fn paper_5_3_conflict_backtracking_skips_whole_terms() {
     network.campaign(1);
     network.tick(1, 1);
     network.stabilize();
-    let rejections = network.delivered.iter().filter(|m| m.msg_type == MessageType::MsgAppResp as i32 && m.reject && m.from == 2).count();
+    let rejections = network
+        .delivered
+        .iter()
+        .filter(|m| m.msg_type == MessageType::MsgAppResp as i32 && m.reject && m.from == 2)
+        .count();
     assert!(rejections <= 3, "{} rejections", rejections);
     assert_eq!(network.last_index(2), network.last_index(1));
 }
@@ -247,7 +273,8 @@ fn paper_5_4_2_figure_8_leader_commits_earlier_terms_only_through_its_own() {
     assert_eq!(network.member(1).term(), 4);
     // S2 and S3 acknowledge entry k only: a majority stores it, but it is of term 2.
     for from in [2, 3] {
-        let ack = Message { msg_type: MessageType::MsgAppResp as i32, from, to: 1, term: 4, index: k, ..Default::default() };
+        let ack =
+            Message { msg_type: MessageType::MsgAppResp as i32, from, to: 1, term: 4, index: k, ..Default::default() };
         network.member(1).step(ack);
     }
     assert!(network.committed(1) < k, "an entry of term 2 must not commit by counting in term 4");
@@ -267,7 +294,14 @@ fn paper_5_4_2_figure_8_leader_commits_earlier_terms_only_through_its_own() {
     }
     // (e) Once an entry of term 4 is on a majority, k commits with it.
     for from in [2, 3] {
-        let ack = Message { msg_type: MessageType::MsgAppResp as i32, from, to: 1, term: 4, index: k + 1, ..Default::default() };
+        let ack = Message {
+            msg_type: MessageType::MsgAppResp as i32,
+            from,
+            to: 1,
+            term: 4,
+            index: k + 1,
+            ..Default::default()
+        };
         network.member(1).step(ack);
     }
     assert_eq!(network.committed(1), k + 1);

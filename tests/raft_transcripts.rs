@@ -30,11 +30,14 @@ fn describe_message(message: &Message) -> String {
     let is_vote = message.msg_type == MessageType::MsgVote as i32 || message.msg_type == MessageType::MsgPreVote as i32;
     if is_append || is_vote {
         write!(out, " index={} logterm={}", message.index, message.log_term).unwrap();
-    } else if message.msg_type == MessageType::MsgAppResp as i32 || message.msg_type == MessageType::MsgReadIndexResp as i32 {
+    } else if message.msg_type == MessageType::MsgAppResp as i32
+        || message.msg_type == MessageType::MsgReadIndexResp as i32
+    {
         write!(out, " index={}", message.index).unwrap();
     }
     if is_append {
-        let entries: Vec<String> = message.entries.iter().map(|entry| format!("{}/{}", entry.index, entry.term)).collect();
+        let entries: Vec<String> =
+            message.entries.iter().map(|entry| format!("{}/{}", entry.index, entry.term)).collect();
         write!(out, " entries=[{}]", entries.join(" ")).unwrap();
     }
     if is_append || message.msg_type == MessageType::MsgHeartbeat as i32 {
@@ -81,7 +84,8 @@ fn stabilize(network: &mut Network) -> String {
 
 fn run_command(network: &mut Option<Network>, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let number = |position: usize| -> u64 { words[position].parse().unwrap_or_else(|_| panic!("bad number in {:?}", line)) };
+    let number =
+        |position: usize| -> u64 { words[position].parse().unwrap_or_else(|_| panic!("bad number in {:?}", line)) };
     if words[0] == "add-nodes" {
         let count = number(1);
         let pre_vote = words.contains(&"pre-vote");
@@ -140,7 +144,8 @@ fn run_command(network: &mut Option<Network>, line: &str) -> String {
         "status" => status(network),
         "log" => {
             let log = network.member(number(1)).log();
-            let entries: Vec<String> = (log.first_index()..=log.last_index()).map(|i| format!("{}/{}", i, log.term(i).unwrap())).collect();
+            let entries: Vec<String> =
+                (log.first_index()..=log.last_index()).map(|i| format!("{}/{}", i, log.term(i).unwrap())).collect();
             format!("{}\n", entries.join(" "))
         }
         "read-index" => {
@@ -163,7 +168,8 @@ fn run_command(network: &mut Option<Network>, line: &str) -> String {
         }
         "add-member" => {
             let id = number(1);
-            let raft = ringd::raft::Raft::new(config(id), Default::default(), Box::new(ringd::raft::SplitMix64::new(id)));
+            let raft =
+                ringd::raft::Raft::new(config(id), Default::default(), Box::new(ringd::raft::SplitMix64::new(id)));
             network.members.insert(id, raft);
             "ok\n".to_string()
         }
@@ -215,7 +221,8 @@ fn run_transcript(text: &str) -> String {
 #[test]
 fn transcripts() {
     let rewrite = std::env::var("RAFT_TRANSCRIPT_REWRITE").is_ok();
-    let mut files: Vec<_> = std::fs::read_dir(transcript_dir()).expect("transcript directory").map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(transcript_dir()).expect("transcript directory").map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(!files.is_empty());
     let mut failures = Vec::new();

@@ -50,7 +50,9 @@ fn subcommand_flags_default_as_etcds() {
     assert_eq!((txn.key_size, txn.val_size, txn.txn_ops, txn.total, txn.key_space_size), (8, 8, 1, 10000, 1));
     let Sub::WatchLatency(watch) = parse(&["watch-latency"]).command else { panic!("watch-latency") };
     assert_eq!((watch.put_total, watch.put_rate, watch.key_size, watch.val_size), (1000, 100, 32, 32));
-    let Sub::Mvcc { command: cli::MvccCommand::Put(mvcc) } = parse(&["mvcc", "put"]).command else { panic!("mvcc put") };
+    let Sub::Mvcc { command: cli::MvccCommand::Put(mvcc) } = parse(&["mvcc", "put"]).command else {
+        panic!("mvcc put")
+    };
     assert_eq!((mvcc.total, mvcc.key_size, mvcc.value_size, mvcc.txn, mvcc.txn_ops), (100, 64, 64, false, 1));
     let Sub::TxnMixed(mixed) = parse(&["txn-mixed"]).command else { panic!("txn-mixed") };
     assert_eq!((mixed.total, mixed.limit, mixed.rw_ratio, mixed.key_space_size), (10000, 1000, 1.0, 1));
@@ -61,9 +63,21 @@ fn subcommand_flags_default_as_etcds() {
 fn flags_parse_as_etcds_command_lines() {
     // etcd's performance doc, word for word (global flags before and after the subcommand).
     let cli = parse(&[
-        "--endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379", "--target-leader", "--conns=100", "--clients=1000",
-        "put", "--key-size=8", "--sequential-keys", "--total=100000", "--val-size=256", "--rate", "500",
-        "--dial-timeout=1m30s", "--precise=true", "--output", "json",
+        "--endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379",
+        "--target-leader",
+        "--conns=100",
+        "--clients=1000",
+        "put",
+        "--key-size=8",
+        "--sequential-keys",
+        "--total=100000",
+        "--val-size=256",
+        "--rate",
+        "500",
+        "--dial-timeout=1m30s",
+        "--precise=true",
+        "--output",
+        "json",
     ]);
     assert_eq!(cli.global.endpoints, vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
     assert!(cli.global.target_leader && cli.global.precise);
@@ -78,8 +92,14 @@ fn flags_parse_as_etcds_command_lines() {
     assert_eq!((range.end.as_deref(), range.consistency.as_str(), range.limit), (Some("z"), "s", 5));
     assert!(Cli::try_parse_from(["ringbench", "range", "a", "--consistency=x"]).is_err());
     assert!(Cli::try_parse_from(["ringbench", "range"]).is_err(), "range needs a key, as etcd's");
-    assert!(parse(&["txn-put", "--txn-ops=3"]).validate().unwrap_err().contains("--txn-ops no larger than --key-space-size"));
-    assert!(parse(&["put", "--key-space-size=0"]).validate().unwrap_err().contains("expected positive --key-space-size"));
+    assert!(parse(&["txn-put", "--txn-ops=3"])
+        .validate()
+        .unwrap_err()
+        .contains("--txn-ops no larger than --key-space-size"));
+    assert!(parse(&["put", "--key-space-size=0"])
+        .validate()
+        .unwrap_err()
+        .contains("expected positive --key-space-size"));
 }
 
 #[test]
@@ -133,7 +153,14 @@ fn etcd_reference(mut lats: Vec<f64>) -> EtcdReference {
             j += 1;
         }
     }
-    EtcdReference { fastest, slowest, average, stddev, histogram: buckets.into_iter().zip(counts).collect(), percentiles }
+    EtcdReference {
+        fastest,
+        slowest,
+        average,
+        stddev,
+        histogram: buckets.into_iter().zip(counts).collect(),
+        percentiles,
+    }
 }
 
 fn recorder_of(nanos: &[u64]) -> Recorder {
@@ -248,13 +275,35 @@ fn success(output: &Output) -> String {
 /// put and range with a small --total: the text report, then JSON with exact counts.
 fn end_to_end(endpoint: &str) {
     let put = success(&ringbench(&[
-        "--endpoints", endpoint, "--conns=2", "--clients=8", "put", "--total=200", "--val-size=256", "--key-space-size=50",
+        "--endpoints",
+        endpoint,
+        "--conns=2",
+        "--clients=8",
+        "put",
+        "--total=200",
+        "--val-size=256",
+        "--key-space-size=50",
     ]));
-    for line in ["\nSummary:\n  Total:\t", "Requests/sec:\t", "Response time histogram:", "Latency distribution:", "CPU per request:"] {
+    for line in [
+        "\nSummary:\n  Total:\t",
+        "Requests/sec:\t",
+        "Response time histogram:",
+        "Latency distribution:",
+        "CPU per request:",
+    ] {
         assert!(put.contains(line), "missing {line:?} in:\n{put}");
     }
     assert!(!put.contains("Error distribution"), "{put}");
-    let range = success(&ringbench(&["--endpoints", endpoint, "--clients=4", "--output=json", "range", "foo", "--total=150", "--consistency=s"]));
+    let range = success(&ringbench(&[
+        "--endpoints",
+        endpoint,
+        "--clients=4",
+        "--output=json",
+        "range",
+        "foo",
+        "--total=150",
+        "--consistency=s",
+    ]));
     let json: serde_json::Value = serde_json::from_str(&range).unwrap_or_else(|e| panic!("{e}: {range}"));
     assert_eq!(json["stats"]["count"], 150, "{json}");
     assert_eq!(json["operation"], "range");
@@ -283,9 +332,24 @@ fn put_and_range_against_real_etcd() {
 fn txn_benchmarks_against_ringd() {
     let ringd = support::Ringd::start(&[]);
     let endpoint = ringd.endpoint();
-    let txn = success(&ringbench(&["--endpoints", &endpoint, "--clients=4", "txn-put", "--txn-ops=4", "--key-space-size=16", "--total=40"]));
+    let txn = success(&ringbench(&[
+        "--endpoints",
+        &endpoint,
+        "--clients=4",
+        "txn-put",
+        "--txn-ops=4",
+        "--key-space-size=16",
+        "--total=40",
+    ]));
     assert!(txn.contains("Summary:") && !txn.contains("Error distribution"), "{txn}");
-    let mixed = success(&ringbench(&["--endpoints", &endpoint, "--clients=4", "txn-mixed", "--total=60", "--key-space-size=10"]));
+    let mixed = success(&ringbench(&[
+        "--endpoints",
+        &endpoint,
+        "--clients=4",
+        "txn-mixed",
+        "--total=60",
+        "--key-space-size=10",
+    ]));
     assert!(mixed.contains("Total Read Ops: ") && mixed.contains("Total Write Ops: "), "{mixed}");
     assert!(!mixed.contains("Error distribution"), "{mixed}");
 }
@@ -302,8 +366,15 @@ fn compare_runs_both_servers_and_prints_one_table() {
     .unwrap();
     let plot = temp.path().join("tiny.svg");
     let output = ringbench(&[
-        "compare", "--scenario", scenario.to_str().unwrap(), "--ringd", env!("CARGO_BIN_EXE_ringd"),
-        "--data-root", temp.path().join("data").to_str().unwrap(), "--plot", plot.to_str().unwrap(),
+        "compare",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--ringd",
+        env!("CARGO_BIN_EXE_ringd"),
+        "--data-root",
+        temp.path().join("data").to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     let table = success(&output);
     assert!(table.contains("| scenario | etcd req/s |") && table.contains("ringd/etcd req/s"), "{table}");
@@ -325,12 +396,18 @@ fn client_calls(endpoint: String) {
     use ringd::api::errors::Code;
     use ringd::api::pb::etcdserverpb as pb;
     use ringd::client::{Client, ClientOptions};
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
     executor.run(async move {
         let options = ClientOptions { connections: 3, dial_timeout: Duration::from_secs(5) };
         let client = Client::connect(&[endpoint], &options).await.expect("connect");
         assert_eq!(client.connection_count(), 3);
-        let put = |key: &str, value: &str| pb::PutRequest { key: key.into(), value: value.into(), prev_kv: true, ..Default::default() };
+        let put = |key: &str, value: &str| pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            prev_kv: true,
+            ..Default::default()
+        };
         let first = client.put(&put("k1", "v1")).await.unwrap();
         let second = client.put(&put("k1", "v2")).await.unwrap();
         assert_eq!(second.prev_kv.unwrap().value, b"v1");
@@ -342,7 +419,8 @@ fn client_calls(endpoint: String) {
         for reply in futures::future::join_all(calls).await {
             reply.expect("concurrent put");
         }
-        let range = pb::RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), count_only: true, ..Default::default() };
+        let range =
+            pb::RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), count_only: true, ..Default::default() };
         assert_eq!(client.range(&range).await.unwrap().count, 64);
         let compare = pb::Compare {
             key: b"k1".to_vec(),
@@ -358,7 +436,10 @@ fn client_calls(endpoint: String) {
         client.compact(&pb::CompactionRequest { revision, physical: true }).await.unwrap();
         let old = pb::RangeRequest { key: b"k1".to_vec(), revision: revision - 1, ..Default::default() };
         let error = client.range(&old).await.unwrap_err();
-        assert_eq!((error.code, error.message.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+        assert_eq!(
+            (error.code, error.message.as_str()),
+            (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        );
         assert_eq!(error.to_string(), "etcdserver: mvcc: required revision has been compacted");
         let status = client.status(0).await.unwrap();
         assert!(status.leader != 0 && status.db_size > 0, "{status:?}");
@@ -370,12 +451,15 @@ fn client_calls(endpoint: String) {
 /// A watch stream from the client: created, then the put's event, with its revision.
 fn client_watch(endpoint: String) {
     use ringd::api::pb::etcdserverpb as pb;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
     executor.run(async move {
         let options = ringd::client::ClientOptions::default();
         let client = ringd::client::Client::connect(&[endpoint], &options).await.expect("connect");
         let mut stream = client.channel(0).watch().await.expect("open a watch stream");
-        stream.create(pb::WatchCreateRequest { key: b"w".to_vec(), range_end: b"x".to_vec(), ..Default::default() }).unwrap();
+        stream
+            .create(pb::WatchCreateRequest { key: b"w".to_vec(), range_end: b"x".to_vec(), ..Default::default() })
+            .unwrap();
         let created = stream.next().await.unwrap().expect("a reply");
         assert!(created.created, "{created:?}");
         let put = pb::PutRequest { key: b"w1".to_vec(), value: b"v".to_vec(), ..Default::default() };
@@ -407,7 +491,14 @@ fn watch_latency_against_ringd_and_real_etcd() {
     let (ringd, etcd) = (support::Ringd::start(&[]), support::Etcd::start());
     for endpoint in [ringd.endpoint(), etcd.endpoint()] {
         let output = success(&ringbench(&[
-            "--endpoints", &endpoint, "--conns=2", "--clients=6", "--output=json", "watch-latency", "--put-total=20", "--put-rate=400",
+            "--endpoints",
+            &endpoint,
+            "--conns=2",
+            "--clients=6",
+            "--output=json",
+            "watch-latency",
+            "--put-total=20",
+            "--put-rate=400",
         ]));
         let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
         assert_eq!(json["stats"]["count"], 120, "one event per watcher per put: {json}");
@@ -418,13 +509,17 @@ fn watch_latency_against_ringd_and_real_etcd() {
 #[test]
 fn client_reports_an_unreachable_endpoint() {
     let port = support::free_port();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
     let error = executor.run(async move {
         let options = ringd::client::ClientOptions { connections: 1, dial_timeout: Duration::from_secs(2) };
         ringd::client::Client::connect(&[format!("http://127.0.0.1:{port}")], &options).await.err().expect("refused")
     });
     assert_eq!(error.code, ringd::api::errors::Code::Unavailable);
-    assert!(error.to_string().starts_with("rpc error: code = Unavailable desc = connection error: dial tcp 127.0.0.1:"), "{error}");
+    assert!(
+        error.to_string().starts_with("rpc error: code = Unavailable desc = connection error: dial tcp 127.0.0.1:"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -436,8 +531,16 @@ fn exports_and_rate_limit_against_ringd() {
     // The same member twice: --target-leader asks each for its status and keeps the leader.
     let endpoints = format!("{0},{0}", ringd.endpoint());
     let output = success(&ringbench(&[
-        "--endpoints", &endpoints, "--target-leader", "--rate=200", "--hgrm", hgrm.to_str().unwrap(), "--plot", plot.to_str().unwrap(),
-        "put", "--total=60",
+        "--endpoints",
+        &endpoints,
+        "--target-leader",
+        "--rate=200",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "put",
+        "--total=60",
     ]));
     // 60 requests at 200/s take at least 59 intervals of 5 ms.
     assert!(started.elapsed() >= Duration::from_millis(290), "--rate was not applied: {output}");
@@ -455,7 +558,16 @@ fn mvcc_put_runs_against_the_store_directly() {
     assert_eq!(output.matches("\nSummary:\n").count(), 1, "{output}");
     assert!(output.contains("Latency distribution:"), "{output}");
     // --txn: etcd's weighted report (per put) first, then the one per transaction.
-    let output = success(&ringbench(&["mvcc", "put", "--total=20", "--txn", "--txn-ops=4", "--commit-every=5", "--data-dir", data_dir]));
+    let output = success(&ringbench(&[
+        "mvcc",
+        "put",
+        "--total=20",
+        "--txn",
+        "--txn-ops=4",
+        "--commit-every=5",
+        "--data-dir",
+        data_dir,
+    ]));
     assert_eq!(output.matches("\nSummary:\n").count(), 2, "{output}");
     assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0, "the store's directory is removed after the run");
 }

@@ -117,7 +117,12 @@ fn simulation() {
         }
     }
     eprintln!("simulation: {} seeds, totals {:?}", seeds.len(), totals);
-    assert!(failures.is_empty(), "failing seeds {:?}; replay the first with: {}", failures, replay_command(failures[0]));
+    assert!(
+        failures.is_empty(),
+        "failing seeds {:?}; replay the first with: {}",
+        failures,
+        replay_command(failures[0])
+    );
 }
 
 /// One seed replays one run exactly: the same history, message for message.

@@ -17,11 +17,7 @@ use std::rc::Rc;
 const SMALL_SEGMENT_BYTES: u64 = 16 * 1024;
 
 fn run<T>(future: impl Future<Output = T>) -> T {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(256 * 1024)
-        .make()
-        .expect("glommio executor")
-        .run(future)
+    LocalExecutorBuilder::new(Placement::Unbound).io_memory(256 * 1024).make().expect("glommio executor").run(future)
 }
 
 fn entry(index: u64, term: u64, data_len: usize) -> Entry {
@@ -33,7 +29,10 @@ fn hard_state(term: u64, commit: u64) -> HardState {
     HardState { term, vote: 2, commit }
 }
 
-async fn open_wal<S: ringd::io::Storage + 'static>(storage: S, segment_size_bytes: u64) -> Result<(Rc<Wal<S>>, Recovered), OpenError> {
+async fn open_wal<S: ringd::io::Storage + 'static>(
+    storage: S,
+    segment_size_bytes: u64,
+) -> Result<(Rc<Wal<S>>, Recovered), OpenError> {
     let opened = Wal::open(storage, WalConfig { segment_size_bytes }).await?;
     glommio::spawn_local(opened.driver).detach();
     Ok((Rc::new(opened.wal), opened.recovered))
@@ -59,7 +58,8 @@ fn round_trip() {
         assert!(recovered.entries.is_empty() && recovered.hard_state.is_none());
         let mut expected = Vec::new();
         for batch in 0..20u64 {
-            let entries: Vec<Entry> = (0..5).map(|i| entry(batch * 5 + i + 1, 1 + batch / 4, 100 + i as usize * 50)).collect();
+            let entries: Vec<Entry> =
+                (0..5).map(|i| entry(batch * 5 + i + 1, 1 + batch / 4, 100 + i as usize * 50)).collect();
             expected.extend(entries.iter().cloned());
             wal.append(&entries, Some(hard_state(1 + batch / 4, batch * 5))).await.expect("append");
         }
@@ -210,7 +210,12 @@ async fn run_workload(wal: &Rc<Wal<SimDisk>>, steps: &[Step]) -> usize {
 /// After a crash: recovery returns the state after some prefix of the records that includes
 /// everything acknowledged, `check` passes, and the WAL takes new appends. Returns whether a
 /// torn tail was repaired and whether unacknowledged records survived.
-async fn verify_recovery(disk: &SimDisk, records: &[ModelRecord], acknowledged_records: usize, context: &str) -> (bool, bool) {
+async fn verify_recovery(
+    disk: &SimDisk,
+    records: &[ModelRecord],
+    acknowledged_records: usize,
+    context: &str,
+) -> (bool, bool) {
     disk.restart();
     let (wal, recovered) = match open_wal(disk.clone(), SMALL_SEGMENT_BYTES).await {
         Ok(opened) => opened,
@@ -249,9 +254,17 @@ struct CrashSummary {
 /// Runs the workload with a crash at I/O `crash_point` (or, with `fail_sync`, a failed fsync
 /// there and a crash at the end); with some seeds crashes again while the next process
 /// recovers. Returns false when the workload finished before reaching `crash_point`.
-async fn crash_case(steps: &[Step], workload_seed: u64, crash_point: u64, seed: u64, fail_sync: bool, summary: &mut CrashSummary) -> bool {
+async fn crash_case(
+    steps: &[Step],
+    workload_seed: u64,
+    crash_point: u64,
+    seed: u64,
+    fail_sync: bool,
+    summary: &mut CrashSummary,
+) -> bool {
     let (records, records_after_step) = model_records(steps);
-    let context = format!("WAL_WORKLOAD={workload_seed} WAL_CRASH_POINT={crash_point}: seed {seed} fail_sync {fail_sync}");
+    let context =
+        format!("WAL_WORKLOAD={workload_seed} WAL_CRASH_POINT={crash_point}: seed {seed} fail_sync {fail_sync}");
     let disk = SimDisk::new(SimDiskConfig::new(seed));
     if fail_sync {
         disk.fail_sync_at_io(crash_point);
@@ -309,7 +322,8 @@ async fn crash_at_every_point(workload_seed: u64, only: Option<u64>) {
         let mut reached = false;
         for seed in 0..4 {
             let fail_sync = seed == 3;
-            reached |= crash_case(&steps, workload_seed, crash_point, crash_point * 4 + seed, fail_sync, &mut summary).await;
+            reached |=
+                crash_case(&steps, workload_seed, crash_point, crash_point * 4 + seed, fail_sync, &mut summary).await;
         }
         if !reached || only.is_some() {
             break;
@@ -428,7 +442,9 @@ fn a_middle_segment_cut_short_breaks_the_chain() {
         }
         disk.corrupt(middle, last_start, &vec![0u8; offset - last_start]);
         match open_wal(disk.clone(), SMALL_SEGMENT_BYTES).await {
-            Err(OpenError::Corrupt { file, reason, .. }) => assert!(file.contains(middle.as_str()) && reason.contains("lost"), "{reason}"),
+            Err(OpenError::Corrupt { file, reason, .. }) => {
+                assert!(file.contains(middle.as_str()) && reason.contains("lost"), "{reason}")
+            }
             Err(other) => panic!("expected Corrupt, got {other}"),
             Ok(_) => panic!("expected Corrupt, the WAL opened"),
         }
@@ -481,8 +497,10 @@ fn rotation_release_and_truncate_then_append() {
         // An append at or below the last index truncates implicitly (a Raft conflict).
         wal.append(&[entry(74, 3, 10)], None).await.expect("implicit truncation");
         let read = wal.read_entries(68, 75).await.expect("read");
-        assert_eq!(read.iter().map(|entry| (entry.index, entry.term)).collect::<Vec<_>>(),
-            [(68, 1), (69, 1), (70, 2), (71, 2), (72, 2), (73, 2), (74, 3)]);
+        assert_eq!(
+            read.iter().map(|entry| (entry.index, entry.term)).collect::<Vec<_>>(),
+            [(68, 1), (69, 1), (70, 2), (71, 2), (72, 2), (73, 2), (74, 3)]
+        );
         close(wal).await;
 
         let report = wal::check(&disk).await.expect("check");
@@ -633,7 +651,8 @@ fn oversized_records_are_refused_without_stopping_the_wal() {
 fn dropping_the_driver_fails_waiters_with_closed() {
     run(async {
         let disk = SimDisk::new(SimDiskConfig::new(13));
-        let opened = Wal::open(disk.clone(), WalConfig { segment_size_bytes: SMALL_SEGMENT_BYTES }).await.expect("open");
+        let opened =
+            Wal::open(disk.clone(), WalConfig { segment_size_bytes: SMALL_SEGMENT_BYTES }).await.expect("open");
         let durable = opened.wal.append(&[entry(1, 1, 10)], None);
         drop(opened.driver);
         assert!(matches!(durable.await, Err(WriteError::Closed)));

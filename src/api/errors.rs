@@ -68,10 +68,7 @@ impl Status {
     pub fn unknown_path(path: &str, service_known: bool) -> Status {
         let (service, method) = path.trim_start_matches('/').rsplit_once('/').unwrap_or(("", path));
         if service_known {
-            Status::with_message(
-                Code::Unimplemented,
-                format!("unknown method {method} for service {service}"),
-            )
+            Status::with_message(Code::Unimplemented, format!("unknown method {method} for service {service}"))
         } else {
             Status::with_message(Code::Unimplemented, format!("unknown service {service}"))
         }
@@ -93,10 +90,7 @@ impl Status {
 
     /// grpc-go's answer to bytes that do not decode as the method's request message.
     pub fn malformed(error: &prost::DecodeError) -> Status {
-        Status::with_message(
-            Code::Internal,
-            format!("grpc: error unmarshalling request: {error}"),
-        )
+        Status::with_message(Code::Internal, format!("grpc: error unmarshalling request: {error}"))
     }
 }
 
@@ -112,16 +106,12 @@ pub const EMPTY_KEY: Status = Status::new(Code::InvalidArgument, "etcdserver: ke
 pub const KEY_NOT_FOUND: Status = Status::new(Code::InvalidArgument, "etcdserver: key not found");
 pub const VALUE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserver: value is provided");
 pub const LEASE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserver: lease is provided");
-pub const TOO_MANY_OPS: Status =
-    Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request");
-pub const DUPLICATE_KEY: Status =
-    Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
-pub const COMPACTED: Status =
-    Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted");
+pub const TOO_MANY_OPS: Status = Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request");
+pub const DUPLICATE_KEY: Status = Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
+pub const COMPACTED: Status = Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted");
 pub const FUTURE_REV: Status =
     Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision");
-pub const NO_SPACE: Status =
-    Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded");
+pub const NO_SPACE: Status = Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded");
 pub const LEASE_NOT_FOUND: Status = Status::new(Code::NotFound, "etcdserver: requested lease not found");
 pub const REQUEST_TOO_LARGE: Status = Status::new(Code::InvalidArgument, "etcdserver: request is too large");
 /// ringd's own: a key longer than the store's cell allows (etcd has no such bound; the

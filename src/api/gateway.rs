@@ -66,8 +66,7 @@ where
 {
     loop {
         let Some((head, body_start)) = read_head(&mut stream, &mut buffer).await else { return };
-        let Some(body) = read_body(&mut stream, &mut buffer, body_start, head.content_length_bytes, &core).await
-        else {
+        let Some(body) = read_body(&mut stream, &mut buffer, body_start, head.content_length_bytes, &core).await else {
             let reply = Reply::error(&crate::api::errors::REQUEST_TOO_LARGE);
             let _ = write_reply(&mut stream, &reply, false).await;
             return;
@@ -157,12 +156,10 @@ async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
         ("GET", "/health") => health(core),
         ("GET", "/version") => json_reply(200, core.version_json()),
         (_, path) => match service::route_gateway(path) {
-            Some(api_method) if method == "POST" => {
-                match service::call(core, api_method, body, &JsonCodec).await {
-                    Ok(body) => Reply { status_code: 200, body },
-                    Err(status) => Reply::error(&status),
-                }
-            }
+            Some(api_method) if method == "POST" => match service::call(core, api_method, body, &JsonCodec).await {
+                Ok(body) => Reply { status_code: 200, body },
+                Err(status) => Reply::error(&status),
+            },
             Some(_) => Reply::error(&Status::new(Code::Unimplemented, "Method Not Allowed")),
             None if service::is_known_gateway_path(path) => {
                 Reply::error(&Status::not_implemented(path.rsplit('/').next().unwrap_or(path)))
@@ -183,7 +180,11 @@ fn json_reply(status_code: u16, body: serde_json::Value) -> Reply {
     Reply { status_code, body: Bytes::from(body.to_string()) }
 }
 
-async fn write_reply<S: futures_lite::AsyncWrite + Unpin>(stream: &mut S, reply: &Reply, keep_alive: bool) -> std::io::Result<()> {
+async fn write_reply<S: futures_lite::AsyncWrite + Unpin>(
+    stream: &mut S,
+    reply: &Reply,
+    keep_alive: bool,
+) -> std::io::Result<()> {
     let reason = match reply.status_code {
         200 => "OK",
         400 => "Bad Request",

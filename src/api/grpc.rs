@@ -104,11 +104,18 @@ const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
 
 /// Reads the next length-prefixed message of a streaming request; None at the end of the
 /// client's side of the stream.
-async fn next_message(body: &mut RecvStream, buffer: &mut BytesMut, limit_bytes: usize) -> Option<Result<Bytes, Status>> {
+async fn next_message(
+    body: &mut RecvStream,
+    buffer: &mut BytesMut,
+    limit_bytes: usize,
+) -> Option<Result<Bytes, Status>> {
     loop {
         if buffer.len() >= PREFIX_BYTES {
             if buffer[0] != 0 {
-                return Some(Err(Status::new(errors::Code::Unimplemented, "grpc: Decompressor is not installed for grpc-encoding")));
+                return Some(Err(Status::new(
+                    errors::Code::Unimplemented,
+                    "grpc: Decompressor is not installed for grpc-encoding",
+                )));
             }
             let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
             if length > limit_bytes {
@@ -141,7 +148,8 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
     let receive = glommio::spawn_local(async move {
         let mut buffer = BytesMut::new();
         while let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await {
-            let request = message.and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::WatchRequest>(&bytes))?;
+            let request =
+                message.and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::WatchRequest>(&bytes))?;
             receiver.handle(request);
         }
         Ok::<(), Status>(())
@@ -288,9 +296,7 @@ async fn read_unary(mut body: RecvStream, limit_bytes: usize) -> Result<Bytes, S
 
 fn response_headers() -> Response<()> {
     let mut response = Response::new(());
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
 }
 

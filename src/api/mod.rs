@@ -5,8 +5,8 @@
 //! Depends only on a handle to `server`; it never touches the store directly.
 
 pub mod errors;
-pub mod pb;
 pub mod gateway;
 pub mod grpc;
 pub mod listener;
+pub mod pb;
 pub mod service;

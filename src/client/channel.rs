@@ -33,9 +33,8 @@ impl Endpoint {
             return Err(format!("endpoint {text}: TLS is not supported by ringd's client yet"));
         }
         let address = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
-        let (host, port) = address
-            .rsplit_once(':')
-            .ok_or_else(|| format!("endpoint {text}: expected http://host:port"))?;
+        let (host, port) =
+            address.rsplit_once(':').ok_or_else(|| format!("endpoint {text}: expected http://host:port"))?;
         let port = port.parse().map_err(|_| format!("endpoint {text}: bad port {port:?}"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -104,7 +103,8 @@ impl Channel {
         R: prost::Message + Default,
     {
         let reply = self.unary_bytes(path, encode(request)).await?;
-        R::decode(reply).map_err(|error| Error::internal(format!("grpc: failed to unmarshal the received message: {error}")))
+        R::decode(reply)
+            .map_err(|error| Error::internal(format!("grpc: failed to unmarshal the received message: {error}")))
     }
 
     /// One unary call with an already framed request (prefix + message); returns the
@@ -120,8 +120,10 @@ impl Channel {
         let (response, mut body) = send
             .send_request(request, false)
             .map_err(|error| Error::unavailable(format!("send to {}: {error}", self.authority)))?;
-        body.send_data(framed, true).map_err(|error| Error::unavailable(format!("send to {}: {error}", self.authority)))?;
-        let response = response.await.map_err(|error| Error::unavailable(format!("reply from {}: {error}", self.authority)))?;
+        body.send_data(framed, true)
+            .map_err(|error| Error::unavailable(format!("send to {}: {error}", self.authority)))?;
+        let response =
+            response.await.map_err(|error| Error::unavailable(format!("reply from {}: {error}", self.authority)))?;
         if response.status() != http::StatusCode::OK {
             return Err(Error::new(
                 crate::api::errors::Code::Unknown,
@@ -182,7 +184,10 @@ async fn read_reply(mut body: h2::RecvStream) -> Result<Bytes, Error> {
         let _ = body.flow_control().release_capacity(chunk.len());
         buffer.extend_from_slice(&chunk);
         if buffer.len() > REPLY_BYTES_MAX + PREFIX_BYTES {
-            return Err(Error::new(crate::api::errors::Code::ResourceExhausted, "grpc: received message larger than max"));
+            return Err(Error::new(
+                crate::api::errors::Code::ResourceExhausted,
+                "grpc: received message larger than max",
+            ));
         }
     }
     let trailers = body.trailers().await.map_err(|error| Error::unavailable(format!("reading trailers: {error}")))?;
@@ -216,7 +221,10 @@ mod tests {
 
     #[test]
     fn endpoints_parse_as_etcds_flag() {
-        assert_eq!(Endpoint::parse("http://127.0.0.1:2379").unwrap(), Endpoint { host: "127.0.0.1".into(), port: 2379 });
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:2379").unwrap(),
+            Endpoint { host: "127.0.0.1".into(), port: 2379 }
+        );
         assert_eq!(Endpoint::parse("localhost:23790").unwrap().authority(), "localhost:23790");
         assert_eq!(Endpoint::parse("http://[::1]:2379/").unwrap().authority(), "[::1]:2379");
         assert!(Endpoint::parse("https://127.0.0.1:2379").unwrap_err().contains("TLS"));

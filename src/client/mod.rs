@@ -65,7 +65,9 @@ impl Client {
         assert!(options.connections > 0, "a client needs at least one connection");
         let endpoints: Vec<Endpoint> = endpoints
             .iter()
-            .map(|text| Endpoint::parse(text).map_err(|message| Error::new(crate::api::errors::Code::InvalidArgument, message)))
+            .map(|text| {
+                Endpoint::parse(text).map_err(|message| Error::new(crate::api::errors::Code::InvalidArgument, message))
+            })
             .collect::<Result<_, _>>()?;
         if endpoints.is_empty() {
             return Err(Error::new(crate::api::errors::Code::InvalidArgument, "no endpoints given"));

@@ -53,8 +53,9 @@ impl WatchStream {
     pub async fn next(&mut self) -> Result<Option<pb::WatchResponse>, Error> {
         loop {
             if let Some(message) = self.take_frame()? {
-                let reply = <pb::WatchResponse as prost::Message>::decode(message)
-                    .map_err(|error| Error::internal(format!("grpc: failed to unmarshal the received message: {error}")))?;
+                let reply = <pb::WatchResponse as prost::Message>::decode(message).map_err(|error| {
+                    Error::internal(format!("grpc: failed to unmarshal the received message: {error}"))
+                })?;
                 return Ok(Some(reply));
             }
             let body = self.body().await?;
@@ -65,7 +66,10 @@ impl WatchStream {
                     self.buffer.extend_from_slice(&chunk);
                 }
                 None => {
-                    let trailers = body.trailers().await.map_err(|error| Error::unavailable(format!("watch trailers: {error}")))?;
+                    let trailers = body
+                        .trailers()
+                        .await
+                        .map_err(|error| Error::unavailable(format!("watch trailers: {error}")))?;
                     return match trailers.as_ref().map(status_error) {
                         Some(Some(error)) => Err(error),
                         _ => Ok(None),

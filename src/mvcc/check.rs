@@ -104,7 +104,10 @@ impl<'a> Walk<'a> {
             }
             for index in 0..page_header.count as usize {
                 let id = read_u64(page, HEADER_SIZE + index * FREELIST_ENTRY_SIZE);
-                if id < META_PAGES || id >= self.pages.page_count() || core::mem::replace(&mut self.seen[id as usize], true) {
+                if id < META_PAGES
+                    || id >= self.pages.page_count()
+                    || core::mem::replace(&mut self.seen[id as usize], true)
+                {
                     return Err(fail(Some(id), "free page outside the file or reachable twice"));
                 }
                 free += 1;
@@ -138,7 +141,8 @@ fn validate_node(page: &[u8]) -> Result<(), String> {
         }
         let end = if leaf {
             let key_len = read_u16(page, offset) as usize;
-            let value_len = if page[offset + 2] & LEAF_FLAG_OVERFLOW != 0 { 8 } else { read_u32(page, offset + 3) as usize };
+            let value_len =
+                if page[offset + 2] & LEAF_FLAG_OVERFLOW != 0 { 8 } else { read_u32(page, offset + 3) as usize };
             offset + cell_header + key_len + value_len
         } else {
             offset + cell_header + read_u16(page, offset + 8) as usize
@@ -177,7 +181,10 @@ pub fn check(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
         return Err(fail(Some(leaked as u64), "page neither in a tree nor on the free list"));
     }
     if free != meta.free_page_count || kv_entries != meta.kv_entry_count || rev_entries != kv_entries {
-        let reason = format!("counts: free {free} (meta {}), kv {kv_entries} (meta {}), rev {rev_entries}", meta.free_page_count, meta.kv_entry_count);
+        let reason = format!(
+            "counts: free {free} (meta {}), kv {kv_entries} (meta {}), rev {rev_entries}",
+            meta.free_page_count, meta.kv_entry_count
+        );
         return Err(fail(None, reason));
     }
     check_revisions(pages, meta)
@@ -202,7 +209,8 @@ fn check_revisions(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
         };
         debug_assert_eq!(found_key, wanted.as_slice());
         let record = record_header(pages, record);
-        let sane = if record.tombstone { record.version == 0 } else { record.version >= 1 && record.create_revision <= main };
+        let sane =
+            if record.tombstone { record.version == 0 } else { record.version >= 1 && record.create_revision <= main };
         if record.tombstone != (*flags & REV_FLAG_TOMBSTONE != 0) || !sane || main < 1 || main > meta.current_revision {
             return Err(fail(None, format!("revision {main}.{sub} has an inconsistent record")));
         }

@@ -26,15 +26,33 @@ impl std::error::Error for MvccError {}
 /// Why `Store::open` refused a file. The file is never modified in any of these cases.
 #[derive(Debug)]
 pub enum OpenError {
-    Io { path: PathBuf, operation: &'static str, source: io::Error },
+    Io {
+        path: PathBuf,
+        operation: &'static str,
+        source: io::Error,
+    },
     /// Another process holds the store open.
-    Locked { path: PathBuf },
+    Locked {
+        path: PathBuf,
+    },
     /// The file does not start with ringd's magic: it is some other file.
-    Foreign { path: PathBuf },
-    UnknownVersion { path: PathBuf, version: u32 },
-    Corrupt { path: PathBuf, reason: String },
+    Foreign {
+        path: PathBuf,
+    },
+    UnknownVersion {
+        path: PathBuf,
+        version: u32,
+    },
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+    },
     /// The mapping (`StoreOptions::map_size_bytes`) is smaller than the file.
-    MapTooSmall { path: PathBuf, file_size_bytes: u64, map_size_bytes: u64 },
+    MapTooSmall {
+        path: PathBuf,
+        file_size_bytes: u64,
+        map_size_bytes: u64,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -79,9 +97,16 @@ impl std::error::Error for OpenError {}
 /// checkpoint fails with it (a failed fdatasync is never retried).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
-    Io { path: PathBuf, operation: &'static str, kind: io::ErrorKind, message: String },
+    Io {
+        path: PathBuf,
+        operation: &'static str,
+        kind: io::ErrorKind,
+        message: String,
+    },
     /// The file would outgrow the mapping (`StoreOptions::map_size_bytes`).
-    MapFull { map_size_bytes: u64 },
+    MapFull {
+        map_size_bytes: u64,
+    },
 }
 
 impl StoreError {

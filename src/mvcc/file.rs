@@ -225,7 +225,11 @@ impl StoreFile for SimFile {
         }
         // SAFETY: in bounds; see the `Sync` impl for why no reader reads these bytes.
         unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), (self.map.as_ptr() as *mut u8).add(offset as usize), data.len());
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.map.as_ptr() as *mut u8).add(offset as usize),
+                data.len(),
+            );
         }
         state.len_bytes = state.len_bytes.max(end);
         state.unsynced.push((offset, data.to_vec()));

@@ -61,9 +61,7 @@ const _: () = assert!(PAGE_SIZE.is_multiple_of(SECTOR_SIZE));
 const _: () = assert!(HEADER_SIZE == 24);
 const _: () = assert!(core::mem::size_of::<Meta>() == 120);
 const _: () = assert!(core::mem::size_of::<Meta>() <= SECTOR_SIZE, "a meta write is one sector");
-const _: () = assert!(
-    SLOT_SIZE + LEAF_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE + 8 <= CELL_SIZE_MAX
-);
+const _: () = assert!(SLOT_SIZE + LEAF_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE + 8 <= CELL_SIZE_MAX);
 const _: () = assert!(SLOT_SIZE + BRANCH_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE <= CELL_SIZE_MAX);
 const _: () = assert!(INLINE_CELL_MAX <= CELL_SIZE_MAX);
 const _: () = assert!(PAGE_SIZE <= u16::MAX as usize, "slots are u16 offsets");

@@ -88,7 +88,13 @@ pub struct Visible<'a> {
 
 /// Calls `visit` with the newest revision <= `revision` of each user key in `bounds`,
 /// tombstones included, in key order, until `visit` returns false.
-pub fn scan<'a>(pages: Pages<'a>, root: NodeRef<'a>, bounds: Bounds, revision: Revision, mut visit: impl FnMut(Visible<'a>) -> bool) {
+pub fn scan<'a>(
+    pages: Pages<'a>,
+    root: NodeRef<'a>,
+    bounds: Bounds,
+    revision: Revision,
+    mut visit: impl FnMut(Visible<'a>) -> bool,
+) {
     assert!(revision >= 0);
     if let Bounds::Interval(start, Some(end)) = bounds {
         if start >= end {
@@ -261,7 +267,14 @@ pub fn history(
     (events, covered)
 }
 
-fn history_event(pages: Pages, kv_root: NodeRef, user_key: &[u8], main: Revision, sub: i64, deleted: bool) -> HistoryEvent {
+fn history_event(
+    pages: Pages,
+    kv_root: NodeRef,
+    user_key: &[u8],
+    main: Revision,
+    sub: i64,
+    deleted: bool,
+) -> HistoryEvent {
     if deleted {
         let kv = KeyValue { key: user_key.to_vec(), mod_revision: main, ..KeyValue::default() };
         return HistoryEvent { deleted, kv };

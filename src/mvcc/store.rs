@@ -300,7 +300,8 @@ impl CommitJob {
 /// Drops free pages nothing can reach (`ready`) from the end of the file: the job truncates
 /// the file once the meta with the smaller page count is durable.
 fn trim_tail(sink: &mut Sink) {
-    let trailing = sink.ready.iter().enumerate().take_while(|&(index, &id)| id + 1 + index as u64 == sink.page_count).count();
+    let trailing =
+        sink.ready.iter().enumerate().take_while(|&(index, &id)| id + 1 + index as u64 == sink.page_count).count();
     if trailing > 0 {
         sink.ready.drain(..trailing);
         sink.page_count -= trailing as u64;
@@ -374,9 +375,8 @@ fn classify_meta(page: &[u8], slot: u64) -> MetaState {
     if meta.format_version != FORMAT_VERSION {
         return MetaState::UnknownVersion(meta.format_version);
     }
-    let sane = meta.checksum == meta.compute_checksum()
-        && meta.page_size as usize == PAGE_SIZE
-        && meta.txn_id % 2 == slot;
+    let sane =
+        meta.checksum == meta.compute_checksum() && meta.page_size as usize == PAGE_SIZE && meta.txn_id % 2 == slot;
     if sane {
         MetaState::Valid(meta)
     } else {
@@ -412,7 +412,8 @@ fn load_free_list(path: &Path, meta: &Meta, pages: Pages) -> Result<LoadedFreeLi
     if !in_file(meta.kv_root) || !in_file(meta.rev_root) || !in_file(meta.freelist_head) {
         return Err(corrupt(path, format!("meta txn {} points outside its {} pages", meta.txn_id, meta.page_count)));
     }
-    let scan_sane = meta.compact_scan_main >= 0 && meta.compact_scan_main <= meta.current_revision && meta.compact_scan_sub >= 0;
+    let scan_sane =
+        meta.compact_scan_main >= 0 && meta.compact_scan_main <= meta.current_revision && meta.compact_scan_sub >= 0;
     if meta.compact_revision > meta.current_revision || meta.current_revision < 0 || !scan_sane {
         return Err(corrupt(path, format!("meta txn {} has compact revision > current revision", meta.txn_id)));
     }
@@ -449,7 +450,10 @@ fn load_free_list(path: &Path, meta: &Meta, pages: Pages) -> Result<LoadedFreeLi
         next = head.next;
     }
     if entries.len() as u64 != meta.free_page_count {
-        return Err(corrupt(path, format!("the free list holds {} pages, the meta says {}", entries.len(), meta.free_page_count)));
+        return Err(corrupt(
+            path,
+            format!("the free list holds {} pages, the meta says {}", entries.len(), meta.free_page_count),
+        ));
     }
     Ok((entries, chain))
 }
@@ -460,7 +464,13 @@ impl Store {
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
         let io = |operation, source| OpenError::Io { path: path.to_path_buf(), operation, source };
         let existed = path.exists();
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| io("open", e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io("open", e))?;
         let mapped = MmapFile::new(file, path, options.map_size_bytes).map_err(|e| io("map", e))?;
         if let Err(error) = mapped.lock_exclusive() {
             if error.kind() == std::io::ErrorKind::WouldBlock {
@@ -493,7 +503,8 @@ impl Store {
             file_size_bytes = image.len() as u64;
         }
         // SAFETY: the first min(file size, 2 pages) bytes are in the file and the mapping.
-        let head = unsafe { core::slice::from_raw_parts(file.map_base(), (file_size_bytes as usize).min(2 * PAGE_SIZE)) };
+        let head =
+            unsafe { core::slice::from_raw_parts(file.map_base(), (file_size_bytes as usize).min(2 * PAGE_SIZE)) };
         if head.len() < 2 * PAGE_SIZE {
             if head.len() >= MAGIC.len() && head[..MAGIC.len()] == MAGIC {
                 return Err(corrupt(&path, format!("truncated to {file_size_bytes} bytes")));
@@ -503,7 +514,10 @@ impl Store {
         let states = [classify_meta(&head[..PAGE_SIZE], 0), classify_meta(&head[PAGE_SIZE..], 1)];
         let meta = choose_meta(&path, states)?;
         if meta.page_count < META_PAGES || meta.page_count * PAGE_SIZE as u64 > file_size_bytes {
-            let reason = format!("meta txn {} needs {} pages, the file holds {file_size_bytes} bytes", meta.txn_id, meta.page_count);
+            let reason = format!(
+                "meta txn {} needs {} pages, the file holds {file_size_bytes} bytes",
+                meta.txn_id, meta.page_count
+            );
             return Err(corrupt(&path, reason));
         }
         let shared = Arc::new(Shared {
@@ -780,7 +794,8 @@ impl Store {
             buffer: sink.buffer,
             meta_page: meta.encode_page(),
             meta_offset: (txn_id % 2) * PAGE_SIZE as u64,
-            truncate_to_bytes: (sink.page_count < self.committed.page_count).then_some(sink.page_count * PAGE_SIZE as u64),
+            truncate_to_bytes: (sink.page_count < self.committed.page_count)
+                .then_some(sink.page_count * PAGE_SIZE as u64),
         };
         Ok(CommitJob { txn_id, work: Some(work) })
     }
@@ -990,7 +1005,13 @@ fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     loop {
         let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => if x > y { a.next() } else { b.next() },
+            (Some(x), Some(y)) => {
+                if x > y {
+                    a.next()
+                } else {
+                    b.next()
+                }
+            }
             (Some(_), None) => a.next(),
             (None, Some(_)) => b.next(),
             (None, None) => return merged,
@@ -1049,8 +1070,13 @@ impl WriteTxn<'_> {
     /// Writes `key`; returns its previous live KeyValue. Panics on an empty key or one longer
     /// than KEY_SIZE_MAX_BYTES (the server refuses those first).
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Option<KeyValue> {
-        assert!(!key.is_empty() && key.len() <= KEY_SIZE_MAX_BYTES, "key length {} outside [1, {KEY_SIZE_MAX_BYTES}]", key.len());
-        let previous = self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
+        assert!(
+            !key.is_empty() && key.len() <= KEY_SIZE_MAX_BYTES,
+            "key length {} outside [1, {KEY_SIZE_MAX_BYTES}]",
+            key.len()
+        );
+        let previous =
+            self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
         let (create_revision, version) = match &previous {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (self.revision, 1),
@@ -1062,7 +1088,8 @@ impl WriteTxn<'_> {
 
     /// Deletes the live keys in the range (etcd bounds) with tombstones; returns them.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
-        let deleted = self.range(key, range_end, &RangeOptions::default()).expect("the current revision is readable").kvs;
+        let deleted =
+            self.range(key, range_end, &RangeOptions::default()).expect("the current revision is readable").kvs;
         for kv in &deleted {
             let header = RecordHeader { tombstone: true, create_revision: 0, version: 0, lease: 0 };
             self.write_revision(&kv.key, encode_record(header, &[]), true);

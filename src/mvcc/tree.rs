@@ -53,7 +53,8 @@ fn cell_extent(page: &[u8], index: usize) -> (usize, usize) {
     let length = if page[4] == KIND_LEAF {
         let key_len = read_u16(page, offset) as usize;
         let flags = page[offset + 2];
-        let value_len = if flags & (LEAF_FLAG_OVERFLOW | LEAF_FLAG_PENDING) != 0 { 8 } else { read_u32(page, offset + 3) as usize };
+        let value_len =
+            if flags & (LEAF_FLAG_OVERFLOW | LEAF_FLAG_PENDING) != 0 { 8 } else { read_u32(page, offset + 3) as usize };
         LEAF_CELL_HEADER + key_len + value_len
     } else {
         BRANCH_CELL_HEADER + read_u16(page, offset + 8) as usize
@@ -869,7 +870,8 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
         Node::Leaf(leaf) => {
             for index in 0..leaf.page.count() {
                 if let RawValue::Pending { id } = NodeRef::Page(&leaf.page.bytes).value_raw(index) {
-                    let position = leaf.big.iter().position(|(big_id, _)| *big_id == id).expect("pending value is held");
+                    let position =
+                        leaf.big.iter().position(|(big_id, _)| *big_id == id).expect("pending value is held");
                     let (_, bytes) = leaf.big.swap_remove(position);
                     let first = write_overflow(&bytes, sink);
                     let offset = leaf.page.cell_offset(index);
@@ -920,7 +922,9 @@ fn subtree_above(pages: Pages, id: PageId, watermark: PageId) -> bool {
     (0..node.len()).any(|index| {
         if node.is_leaf() {
             match node.value(index) {
-                ValueRef::Overflow { first, len } => pages.overflow_pages(first, len as usize).iter().any(|&p| p >= watermark),
+                ValueRef::Overflow { first, len } => {
+                    pages.overflow_pages(first, len as usize).iter().any(|&p| p >= watermark)
+                }
                 ValueRef::Inline(_) => false,
             }
         } else {
@@ -954,7 +958,9 @@ pub fn relocate_above(child: &mut Child, watermark: PageId, budget: &mut usize, 
         }
         Node::Leaf(leaf) => {
             for index in 0..leaf.page.count() {
-                let RawValue::Overflow { first, len } = NodeRef::Page(&leaf.page.bytes).value_raw(index) else { continue };
+                let RawValue::Overflow { first, len } = NodeRef::Page(&leaf.page.bytes).value_raw(index) else {
+                    continue;
+                };
                 let chain = pages.overflow_pages(first, len as usize);
                 if chain.iter().any(|&page| page >= watermark) {
                     let id = NEXT_BIG_VALUE_ID.fetch_add(1, AtomicOrdering::Relaxed);

@@ -153,7 +153,12 @@ impl RaftLog {
         let last_new_index = index + entries.len() as u64;
         let conflict = self.find_conflict(entries);
         if conflict != 0 {
-            assert!(conflict > self.committed, "conflict at {} with committed entry (committed {})", conflict, self.committed);
+            assert!(
+                conflict > self.committed,
+                "conflict at {} with committed entry (committed {})",
+                conflict,
+                self.committed
+            );
             let skip = (conflict - index - 1) as usize;
             self.append_from(entries, skip);
         }
@@ -310,7 +315,11 @@ mod tests {
     use super::*;
 
     fn entries(first_index: u64, terms: &[u64]) -> Vec<Entry> {
-        terms.iter().enumerate().map(|(offset, term)| Entry { index: first_index + offset as u64, term: *term, ..Default::default() }).collect()
+        terms
+            .iter()
+            .enumerate()
+            .map(|(offset, term)| Entry { index: first_index + offset as u64, term: *term, ..Default::default() })
+            .collect()
     }
 
     #[test]

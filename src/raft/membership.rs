@@ -78,8 +78,11 @@ impl Raft {
         let next_index = self.log.last_index() + 1;
         let inflight_max = self.config.inflight_messages_max;
         self.progress.retain(|id, _| conf.voters.contains(id) || conf.learners.contains(id));
-        for (id, is_learner) in conf.voters.iter().map(|id| (*id, false)).chain(conf.learners.iter().map(|id| (*id, true))) {
-            let progress = self.progress.entry(id).or_insert_with(|| Progress::new(next_index, inflight_max, is_learner));
+        for (id, is_learner) in
+            conf.voters.iter().map(|id| (*id, false)).chain(conf.learners.iter().map(|id| (*id, true)))
+        {
+            let progress =
+                self.progress.entry(id).or_insert_with(|| Progress::new(next_index, inflight_max, is_learner));
             progress.is_learner = is_learner;
         }
         if let Some(own) = self.progress.get_mut(&self.id) {
@@ -164,7 +167,8 @@ impl Raft {
 
     /// Drops log entries up to `index`, which the newest snapshot must cover.
     pub fn compact_log(&mut self, index: u64) {
-        let snapshot_index = self.snapshot.as_ref().and_then(|snapshot| snapshot.metadata.as_ref()).map_or(0, |m| m.index);
+        let snapshot_index =
+            self.snapshot.as_ref().and_then(|snapshot| snapshot.metadata.as_ref()).map_or(0, |m| m.index);
         assert!(index <= snapshot_index, "compacting to {} beyond the snapshot at {}", index, snapshot_index);
         if index <= self.log.snapshot_index() {
             return;

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::raft::log::RaftLog;
 use prost::Message as _;
 
-use crate::raft::pb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use crate::raft::pb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+};
 use crate::raft::progress::Progress;
 use crate::raft::read_only::{ReadRounds, ReadState};
 
@@ -126,11 +128,15 @@ impl std::fmt::Display for ProposeError {
                 write!(formatter, "raft: not the leader; retry on member {:x}", leader)
             }
             ProposeError::NotLeader { .. } => write!(formatter, "raft: no leader known; retry after the election"),
-            ProposeError::TransferInProgress => write!(formatter, "raft: leadership transfer in progress; retry on the new leader"),
+            ProposeError::TransferInProgress => {
+                write!(formatter, "raft: leadership transfer in progress; retry on the new leader")
+            }
             ProposeError::ConfChangePending => {
                 write!(formatter, "raft: a configuration change is still pending; retry once it commits")
             }
-            ProposeError::InvalidConfChange => write!(formatter, "raft: the change would leave no voter or names member 0"),
+            ProposeError::InvalidConfChange => {
+                write!(formatter, "raft: the change would leave no voter or names member 0")
+            }
             ProposeError::TooManyUncommitted => {
                 write!(formatter, "raft: too many uncommitted proposals; retry after some commit")
             }
@@ -164,8 +170,17 @@ impl RestartState {
             .iter()
             .enumerate()
             .map(|(position, id)| {
-                let change = ConfChange { change_type: ConfChangeType::ConfChangeAddNode as i32, node_id: *id, ..Default::default() };
-                Entry { term: 1, index: position as u64 + 1, entry_type: EntryType::EntryConfChange as i32, data: change.encode_to_vec() }
+                let change = ConfChange {
+                    change_type: ConfChangeType::ConfChangeAddNode as i32,
+                    node_id: *id,
+                    ..Default::default()
+                };
+                Entry {
+                    term: 1,
+                    index: position as u64 + 1,
+                    entry_type: EntryType::EntryConfChange as i32,
+                    data: change.encode_to_vec(),
+                }
             })
             .collect();
         let hard_state = HardState { term: 1, vote: NONE, commit: entries.len() as u64 };
@@ -303,7 +318,13 @@ impl Raft {
         if self.role == Role::Leader {
             for (id, progress) in &self.progress {
                 if *id != self.id {
-                    assert!(progress.matched < progress.next_index, "member {}: matched {} next {}", id, progress.matched, progress.next_index);
+                    assert!(
+                        progress.matched < progress.next_index,
+                        "member {}: matched {} next {}",
+                        id,
+                        progress.matched,
+                        progress.next_index
+                    );
                     assert!(progress.next_index <= self.log.last_index() + 1, "member {}: next beyond the log", id);
                 }
             }
@@ -743,7 +764,12 @@ impl Raft {
         }
         if message.index < self.log.committed {
             let committed = self.log.committed;
-            self.send(Message { msg_type: MessageType::MsgAppResp as i32, to: message.from, index: committed, ..Default::default() });
+            self.send(Message {
+                msg_type: MessageType::MsgAppResp as i32,
+                to: message.from,
+                index: committed,
+                ..Default::default()
+            });
             return;
         }
         let touches_conf = message.entries.iter().any(is_conf_entry)
@@ -764,7 +790,8 @@ impl Raft {
             None => {
                 // Fast backtracking: point the leader at the last index whose term is not
                 // above the leader's term for the probed index, skipping a whole term at once.
-                let hint_index = self.log.find_conflict_by_term(message.index.min(self.log.last_index()), message.log_term);
+                let hint_index =
+                    self.log.find_conflict_by_term(message.index.min(self.log.last_index()), message.log_term);
                 let hint_term = self.log.term(hint_index).unwrap_or(0);
                 self.send(Message {
                     msg_type: MessageType::MsgAppResp as i32,
@@ -800,7 +827,12 @@ impl Raft {
         let commit = message.commit.min(self.log.last_index());
         self.log.commit_to(commit);
         let context = std::mem::take(&mut message.context);
-        self.send(Message { msg_type: MessageType::MsgHeartbeatResp as i32, to: message.from, context, ..Default::default() });
+        self.send(Message {
+            msg_type: MessageType::MsgHeartbeatResp as i32,
+            to: message.from,
+            context,
+            ..Default::default()
+        });
     }
 
     fn handle_snapshot(&mut self, message: &mut Message) {
@@ -866,7 +898,12 @@ impl Raft {
             _ if self.leader_id != NONE => {
                 let leader = self.leader_id;
                 let entry = Entry { data: context, ..Default::default() };
-                self.send(Message { msg_type: MessageType::MsgReadIndex as i32, to: leader, entries: vec![entry], ..Default::default() });
+                self.send(Message {
+                    msg_type: MessageType::MsgReadIndex as i32,
+                    to: leader,
+                    entries: vec![entry],
+                    ..Default::default()
+                });
                 Ok(())
             }
             _ => Err(ProposeError::NotLeader { leader: NONE }),
@@ -880,7 +917,12 @@ impl Raft {
         if self.role != Role::Leader {
             if self.leader_id != NONE && self.leader_id != self.id {
                 let leader = self.leader_id;
-                self.send(Message { msg_type: MessageType::MsgTransferLeader as i32, to: leader, index: target, ..Default::default() });
+                self.send(Message {
+                    msg_type: MessageType::MsgTransferLeader as i32,
+                    to: leader,
+                    index: target,
+                    ..Default::default()
+                });
             }
             return;
         }

@@ -92,7 +92,10 @@ impl Raft {
             entries,
             // Fresh buffers with room, so that step() itself does not allocate to queue.
             messages: std::mem::replace(&mut self.messages, Vec::with_capacity(MESSAGES_CAPACITY)),
-            messages_after_persist: std::mem::replace(&mut self.messages_after_persist, Vec::with_capacity(MESSAGES_CAPACITY)),
+            messages_after_persist: std::mem::replace(
+                &mut self.messages_after_persist,
+                Vec::with_capacity(MESSAGES_CAPACITY),
+            ),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
         }

@@ -55,7 +55,12 @@ impl Raft {
         let snapshot_index = snapshot.metadata.as_ref().map_or(0, |metadata| metadata.index);
         let progress = self.progress.get_mut(&to).expect("snapshot target has progress");
         progress.become_snapshot(snapshot_index);
-        self.send(Message { msg_type: MessageType::MsgSnap as i32, to, snapshot: Some(snapshot), ..Default::default() });
+        self.send(Message {
+            msg_type: MessageType::MsgSnap as i32,
+            to,
+            snapshot: Some(snapshot),
+            ..Default::default()
+        });
         true
     }
 
@@ -77,12 +82,22 @@ impl Raft {
     pub(crate) fn broadcast_heartbeat(&mut self) {
         let context = self.reads.newest_round().map(encode_round).unwrap_or_default();
         let committed = self.log.committed;
-        let targets: Vec<(u64, u64)> =
-            self.progress.iter().filter(|(id, _)| **id != self.id).map(|(id, progress)| (*id, progress.matched)).collect();
+        let targets: Vec<(u64, u64)> = self
+            .progress
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, progress)| (*id, progress.matched))
+            .collect();
         for (to, matched) in targets {
             // Never tell a follower to commit past what it is known to hold.
             let commit = committed.min(matched);
-            self.send(Message { msg_type: MessageType::MsgHeartbeat as i32, to, commit, context: context.clone(), ..Default::default() });
+            self.send(Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                to,
+                commit,
+                context: context.clone(),
+                ..Default::default()
+            });
         }
     }
 
@@ -112,7 +127,9 @@ impl Raft {
         match progress.state {
             ProgressState::Probe => progress.become_replicate(),
             // Caught up to the snapshot, or (it ignored an older snapshot) to entries we still hold.
-            ProgressState::Snapshot if progress.matched >= progress.pending_snapshot || progress.matched + 1 >= first_index => {
+            ProgressState::Snapshot
+                if progress.matched >= progress.pending_snapshot || progress.matched + 1 >= first_index =>
+            {
                 progress.become_probe();
                 progress.become_replicate();
             }
@@ -261,6 +278,12 @@ impl Raft {
             return;
         }
         let entry = crate::raft::pb::Entry { data: request.context, ..Default::default() };
-        self.send(Message { msg_type: MessageType::MsgReadIndexResp as i32, to: request.from, index, entries: vec![entry], ..Default::default() });
+        self.send(Message {
+            msg_type: MessageType::MsgReadIndexResp as i32,
+            to: request.from,
+            index,
+            entries: vec![entry],
+            ..Default::default()
+        });
     }
 }

@@ -123,8 +123,10 @@ impl Flags {
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         parse_urls("--advertise-client-urls", &self.advertise_client_urls)?;
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
-        let initial_cluster =
-            self.initial_cluster.clone().unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
         check_single_member(&self.name, &initial_cluster, &peer_urls)?;
         if self.max_request_bytes == 0 {
             return Err("--max-request-bytes must be greater than 0".into());
@@ -140,9 +142,10 @@ impl Flags {
         let quota_backend_bytes =
             if self.quota_backend_bytes == 0 { QUOTA_BACKEND_BYTES_DEFAULT } else { self.quota_backend_bytes };
         let auto_compaction = super::compactor::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
-        let watch_progress_interval = super::compactor::parse_duration(&self.experimental_watch_progress_notify_interval)
-            .filter(|interval| !interval.is_zero())
-            .ok_or_else(|| "--experimental-watch-progress-notify-interval: not a positive duration".to_owned())?;
+        let watch_progress_interval =
+            super::compactor::parse_duration(&self.experimental_watch_progress_notify_interval)
+                .filter(|interval| !interval.is_zero())
+                .ok_or_else(|| "--experimental-watch-progress-notify-interval: not a positive duration".to_owned())?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.ringd", self.name)));
         Ok(Config {
             name: self.name,
@@ -182,9 +185,7 @@ fn parse_url(flag: &str, url: &str) -> Result<SocketAddr, String> {
         return Err(format!("{flag}: URL scheme must be http or https: {url}"));
     };
     let host_port = host_port.trim_end_matches('/');
-    let mut addresses = host_port
-        .to_socket_addrs()
-        .map_err(|error| format!("{flag}: {url}: {error}"))?;
+    let mut addresses = host_port.to_socket_addrs().map_err(|error| format!("{flag}: {url}: {error}"))?;
     let ipv4 = addresses.clone().find(SocketAddr::is_ipv4);
     ipv4.or_else(|| addresses.next()).ok_or_else(|| format!("{flag}: {url}: no address"))
 }
@@ -200,7 +201,9 @@ fn check_single_member(name: &str, initial_cluster: &str, peer_urls: &[String]) 
     }
     let names: std::collections::BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
     if names.len() > 1 {
-        return Err("--initial-cluster: multi-member clusters need the replicated server, which is not built yet".into());
+        return Err(
+            "--initial-cluster: multi-member clusters need the replicated server, which is not built yet".into()
+        );
     }
     if names.iter().next() != Some(&name) {
         return Err(format!("--initial-cluster has no entry for this member's --name {name:?}"));

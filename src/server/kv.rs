@@ -405,14 +405,21 @@ pub fn txn_read(view: &impl View, request: &pb::TxnRequest) -> Result<pb::TxnRes
     Ok(response)
 }
 
-fn read_ops(view: &impl View, request: &pb::TxnRequest, path: &[bool], position: &mut usize) -> Result<pb::TxnResponse, Status> {
+fn read_ops(
+    view: &impl View,
+    request: &pb::TxnRequest,
+    path: &[bool],
+    position: &mut usize,
+) -> Result<pb::TxnResponse, Status> {
     let succeeded = path[*position];
     *position += 1;
     let ops = if succeeded { &request.success } else { &request.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(nested_header(range(view, r)?)),
+            Some(request_op::Request::RequestRange(r)) => {
+                response_op::Response::ResponseRange(nested_header(range(view, r)?))
+            }
             Some(request_op::Request::RequestTxn(nested)) => {
                 let mut inner = read_ops(view, nested, path, position)?;
                 inner.header = Some(pb::ResponseHeader::default());

@@ -226,7 +226,12 @@ impl WatchStream {
             progress_notify: create.progress_notify,
             sent_since_progress: Cell::new(false),
         };
-        self.send(pb::WatchResponse { header: Some(self.hub.header(revision)), watch_id: id, created: true, ..Default::default() });
+        self.send(pb::WatchResponse {
+            header: Some(self.hub.header(revision)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        });
         self.watchers.borrow_mut().insert(id, Rc::new(watcher));
         self.hub.poke();
     }
@@ -256,7 +261,11 @@ impl WatchStream {
         for watcher in watchers.iter().filter(|w| w.progress_notify) {
             let caught_up = watcher.position.get() > self.hub.published_revision();
             if caught_up && !watcher.sent_since_progress.replace(false) {
-                self.send(pb::WatchResponse { header: Some(header.clone()), watch_id: watcher.id, ..Default::default() });
+                self.send(pb::WatchResponse {
+                    header: Some(header.clone()),
+                    watch_id: watcher.id,
+                    ..Default::default()
+                });
             }
         }
     }

@@ -105,8 +105,8 @@ fn builder(core: usize) -> LocalExecutorBuilder {
 /// Binds every listen address on this core and spawns their accept loops.
 fn serve_clients(core: std::rc::Rc<super::Core>, addresses: &[SocketAddr]) -> Result<(), String> {
     for &address in addresses {
-        let listener = crate::api::listener::bind(address)
-            .map_err(|e| format!("cannot listen on http://{address}: {e}"))?;
+        let listener =
+            crate::api::listener::bind(address).map_err(|e| format!("cannot listen on http://{address}: {e}"))?;
         glommio::spawn_local(crate::api::listener::accept_loop(listener, core.clone())).detach();
     }
     Ok(())
@@ -304,10 +304,13 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             let mut txn = store.write();
             let result = kv::put(&mut txn, &request);
             let revision = txn.end();
-            (result.map(|mut r| {
-                r.header = Some(shared.header(revision));
-                Outcome::Put(r)
-            }), true)
+            (
+                result.map(|mut r| {
+                    r.header = Some(shared.header(revision));
+                    Outcome::Put(r)
+                }),
+                true,
+            )
         }
         Command::DeleteRange(request) => {
             let mut txn = store.write();
@@ -323,10 +326,13 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             let mut txn = store.write();
             let result = kv::txn_write(&mut txn, &request);
             let revision = txn.end();
-            (result.map(|mut r| {
-                r.header = Some(shared.header(revision));
-                Outcome::Txn(r)
-            }), true)
+            (
+                result.map(|mut r| {
+                    r.header = Some(shared.header(revision));
+                    Outcome::Txn(r)
+                }),
+                true,
+            )
         }
         Command::Compact(request) => {
             let result = store.compact(request.revision).map_err(kv::mvcc_status);
@@ -341,9 +347,12 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
         Command::HashKv(request) => {
             let header = Some(shared.header(store.current_revision()));
             let result = store.hash_kv(request.revision).map_err(kv::mvcc_status);
-            (result.map(|(hash, compact_revision, hash_revision)| {
-                Outcome::HashKv(pb::HashKvResponse { header, hash, compact_revision, hash_revision })
-            }), false)
+            (
+                result.map(|(hash, compact_revision, hash_revision)| {
+                    Outcome::HashKv(pb::HashKvResponse { header, hash, compact_revision, hash_revision })
+                }),
+                false,
+            )
         }
         Command::Alarm(request) => (Ok(Outcome::Alarm(alarm(store, shared, &request))), false),
     }

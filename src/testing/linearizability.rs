@@ -52,9 +52,14 @@ pub struct Operation {
 pub enum CheckResult {
     Linearizable,
     /// No linearization exists for the operations on `key`.
-    NotLinearizable { key: Key, operations: Vec<Operation> },
+    NotLinearizable {
+        key: Key,
+        operations: Vec<Operation>,
+    },
     /// The search gave up after `steps_max` steps on `key`; nothing is proven.
-    Inconclusive { key: Key },
+    Inconclusive {
+        key: Key,
+    },
 }
 
 /// Upper bound on search steps per key before the checker answers Inconclusive.
@@ -64,7 +69,11 @@ pub const SEARCH_STEPS_MAX: u64 = 50_000_000;
 pub fn check_kv_history(history: &[Operation]) -> CheckResult {
     let mut per_key: BTreeMap<Key, Vec<Operation>> = BTreeMap::new();
     for operation in history {
-        assert!(operation.return_time.is_none_or(|returned| returned >= operation.call_time), "returns before call: {:?}", operation);
+        assert!(
+            operation.return_time.is_none_or(|returned| returned >= operation.call_time),
+            "returns before call: {:?}",
+            operation
+        );
         let unknown_read = matches!(operation.input, KvInput::Get { .. }) && operation.output == KvOutput::Unknown;
         if unknown_read || (operation.return_time.is_none() && matches!(operation.input, KvInput::Get { .. })) {
             continue;
@@ -206,7 +215,13 @@ mod tests {
     }
 
     fn get(client_id: u64, key: Key, read: Option<Value>, call_time: u64, return_time: u64) -> Operation {
-        Operation { client_id, input: KvInput::Get { key }, output: KvOutput::Read(read), call_time, return_time: Some(return_time) }
+        Operation {
+            client_id,
+            input: KvInput::Get { key },
+            output: KvOutput::Read(read),
+            call_time,
+            return_time: Some(return_time),
+        }
     }
 
     #[test]
@@ -216,7 +231,12 @@ mod tests {
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let history = vec![put(1, 1, 10, 0, Some(1)), get(1, 1, Some(10), 2, 3), put(2, 1, 11, 4, Some(5)), get(1, 1, Some(11), 6, 7)];
+        let history = vec![
+            put(1, 1, 10, 0, Some(1)),
+            get(1, 1, Some(10), 2, 3),
+            put(2, 1, 11, 4, Some(5)),
+            get(1, 1, Some(11), 6, 7),
+        ];
         assert_eq!(check_kv_history(&history), CheckResult::Linearizable);
     }
 
@@ -279,7 +299,12 @@ mod tests {
 
     #[test]
     fn keys_are_checked_independently() {
-        let history = vec![put(1, 1, 10, 0, Some(1)), put(1, 2, 20, 0, Some(1)), get(2, 2, Some(20), 2, 3), get(2, 1, None, 2, 3)];
+        let history = vec![
+            put(1, 1, 10, 0, Some(1)),
+            put(1, 2, 20, 0, Some(1)),
+            get(2, 2, Some(20), 2, 3),
+            get(2, 1, None, 2, 3),
+        ];
         assert!(matches!(check_kv_history(&history), CheckResult::NotLinearizable { key: 1, .. }));
     }
 
@@ -312,7 +337,9 @@ mod tests {
                 }
                 // Every operation that returned before this one was called must come first.
                 let blocked = (0..operations.len()).any(|other| {
-                    !done[other] && other != candidate && operations[other].return_time.is_some_and(|r| r < operations[candidate].call_time)
+                    !done[other]
+                        && other != candidate
+                        && operations[other].return_time.is_some_and(|r| r < operations[candidate].call_time)
                 });
                 if blocked {
                     continue;

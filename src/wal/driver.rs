@@ -79,13 +79,17 @@ async fn rotate<S: Storage>(shared: &Shared<S>, rotation: Rotation) -> Result<u6
     let mut buffer = file.alloc_write_buffer(align_up(head_len as u64) as usize);
     let (chain_crc, tail) = {
         let state = shared.state.borrow();
-        assert!(state.tail.as_ref().is_none_or(|tail| tail.seq + 1 == rotation.seq), "rotation follows the current segment");
+        assert!(
+            state.tail.as_ref().is_none_or(|tail| tail.seq + 1 == rotation.seq),
+            "rotation follows the current segment"
+        );
         let bytes = buffer.as_mut();
         bytes[..head_len].copy_from_slice(&rotation.head);
         bytes[head_len..].fill(0);
         let chain_crc = seal_records(&mut bytes[PREAMBLE_SIZE_BYTES..head_len], state.chain_crc);
         let kept_start = align_down(head_len as u64) as usize;
-        let tail = Tail { seq: rotation.seq, sector_start: kept_start as u64, bytes: bytes[kept_start..head_len].to_vec() };
+        let tail =
+            Tail { seq: rotation.seq, sector_start: kept_start as u64, bytes: bytes[kept_start..head_len].to_vec() };
         (chain_crc, tail)
     };
     let name = segment_name(rotation.seq, rotation.first_index);

@@ -10,14 +10,28 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum OpenError {
     InvalidConfig(String),
-    Io { file: String, operation: &'static str, source: io::Error },
+    Io {
+        file: String,
+        operation: &'static str,
+        source: io::Error,
+    },
     /// The segment was written by a format this build does not know.
-    UnknownVersion { file: String, version: u32 },
+    UnknownVersion {
+        file: String,
+        version: u32,
+    },
     /// Acknowledged data is damaged: a bad record before the last segment's tail, a broken crc
     /// chain between segments, or a record whose crc is right but whose payload is not.
-    Corrupt { file: String, offset: u64, reason: String },
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// Segment sequence numbers must be consecutive; one is missing.
-    MissingSegment { expected_seq: u64, found: String },
+    MissingSegment {
+        expected_seq: u64,
+        found: String,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -61,12 +75,19 @@ impl std::error::Error for OpenError {
 /// failed fsync may have dropped data and is never retried. Reopen the WAL to recover.
 #[derive(Clone, Debug)]
 pub enum WriteError {
-    Io { file: String, operation: &'static str, source: Arc<io::Error> },
+    Io {
+        file: String,
+        operation: &'static str,
+        source: Arc<io::Error>,
+    },
     /// The caller broke the log's rules (index gap, truncation into released entries...).
     /// Not sticky: nothing was written.
     InvalidRequest(String),
     /// A record exceeds what one segment or one write can hold. Not sticky.
-    RecordTooLarge { size_bytes: usize, size_max_bytes: usize },
+    RecordTooLarge {
+        size_bytes: usize,
+        size_max_bytes: usize,
+    },
     /// The WAL was closed or its driver future was dropped.
     Closed,
 }
@@ -102,11 +123,22 @@ impl std::error::Error for WriteError {}
 #[derive(Clone, Debug)]
 pub enum ReadError {
     /// The range starts below the first entry the WAL still holds.
-    Compacted { first_index: u64 },
+    Compacted {
+        first_index: u64,
+    },
     /// The range ends after the last entry.
-    Unavailable { last_index: u64 },
-    Io { file: String, source: Arc<io::Error> },
-    Corrupt { file: String, offset: u64, reason: String },
+    Unavailable {
+        last_index: u64,
+    },
+    Io {
+        file: String,
+        source: Arc<io::Error>,
+    },
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// Waiting for the entries to become durable failed.
     Write(WriteError),
 }

@@ -25,7 +25,8 @@ pub const WRITE_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const SEED_PAYLOAD_SIZE_BYTES: usize = 24;
 
 const _: () = assert!(WRITE_SIZE_MAX_BYTES.is_multiple_of(SECTOR_SIZE_BYTES));
-const _: () = assert!(RECORD_PAYLOAD_SIZE_MAX_BYTES + RECORD_OVERHEAD_BYTES + 2 * SECTOR_SIZE_BYTES <= WRITE_SIZE_MAX_BYTES);
+const _: () =
+    assert!(RECORD_PAYLOAD_SIZE_MAX_BYTES + RECORD_OVERHEAD_BYTES + 2 * SECTOR_SIZE_BYTES <= WRITE_SIZE_MAX_BYTES);
 const _: () = assert!(PREAMBLE_SIZE_BYTES + RECORD_OVERHEAD_BYTES + SEED_PAYLOAD_SIZE_BYTES < SECTOR_SIZE_BYTES);
 
 /// What a record holds. Zero is never a type, so zero-filled space reads as "no record".

@@ -82,12 +82,12 @@ mod placement;
 mod recovery;
 mod writer;
 
+pub use durable::Durable;
 pub use error::{OpenError, ReadError, WriteError};
 pub use format::{
     parse_segment_name, segment_name, SnapshotMarker, FORMAT_VERSION, RECORD_OVERHEAD_BYTES,
     RECORD_PAYLOAD_SIZE_MAX_BYTES, WRITE_SIZE_MAX_BYTES,
 };
-pub use durable::Durable;
 pub use writer::{Opened, Recovered, Wal, WalConfig, WalDriver, WalStats};
 
 use crate::io::Storage;

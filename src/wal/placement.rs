@@ -90,7 +90,12 @@ pub(super) struct State<F> {
     pub(super) stats: WalStats,
 }
 
-pub(super) fn encode_head(seq: u64, first_index: u64, hard_state: Option<&HardState>, snapshot: Option<&SnapshotMarker>) -> Vec<u8> {
+pub(super) fn encode_head(
+    seq: u64,
+    first_index: u64,
+    hard_state: Option<&HardState>,
+    snapshot: Option<&SnapshotMarker>,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(SECTOR_SIZE_BYTES);
     encode_preamble(&mut head);
     let seed = Seed { segment_seq: seq, first_index, previous_crc: 0 };
@@ -202,7 +207,8 @@ impl<F> State<F> {
         let (seq, offset, bytes) = self.place(record_size_bytes(payload_len));
         let size = encode_record(bytes, RecordType::Entry, |out| entry.encode(out).expect("Vec grows"));
         assert_eq!(size, record_size_bytes(payload_len));
-        let location = EntryLocation { segment_seq: seq, offset, record_size_bytes: size as u32, term: entry.term, ticket };
+        let location =
+            EntryLocation { segment_seq: seq, offset, record_size_bytes: size as u32, term: entry.term, ticket };
         self.locations.push(entry.index, location);
         let segment = self.segments.get_mut(&seq).expect("placed in a known segment");
         segment.entry_index_max = segment.entry_index_max.max(Some(entry.index));
@@ -295,13 +301,16 @@ impl<F: DirectFile> State<F> {
         let mut position = tail_len;
         let mut complete_ticket = 0;
         for _ in 0..unit_count {
-            let Some(Unit::Records { bytes: mut unit_bytes, complete_ticket: ticket, .. }) = self.units.pop_front() else {
+            let Some(Unit::Records { bytes: mut unit_bytes, complete_ticket: ticket, .. }) = self.units.pop_front()
+            else {
                 unreachable!("counted above")
             };
             bytes[position..position + unit_bytes.len()].copy_from_slice(&unit_bytes);
             position += unit_bytes.len();
             complete_ticket = complete_ticket.max(ticket);
-            if self.spare_unit_buffers.len() < SPARE_UNIT_BUFFERS_MAX && unit_bytes.capacity() <= SPARE_UNIT_BUFFER_SIZE_MAX_BYTES {
+            if self.spare_unit_buffers.len() < SPARE_UNIT_BUFFERS_MAX
+                && unit_bytes.capacity() <= SPARE_UNIT_BUFFER_SIZE_MAX_BYTES
+            {
                 unit_bytes.clear();
                 self.spare_unit_buffers.push(unit_bytes);
             }

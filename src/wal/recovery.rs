@@ -148,7 +148,9 @@ impl Replay {
             corrupt(record.file_name, record.offset, format!("crc is valid but the payload is not: {error}"))
         };
         match record.record_type {
-            RecordType::Seed => return Err(corrupt(record.file_name, record.offset, "seed record after the segment head")),
+            RecordType::Seed => {
+                return Err(corrupt(record.file_name, record.offset, "seed record after the segment head"))
+            }
             RecordType::Entry => {
                 let entry = Entry::decode(record.payload).map_err(undecodable)?;
                 if entry.index == 0 {
@@ -212,7 +214,10 @@ async fn check_preamble<F: DirectFile>(reader: &mut SegmentReader<'_, F>, file_n
 }
 
 /// Reads and verifies the seed record; returns it with its crc.
-async fn read_seed<F: DirectFile>(reader: &mut SegmentReader<'_, F>, file_name: &str) -> Result<(Seed, u32), OpenError> {
+async fn read_seed<F: DirectFile>(
+    reader: &mut SegmentReader<'_, F>,
+    file_name: &str,
+) -> Result<(Seed, u32), OpenError> {
     let offset = PREAMBLE_SIZE_BYTES as u64;
     let size = record_size_bytes(SEED_PAYLOAD_SIZE_BYTES);
     let bad_seed = |reason: &str| corrupt(file_name, offset, format!("bad seed record: {reason}"));
@@ -296,7 +301,13 @@ async fn list_segments<S: Storage>(storage: &S) -> Result<(Vec<(u64, u64, String
 
 /// Zeroes whatever follows the last valid record within the reach of one write. Returns
 /// whether there was anything to zero.
-async fn repair_tail<F: DirectFile>(file: &F, file_name: &str, size_bytes: u64, end_offset: u64, mode: Mode) -> Result<bool, OpenError> {
+async fn repair_tail<F: DirectFile>(
+    file: &F,
+    file_name: &str,
+    size_bytes: u64,
+    end_offset: u64,
+    mode: Mode,
+) -> Result<bool, OpenError> {
     let start = align_down(end_offset);
     let len = (WRITE_SIZE_MAX_BYTES as u64).min(size_bytes - start) as usize;
     if len == 0 {
@@ -374,7 +385,10 @@ fn check_seed(seed: &Seed, seq: u64, first_index: u64, file_name: &str) -> Resul
         return Err(corrupt(
             file_name,
             PREAMBLE_SIZE_BYTES as u64,
-            format!("seed says segment {:016x} first index {}, the file name differs", seed.segment_seq, seed.first_index),
+            format!(
+                "seed says segment {:016x} first index {}, the file name differs",
+                seed.segment_seq, seed.first_index
+            ),
         ));
     }
     Ok(())

@@ -358,7 +358,12 @@ impl<S: Storage + 'static> Wal<S> {
     /// Reads entries from `low` towards `high` (exclusive), stopping before their records
     /// exceed `size_max_bytes` but returning at least one, like etcd raft's `Storage.Entries`
     /// with `maxSize`. Waits first for the entries to be durable.
-    pub async fn read_entries_limited(&self, low: u64, high: u64, size_max_bytes: u64) -> Result<Vec<Entry>, ReadError> {
+    pub async fn read_entries_limited(
+        &self,
+        low: u64,
+        high: u64,
+        size_max_bytes: u64,
+    ) -> Result<Vec<Entry>, ReadError> {
         let (locations, ticket) = self.locate(low, high, size_max_bytes)?;
         Durable::waiting(&self.shared.commit, ticket).await.map_err(ReadError::Write)?;
         let mut entries = Vec::with_capacity(locations.len());
@@ -416,7 +421,8 @@ impl<S: Storage + 'static> Wal<S> {
             .map_err(|e| ReadError::Io { file: file_name.clone(), source: std::sync::Arc::new(e) })?;
         let mut position = 0usize;
         for (i, location) in run.iter().enumerate() {
-            let corrupt = |reason: String| ReadError::Corrupt { file: file_name.clone(), offset: location.offset, reason };
+            let corrupt =
+                |reason: String| ReadError::Corrupt { file: file_name.clone(), offset: location.offset, reason };
             let size = location.record_size_bytes as usize;
             let record = data.get(position..position + size).ok_or_else(|| corrupt("short read".to_string()))?;
             let header = RecordHeader::parse(&record[..RECORD_HEADER_SIZE_BYTES])

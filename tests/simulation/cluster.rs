@@ -3,8 +3,8 @@
 //! that lose unpersisted writes on crash, clients that write and read linearizably, and
 //! invariant checks after every step.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use ringd::raft::pb::{ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use ringd::raft::{Config, Raft, RandomSource, Ready, RestartState, Role, SplitMix64};
@@ -345,7 +345,16 @@ impl Cluster {
     fn send(&mut self, message: Message) {
         self.stats.messages += 1;
         if self.trace {
-            eprintln!("{} send {:?} {}->{} t{} i{} n{}", self.now_ms, MessageType::try_from(message.msg_type).unwrap(), message.from, message.to, message.term, message.index, message.entries.len());
+            eprintln!(
+                "{} send {:?} {}->{} t{} i{} n{}",
+                self.now_ms,
+                MessageType::try_from(message.msg_type).unwrap(),
+                message.from,
+                message.to,
+                message.term,
+                message.index,
+                message.entries.len()
+            );
         }
         if !self.connected(message.from, message.to) || self.rng.chance(self.options.drop_per_million) {
             return;
@@ -355,7 +364,12 @@ impl Cluster {
             let delay = self.rng.range(1, self.options.delay_ms_max);
             self.next_sequence += 1;
             let sequence = self.next_sequence;
-            self.network.push(Reverse(InFlight { deliver_at_ms: self.now_ms + delay, sequence, from: message.from, to: message.to }));
+            self.network.push(Reverse(InFlight {
+                deliver_at_ms: self.now_ms + delay,
+                sequence,
+                from: message.from,
+                to: message.to,
+            }));
             self.network_payloads.insert(sequence, message.clone());
         }
     }
@@ -374,7 +388,19 @@ impl Cluster {
                 self.stats.snapshots_sent += 1;
             }
             if self.trace {
-                eprintln!("{} deliver {:?} {}->{} t{} i{} lt{} c{} n{} rej{}", self.now_ms, MessageType::try_from(message.msg_type).unwrap(), message.from, message.to, message.term, message.index, message.log_term, message.commit, message.entries.len(), message.reject);
+                eprintln!(
+                    "{} deliver {:?} {}->{} t{} i{} lt{} c{} n{} rej{}",
+                    self.now_ms,
+                    MessageType::try_from(message.msg_type).unwrap(),
+                    message.from,
+                    message.to,
+                    message.term,
+                    message.index,
+                    message.log_term,
+                    message.commit,
+                    message.entries.len(),
+                    message.reject
+                );
             }
             if let Some(raft) = self.node(flight.to).raft.as_mut() {
                 raft.step(message);
@@ -443,7 +469,11 @@ impl Cluster {
     fn apply_entry(&mut self, id: u64, entry: &Entry) {
         let digest = (entry.term, hash(&entry.data));
         if let Some(previous) = self.oracle.applied.insert(entry.index, digest) {
-            assert_eq!(previous, digest, "state machine safety: member {} applied a different entry at {}", id, entry.index);
+            assert_eq!(
+                previous, digest,
+                "state machine safety: member {} applied a different entry at {}",
+                id, entry.index
+            );
         }
         let node = self.node(id);
         assert_eq!(entry.index, node.applied_index + 1, "member {} applies out of order", id);
@@ -463,7 +493,8 @@ impl Cluster {
     fn serve_reads(&mut self, id: u64) {
         let node = self.node(id);
         let applied = node.applied_index;
-        let (servable, waiting): (Vec<_>, Vec<_>) = node.reads_ready.drain(..).partition(|(index, _)| *index <= applied);
+        let (servable, waiting): (Vec<_>, Vec<_>) =
+            node.reads_ready.drain(..).partition(|(index, _)| *index <= applied);
         node.reads_ready = waiting;
         for (_, op_id) in servable {
             let node = self.node(id);
@@ -503,7 +534,13 @@ impl Cluster {
         if self.trace {
             eprintln!("{} COMPLETE client {} op {} {:?}", self.now_ms, client, op_id, output);
         }
-        self.history.push(Operation { client_id: client as u64, input: op.input, output, call_time: op.call_ms, return_time });
+        self.history.push(Operation {
+            client_id: client as u64,
+            input: op.input,
+            output,
+            call_time: op.call_ms,
+            return_time,
+        });
         for node in &mut self.nodes {
             node.waiting_writes.remove(&op_id);
             node.waiting_reads.remove(&op_id);
@@ -527,7 +564,8 @@ impl Cluster {
             let key = self.rng.below(self.options.keys);
             let op_id = self.next_op_id;
             self.next_op_id += 1;
-            let input = if self.rng.chance(500_000) { KvInput::Put { key, value: op_id } } else { KvInput::Get { key } };
+            let input =
+                if self.rng.chance(500_000) { KvInput::Put { key, value: op_id } } else { KvInput::Get { key } };
             let op = ClientOp { op_id, node: node_id, input, call_ms: self.now_ms, deadline_ms: self.now_ms + 1_000 };
             let raft = self.node(node_id).raft.as_mut().unwrap();
             let accepted = match input {
@@ -535,7 +573,10 @@ impl Cluster {
                 KvInput::Get { .. } => raft.read_index(op_id.to_le_bytes().to_vec()).is_ok(),
             };
             if self.trace {
-                eprintln!("{} CLIENT {} op {} {:?} via {} accepted {}", self.now_ms, client, op_id, input, node_id, accepted);
+                eprintln!(
+                    "{} CLIENT {} op {} {:?} via {} accepted {}",
+                    self.now_ms, client, op_id, input, node_id, accepted
+                );
             }
             if !accepted {
                 continue;
@@ -607,7 +648,8 @@ impl Cluster {
             Some((_, heal_at)) if *heal_at <= self.now_ms => self.partition = None,
             None if self.rng.chance(self.options.partition_per_million) => {
                 self.stats.partitions += 1;
-                let mut side: BTreeSet<u64> = (1..=self.nodes.len() as u64).filter(|_| self.rng.chance(400_000)).collect();
+                let mut side: BTreeSet<u64> =
+                    (1..=self.nodes.len() as u64).filter(|_| self.rng.chance(400_000)).collect();
                 if let Some(leader) = self.current_leader().filter(|_| self.rng.chance(500_000)) {
                     side = BTreeSet::from([leader]);
                 }
@@ -630,7 +672,9 @@ impl Cluster {
     pub fn current_leader(&self) -> Option<u64> {
         self.nodes
             .iter()
-            .filter_map(|node| node.raft.as_ref().filter(|raft| raft.role() == Role::Leader).map(|raft| (raft.term(), node.id)))
+            .filter_map(|node| {
+                node.raft.as_ref().filter(|raft| raft.role() == Role::Leader).map(|raft| (raft.term(), node.id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -640,7 +684,8 @@ impl Cluster {
         let Some(leader) = self.current_leader() else { return };
         let conf = self.node(leader).raft.as_ref().unwrap().conf_state().clone();
         let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
-        let outside: Vec<u64> = all.iter().copied().filter(|id| !conf.voters.contains(id) && !conf.learners.contains(id)).collect();
+        let outside: Vec<u64> =
+            all.iter().copied().filter(|id| !conf.voters.contains(id) && !conf.learners.contains(id)).collect();
         let choice = self.rng.below(3);
         let change = if choice == 0 && !outside.is_empty() {
             let id = outside[self.rng.below(outside.len() as u64) as usize];
@@ -762,7 +807,15 @@ impl Cluster {
             let id = self.nodes[index].id;
             if raft.role() == Role::Leader {
                 if self.trace && !self.oracle.leader_of_term.contains_key(&raft.term()) {
-                    eprintln!("{} LEADER {} term {} last {} commit {} conf {:?}", self.now_ms, id, raft.term(), raft.log().last_index(), raft.log().committed, raft.conf_state());
+                    eprintln!(
+                        "{} LEADER {} term {} last {} commit {} conf {:?}",
+                        self.now_ms,
+                        id,
+                        raft.term(),
+                        raft.log().last_index(),
+                        raft.log().committed,
+                        raft.conf_state()
+                    );
                 }
                 let previous = self.oracle.leader_of_term.insert(raft.term(), id);
                 match previous {
@@ -793,7 +846,11 @@ fn check_log_matching(oracle: &mut Oracle, raft: &Raft, id: u64) {
     for entry in log.iter_from(from) {
         let digest = (hash(&entry.data), previous_term);
         let known = oracle.entries_seen.entry((entry.index, entry.term)).or_insert(digest);
-        assert_eq!(*known, digest, "log matching: member {} holds a different entry at ({}, {})", id, entry.index, entry.term);
+        assert_eq!(
+            *known, digest,
+            "log matching: member {} holds a different entry at ({}, {})",
+            id, entry.index, entry.term
+        );
         previous_term = entry.term;
     }
 }

@@ -179,7 +179,12 @@ impl Network {
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.members.iter().filter(|(_, raft)| raft.role() == Role::Leader).map(|(id, raft)| (raft.term(), *id)).max().map(|(_, id)| id)
+        self.members
+            .iter()
+            .filter(|(_, raft)| raft.role() == Role::Leader)
+            .map(|(id, raft)| (raft.term(), *id))
+            .max()
+            .map(|(_, id)| id)
     }
 
     pub fn committed(&self, id: u64) -> u64 {

@@ -191,7 +191,8 @@ fn write_hgrm(path: &std::path::Path, runs: &[Run]) -> Result<(), String> {
         } else {
             path.with_file_name(format!("{}.{}", path.file_name().unwrap_or_default().to_string_lossy(), run.name))
         };
-        std::fs::write(&target, report::hgrm(&run.recorder)).map_err(|error| format!("write {}: {error}", target.display()))?;
+        std::fs::write(&target, report::hgrm(&run.recorder))
+            .map_err(|error| format!("write {}: {error}", target.display()))?;
     }
     Ok(())
 }

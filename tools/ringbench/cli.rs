@@ -329,7 +329,9 @@ impl Cli {
             Command::TxnPut(txn) if txn.key_space_size == 0 => {
                 Err(format!("expected positive --key-space-size, got ({})", txn.key_space_size))
             }
-            Command::TxnPut(txn) if txn.txn_ops == 0 => Err(format!("expected positive --txn-ops, got ({})", txn.txn_ops)),
+            Command::TxnPut(txn) if txn.txn_ops == 0 => {
+                Err(format!("expected positive --txn-ops, got ({})", txn.txn_ops))
+            }
             Command::TxnPut(txn) if txn.txn_ops > txn.key_space_size => Err(format!(
                 "expected --txn-ops no larger than --key-space-size, got txn-ops({}) key-space-size({})",
                 txn.txn_ops, txn.key_space_size

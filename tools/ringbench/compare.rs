@@ -80,7 +80,9 @@ pub fn scenario_cli(scenario: &Scenario, endpoint: &str, scale: f64) -> Result<C
         Command::Range(args) => &mut args.total,
         Command::TxnPut(args) => &mut args.total,
         Command::TxnMixed(args) => &mut args.total,
-        _ => return Err(format!("scenario {:?}: only put, range, txn-put and txn-mixed can be compared", scenario.name)),
+        _ => {
+            return Err(format!("scenario {:?}: only put, range, txn-put and txn-mixed can be compared", scenario.name))
+        }
     };
     *total = ((*total as f64 * scale).round() as usize).max(1);
     Ok(cli)
@@ -110,11 +112,9 @@ impl Server {
             process.args(["--initial-cluster", &format!("default={peer}")]);
         }
         let log = std::fs::File::create(root.join(format!("{name}.log"))).map_err(|error| error.to_string())?;
-        let child = process
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|error| format!("start {name} ({}): {error}; install it (Debian: etcd-server) or pass its path", binary.display()))?;
+        let child = process.stdout(Stdio::null()).stderr(log).spawn().map_err(|error| {
+            format!("start {name} ({}): {error}; install it (Debian: etcd-server) or pass its path", binary.display())
+        })?;
         let server = Server { name: name.to_owned(), child, endpoint, data_dir };
         server.wait_ready()?;
         Ok(server)
@@ -138,14 +138,18 @@ impl Server {
         if ready {
             Ok(())
         } else {
-            Err(format!("{} did not become ready within {READY_TIMEOUT:?} (see its log next to its data dir)", self.name))
+            Err(format!(
+                "{} did not become ready within {READY_TIMEOUT:?} (see its log next to its data dir)",
+                self.name
+            ))
         }
     }
 
     /// user + system CPU of the server process so far, from /proc/PID/stat.
     fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
         // After the command name: state is field 3, utime 14 and stime 15 (1-based).
         let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok())).sum();
         // SAFETY: sysconf has no preconditions.
@@ -159,7 +163,11 @@ impl Server {
         block_on(move || async move {
             let channel = Channel::connect(&endpoint, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
             for seed in seeds {
-                let put = pb::PutRequest { key: seed.key.into_bytes(), value: vec![b'v'; seed.value_size], ..Default::default() };
+                let put = pb::PutRequest {
+                    key: seed.key.into_bytes(),
+                    value: vec![b'v'; seed.value_size],
+                    ..Default::default()
+                };
                 channel.put(&put).await.map_err(|e| format!("seed put: {e}"))?;
             }
             Ok::<(), String>(())
@@ -207,7 +215,13 @@ fn measure(server: &Server, scenario: &Scenario, args: &CompareArgs) -> Result<V
     let scenario_cli = scenario_cli(scenario, &server.endpoint, args.scale)?;
     let mut attempts: Vec<(Vec<Run>, Duration)> = Vec::new();
     for attempt in 1..=args.runs.max(1) {
-        eprintln!("{}: {} (run {attempt} of {}: ringbench {})", server.name, scenario.name, args.runs.max(1), scenario.args);
+        eprintln!(
+            "{}: {} (run {attempt} of {}: ringbench {})",
+            server.name,
+            scenario.name,
+            args.runs.max(1),
+            scenario.args
+        );
         let cpu_before = server.cpu();
         let runs = bench::run(&scenario_cli, true)?;
         attempts.push((runs, server.cpu().saturating_sub(cpu_before)));
@@ -218,8 +232,11 @@ fn measure(server: &Server, scenario: &Scenario, args: &CompareArgs) -> Result<V
     Ok(runs
         .into_iter()
         .map(|run| {
-            let scenario_name =
-                if run.name.starts_with("txn-mixed") { format!("{} ({})", scenario.name, run.name) } else { scenario.name.clone() };
+            let scenario_name = if run.name.starts_with("txn-mixed") {
+                format!("{} ({})", scenario.name, run.name)
+            } else {
+                scenario.name.clone()
+            };
             Measured { server: server.name.clone(), scenario: scenario_name, run, server_cpu }
         })
         .collect())
@@ -258,7 +275,11 @@ pub fn main(cli: &Cli, args: &CompareArgs) -> Result<(), String> {
         server.stop();
     }
     println!("{}", table(&file.title, &measured, &args.servers));
-    println!("load average before: {load_before}; after: {}; cores: {}", load_average(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "load average before: {load_before}; after: {}; cores: {}",
+        load_average(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     if let Some(plot) = &cli.global.plot {
         write_plots(plot, &measured)?;
     }
@@ -271,7 +292,10 @@ fn table(title: &str, measured: &[Measured], servers: &[String]) -> String {
     let scenarios = scenario_names(measured);
     let mut header = vec!["scenario".to_owned()];
     for server in servers {
-        header.extend(["req/s", "p50 ms", "p99 ms", "errors", "server CPU µs/req", "ringbench CPU µs/req"].map(|c| format!("{server} {c}")));
+        header.extend(
+            ["req/s", "p50 ms", "p99 ms", "errors", "server CPU µs/req", "ringbench CPU µs/req"]
+                .map(|c| format!("{server} {c}")),
+        );
     }
     let both = servers.iter().any(|s| s == "etcd") && servers.iter().any(|s| s == "ringd");
     if both {
@@ -342,9 +366,11 @@ fn write_plots(plot: &Path, measured: &[Measured]) -> Result<(), String> {
     for scenario in scenario_names(measured) {
         let curves: Vec<(String, &crate::report::Recorder)> =
             measured.iter().filter(|m| m.scenario == scenario).map(|m| (m.server.clone(), &m.run.recorder)).collect();
-        let slug: String = scenario.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let slug: String =
+            scenario.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let path = plot.with_file_name(format!("{stem}-{slug}.svg"));
-        std::fs::write(&path, crate::plot::svg(&curves, scenario)).map_err(|error| format!("write {}: {error}", path.display()))?;
+        std::fs::write(&path, crate::plot::svg(&curves, scenario))
+            .map_err(|error| format!("write {}: {error}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

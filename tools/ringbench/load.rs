@@ -141,7 +141,8 @@ async fn drive(shared: Arc<Shared>, executor: usize) -> Result<Partial, String> 
     }
     let mut loops = Vec::new();
     for client in 0..options.clients {
-        let Some((_, channel)) = channels.iter().find(|(connection, _)| *connection == client % options.connections) else {
+        let Some((_, channel)) = channels.iter().find(|(connection, _)| *connection == client % options.connections)
+        else {
             continue;
         };
         let context = LoopContext {
@@ -229,7 +230,8 @@ impl Limiter {
 
 /// put --compact-interval: every interval, compact to (current revision - delta).
 async fn compact_periodically(channel: Channel, interval: Duration, delta: i64, shared: Arc<Shared>) {
-    while !shared.stop_background.load(Ordering::Relaxed) && shared.done.load(Ordering::Relaxed) < shared.options.total {
+    while !shared.stop_background.load(Ordering::Relaxed) && shared.done.load(Ordering::Relaxed) < shared.options.total
+    {
         glommio::timer::sleep(interval).await;
         let range = pb::RangeRequest { key: b"foo".to_vec(), ..Default::default() };
         let revision = match channel.range(&range).await {

@@ -21,7 +21,8 @@ pub fn main(cli: &Cli, args: &MvccPutArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir).map_err(|error| format!("create {}: {error}", args.data_dir.display()))?;
     let directory = FreshDirectory::create(&args.data_dir)?;
     let path = directory.0.join("db");
-    let mut store = Store::open(&path, StoreOptions::default()).map_err(|error| format!("open {}: {error}", path.display()))?;
+    let mut store =
+        Store::open(&path, StoreOptions::default()).map_err(|error| format!("open {}: {error}", path.display()))?;
     let mut random = Random::new(std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64);
     let per_unit = if args.txn { args.txn_ops } else { 1 };
     let keys: Vec<Vec<u8>> = (0..args.total * per_unit).map(|_| random.bytes(args.key_size)).collect();
@@ -79,7 +80,8 @@ struct FreshDirectory(std::path::PathBuf);
 
 impl FreshDirectory {
     fn create(parent: &std::path::Path) -> Result<FreshDirectory, String> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos();
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos();
         let path = parent.join(format!("ringbench-mvcc-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).map_err(|error| format!("create {}: {error}", path.display()))?;
         Ok(FreshDirectory(path))

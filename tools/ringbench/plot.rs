@@ -43,25 +43,62 @@ pub fn svg(runs: &[(String, &Recorder)], title: &str) -> String {
     );
     for (decade, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
         let x = x_of(decade as f64);
-        let _ = writeln!(svg, "<line x1=\"{x}\" y1=\"{MARGIN_TOP}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/>", MARGIN_TOP + plot_height);
-        let _ = writeln!(svg, "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", MARGIN_TOP + plot_height + 18.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x}\" y1=\"{MARGIN_TOP}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/>",
+            MARGIN_TOP + plot_height
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            MARGIN_TOP + plot_height + 18.0
+        );
     }
     for tick in 0..=(max_ms / step_ms).round() as usize {
         let ms = step_ms * tick as f64;
         let y = y_of(ms);
-        let _ = writeln!(svg, "<line x1=\"{MARGIN_LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>", MARGIN_LEFT + plot_width);
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>", MARGIN_LEFT - 6.0, y + 4.0, trim_number(ms));
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{MARGIN_LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>",
+            MARGIN_LEFT + plot_width
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            MARGIN_LEFT - 6.0,
+            y + 4.0,
+            trim_number(ms)
+        );
     }
-    let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>", MARGIN_LEFT + plot_width / 2.0, HEIGHT - 15.0);
-    let _ = writeln!(svg, "<text x=\"18\" y=\"{}\" transform=\"rotate(-90 18 {})\" text-anchor=\"middle\">latency (ms)</text>", HEIGHT / 2.0, HEIGHT / 2.0);
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>",
+        MARGIN_LEFT + plot_width / 2.0,
+        HEIGHT - 15.0
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"18\" y=\"{}\" transform=\"rotate(-90 18 {})\" text-anchor=\"middle\">latency (ms)</text>",
+        HEIGHT / 2.0,
+        HEIGHT / 2.0
+    );
     for (index, ((name, _), points)) in runs.iter().zip(&curves).enumerate() {
         let colour = COLOURS[index % COLOURS.len()];
         let path: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", x_of(x), y_of(y))).collect();
-        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
         // Top left: percentile curves rise to the right, so that corner stays clear.
         let legend_y = MARGIN_TOP + 14.0 + 18.0 * index as f64;
         let legend_x = MARGIN_LEFT + 12.0;
-        let _ = writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"212\" height=\"18\" fill=\"white\" fill-opacity=\"0.85\"/>", legend_x - 4.0, legend_y - 9.0);
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"212\" height=\"18\" fill=\"white\" fill-opacity=\"0.85\"/>",
+            legend_x - 4.0,
+            legend_y - 9.0
+        );
         let _ = writeln!(svg, "<line x1=\"{legend_x}\" y1=\"{legend_y}\" x2=\"{}\" y2=\"{legend_y}\" stroke=\"{colour}\" stroke-width=\"3\"/>", legend_x + 24.0);
         let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\">{}</text>", legend_x + 30.0, legend_y + 4.0, escape(name));
     }

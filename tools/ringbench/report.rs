@@ -71,7 +71,8 @@ impl Recorder {
         self.min_ns = self.min_ns.min(nanos);
         self.max_ns = self.max_ns.max(nanos);
         if let Some(seconds) = &mut self.seconds {
-            let point = seconds.entry(start_unix_second).or_insert(SecondPoint { min_ns: u64::MAX, ..Default::default() });
+            let point =
+                seconds.entry(start_unix_second).or_insert(SecondPoint { min_ns: u64::MAX, ..Default::default() });
             point.min_ns = point.min_ns.min(nanos);
             point.max_ns = point.max_ns.max(nanos);
             point.sum_ns += nanos as u128;
@@ -265,7 +266,13 @@ impl Precision {
 /// Go's `%g` (shortest representation; exponent form when the exponent is < -4 or >= 6).
 pub fn go_general(value: f64) -> String {
     if value == 0.0 || !value.is_finite() {
-        return if value.is_nan() { "NaN".into() } else if value == 0.0 { "0".into() } else { format!("{value}") };
+        return if value.is_nan() {
+            "NaN".into()
+        } else if value == 0.0 {
+            "0".into()
+        } else {
+            format!("{value}")
+        };
     }
     let scientific = format!("{value:e}");
     let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
@@ -391,7 +398,12 @@ pub struct ClientCpu {
 }
 
 impl ClientCpu {
-    pub fn between(before: (Duration, Duration), after: (Duration, Duration), requests: u64, wall: Duration) -> ClientCpu {
+    pub fn between(
+        before: (Duration, Duration),
+        after: (Duration, Duration),
+        requests: u64,
+        wall: Duration,
+    ) -> ClientCpu {
         let user = after.0.saturating_sub(before.0).as_secs_f64();
         let system = after.1.saturating_sub(before.1).as_secs_f64();
         ClientCpu {
@@ -461,12 +473,9 @@ pub fn hgrm(recorder: &Recorder) -> String {
     }
     let mean = if recorder.count > 0 { recorder.sum_ns as f64 / recorder.count as f64 / 1e6 } else { 0.0 };
     let _ = writeln!(text, "#[Mean    = {mean:12.3}, StdDeviation   = {:12.3}]", histogram.stdev() / 1e6);
-    let _ = writeln!(text, "#[Max     = {:12.3}, Total count    = {:12}]", recorder.max_ns as f64 / 1e6, recorder.count);
-    let _ = writeln!(
-        text,
-        "#[Buckets = {:12}, SubBuckets     = {:12}]",
-        histogram.buckets(),
-        histogram.distinct_values()
-    );
+    let _ =
+        writeln!(text, "#[Max     = {:12.3}, Total count    = {:12}]", recorder.max_ns as f64 / 1e6, recorder.count);
+    let _ =
+        writeln!(text, "#[Buckets = {:12}, SubBuckets     = {:12}]", histogram.buckets(), histogram.distinct_values());
     text
 }

@@ -33,7 +33,8 @@ pub fn run(cli: &Cli, args: &WatchLatencyArgs) -> Result<Run, String> {
         let (key, value) = (random.bytes(args.key_size), random.bytes(args.val_size));
         let endpoint = &endpoints[0];
         let put_channel = Channel::connect(endpoint, dial_timeout).await.map_err(|e| format!("dial error: {e}"))?;
-        let events = open_watchers(&endpoints, connections, watchers, dial_timeout, &key).await.map_err(|e| e.to_string())?;
+        let events =
+            open_watchers(&endpoints, connections, watchers, dial_timeout, &key).await.map_err(|e| e.to_string())?;
         put_and_time(&put_channel, events, &args, watchers, &key, &value, sample).await
     })??;
     let cpu = ClientCpu::between(cpu_before, process_cpu(), recorder.count, wall);
@@ -104,7 +105,8 @@ async fn put_and_time(
         let acknowledged = Instant::now();
         for _ in 0..watchers {
             let arrival = events.next().await.ok_or("a watch stream ended during the benchmark")?;
-            let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+            let second =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
             recorder.borrow_mut().record(arrival.saturating_duration_since(acknowledged), second);
         }
         if drawn.elapsed() >= PROGRESS_PERIOD || put + 1 == args.put_total {
