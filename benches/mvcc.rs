@@ -1,21 +1,27 @@
 //! Store micro-benchmarks on 1M keys (8-byte keys, 256-byte values), one core:
 //! point get, put (puts/s before the checkpoint's fsync: one write txn per put, random
 //! existing keys, then prepare_commit; 1k and 10k puts per checkpoint), the checkpoint's I/O
-//! (pwrite + 2 fdatasync), and range scans.
+//! (pwrite + 2 fdatasync) and a visible commit's (pwrite only), batches of 1k puts end to end (puts, commit and its I/O) with a
+//! durable checkpoint per batch against visible commits and a checkpoint every 10 or 100
+//! batches (the apply loop of DESIGN §5), and range scans.
 //!
 //! cargo bench --bench mvcc   (in the mvcc lane: cd /work/lanes/mvcc && cargo bench)
+//! MVCC_BENCH_DIR picks the directory of the db (the current one by default): put it on the
+//! disk whose fdatasync you want to measure, not on a tmpfs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringd::mvcc::{RangeOptions, Store, StoreOptions};
+use ringd::mvcc::{Durability, RangeOptions, Store, StoreOptions};
 
 const KEY_COUNT: u64 = 1_000_000;
 const VALUE_SIZE_BYTES: usize = 256;
 const LOAD_BATCH: u64 = 20_000;
 const PUT_BATCH: u64 = 1_000;
 const PUT_BATCH_LARGE: u64 = 10_000;
+/// Batches per durable checkpoint in the visible-commit cases.
+const BATCHES_PER_CHECKPOINT: [u64; 2] = [10, 100];
 
 /// Keys are spread over the u64 space so that random new keys land between existing ones.
 fn key(index: u64) -> [u8; 8] {
@@ -131,6 +137,7 @@ fn benchmarks(criterion: &mut Criterion) {
             elapsed
         })
     });
+    bench_put_batches(&mut group, &mut store, &mut random);
     eprintln!(
         "after the put benchmarks: file {} MiB, in use {} MiB",
         store.size_bytes() >> 20,
@@ -159,6 +166,64 @@ fn benchmarks(criterion: &mut Criterion) {
         bench.iter(|| black_box(reader.snapshot().range(&[0], &[0], &options).unwrap().count))
     });
     group.finish();
+}
+
+/// PUT_BATCH puts (one write txn each) and the commit of the batch, timed whole.
+fn put_batch(store: &mut Store, random: &mut Random, durability: Durability) {
+    let value = [0xC3u8; VALUE_SIZE_BYTES];
+    for _ in 0..PUT_BATCH {
+        let mut txn = store.write();
+        txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+    }
+    store.commit_with(durability).unwrap();
+}
+
+/// Batches end to end: today's durable checkpoint per batch, against visible commits per
+/// batch and a durable checkpoint every N batches (its fdatasyncs amortized over N batches).
+fn bench_put_batches(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    store: &mut Store,
+    random: &mut Random,
+) {
+    group.throughput(Throughput::Elements(PUT_BATCH));
+    // The I/O of a visible commit alone: pwrite into the page cache, no fdatasync.
+    group.bench_function("visible_commit_io_after_put_batch", |bench| {
+        bench.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            let value = [0x3Cu8; VALUE_SIZE_BYTES];
+            for _ in 0..iterations {
+                for _ in 0..PUT_BATCH {
+                    let mut txn = store.write();
+                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                }
+                let job = store.prepare_commit_with(Durability::Visible).unwrap();
+                let started = Instant::now();
+                let done = job.run();
+                elapsed += started.elapsed();
+                store.finish_commit(done).unwrap();
+            }
+            elapsed
+        })
+    });
+    store.commit().unwrap();
+    group
+        .bench_function("put_batch_durable_each", |bench| bench.iter(|| put_batch(store, random, Durability::Durable)));
+    for every in BATCHES_PER_CHECKPOINT {
+        let mut batches = 0u64;
+        group.bench_function(format!("put_batch_visible_durable_every_{every}"), |bench| {
+            bench.iter(|| {
+                batches += 1;
+                let durability = if batches.is_multiple_of(every) { Durability::Durable } else { Durability::Visible };
+                put_batch(store, random, durability);
+            })
+        });
+        store.commit().unwrap();
+        eprintln!(
+            "after visible commits, checkpoint every {every}: file {} MiB, in use {} MiB",
+            store.size_bytes() >> 20,
+            store.size_in_use_bytes() >> 20
+        );
+    }
 }
 
 criterion_group!(mvcc, benchmarks);

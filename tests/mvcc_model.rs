@@ -1,13 +1,17 @@
 //! Property tests of the MVCC store against a plain in-memory model of etcd's semantics:
-//! random puts, deletes, txns, compactions, checkpoints, reopens and ranges at random
-//! revisions, read through the writer and through snapshots, must give the model's answers.
+//! random puts, deletes, txns, compactions, aux table changes, visible commits, durable
+//! checkpoints, reopens, crashes (back to the last checkpoint) and ranges at random revisions,
+//! read through the writer and through snapshots, must give the model's answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use ringd::mvcc::{CrashMode, KeyValue, MvccError, RangeOptions, RangeResult, SimFile, Snapshot, Store, StoreOptions};
+use ringd::mvcc::{
+    CrashMode, Durability, KeyValue, MvccError, RangeOptions, RangeResult, SimFile, Snapshot, Store, StoreOptions,
+    AUX_KEY_SIZE_MAX_BYTES,
+};
 
 const SIM_CAPACITY_BYTES: u64 = 256 << 20;
 
@@ -20,6 +24,17 @@ fn key_table() -> Vec<Vec<u8>> {
     keys.extend((0..52).map(|i| format!("k{i:02}").into_bytes()));
     keys
 }
+
+/// Aux keys: empty, short, binary, lease-id-like and the longest allowed.
+fn aux_key_table() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = vec![Vec::new(), b"a".to_vec(), b"a\0".to_vec(), vec![0xFF; 3]];
+    keys.extend((0..8u64).map(|id| (id * 0x0123_4567_89AB).to_be_bytes().to_vec()));
+    keys.push(vec![b'A'; AUX_KEY_SIZE_MAX_BYTES]);
+    keys
+}
+
+/// Aux tables 0..=3: the three of mod.rs and one more, to test the table boundaries.
+const AUX_TABLE_COUNT: u8 = 4;
 
 fn value_bytes(seed: i64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8).collect()
@@ -37,9 +52,22 @@ struct RangeSpec {
 
 #[derive(Clone, Debug)]
 enum TxnOp {
-    Put { key: usize, value_len: usize, lease: i64 },
-    Delete { key: usize, end: usize },
+    Put {
+        key: usize,
+        value_len: usize,
+        lease: i64,
+    },
+    Delete {
+        key: usize,
+        end: usize,
+    },
     Range(RangeSpec),
+    /// An aux put (a value length) or delete (None), through the txn.
+    Aux {
+        table: u8,
+        key: usize,
+        value_len: Option<usize>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -48,7 +76,17 @@ enum Op {
     Compact(u8),
     Range(RangeSpec),
     Commit,
+    CommitVisible,
     Reopen,
+    /// Reopen a crash image without a checkpoint first (unsynced writes torn if true).
+    Crash(bool),
+    /// An aux put or delete on the store, outside a txn.
+    Aux {
+        table: u8,
+        key: usize,
+        value_len: Option<usize>,
+    },
+    AuxRead(u8),
     TakeSnapshot,
     DropSnapshot,
     Defragment,
@@ -76,7 +114,12 @@ fn txn_op() -> impl Strategy<Value = TxnOp> {
         6 => (0..64usize, value_len(), 0..3i64).prop_map(|(key, value_len, lease)| TxnOp::Put { key, value_len, lease }),
         2 => (0..64usize, 0..66usize).prop_map(|(key, end)| TxnOp::Delete { key, end }),
         1 => range_spec().prop_map(TxnOp::Range),
+        1 => aux_change().prop_map(|(table, key, value_len)| TxnOp::Aux { table, key, value_len }),
     ]
+}
+
+fn aux_change() -> impl Strategy<Value = (u8, usize, Option<usize>)> {
+    (0..AUX_TABLE_COUNT, 0..13usize, prop::option::weighted(0.75, value_len()))
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -84,8 +127,12 @@ fn op() -> impl Strategy<Value = Op> {
         10 => prop::collection::vec(txn_op(), 0..8).prop_map(Op::Txn),
         2 => any::<u8>().prop_map(Op::Compact),
         4 => range_spec().prop_map(Op::Range),
-        3 => Just(Op::Commit),
+        2 => Just(Op::Commit),
+        3 => Just(Op::CommitVisible),
         1 => Just(Op::Reopen),
+        1 => any::<bool>().prop_map(Op::Crash),
+        2 => aux_change().prop_map(|(table, key, value_len)| Op::Aux { table, key, value_len }),
+        1 => (0..AUX_TABLE_COUNT).prop_map(Op::AuxRead),
         1 => Just(Op::TakeSnapshot),
         1 => Just(Op::DropSnapshot),
         1 => Just(Op::Defragment),
@@ -102,6 +149,9 @@ struct Model {
     history: BTreeMap<Vec<u8>, Vec<Revision>>,
     current: i64,
     compacted: i64,
+    /// (table, key) -> value.
+    aux: BTreeMap<(u8, Vec<u8>), Vec<u8>>,
+    consistent_index: u64,
 }
 
 fn in_bounds(user_key: &[u8], key: &[u8], range_end: &[u8]) -> bool {
@@ -115,7 +165,7 @@ fn in_bounds(user_key: &[u8], key: &[u8], range_end: &[u8]) -> bool {
 impl Default for Model {
     /// A new store is at revision 1, as etcd.
     fn default() -> Model {
-        Model { history: BTreeMap::new(), current: 1, compacted: 0 }
+        Model { history: BTreeMap::new(), current: 1, compacted: 0, aux: BTreeMap::new(), consistent_index: 0 }
     }
 }
 
@@ -179,17 +229,35 @@ impl Model {
     fn entry_count(&self) -> u64 {
         self.history.values().map(|r| r.len() as u64).sum()
     }
+
+    fn aux_change(&mut self, table: u8, key: &[u8], value: Option<Vec<u8>>) -> bool {
+        match value {
+            Some(value) => self.aux.insert((table, key.to_vec()), value).is_some(),
+            None => self.aux.remove(&(table, key.to_vec())).is_some(),
+        }
+    }
+
+    fn aux_scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let from = (table, Vec::new());
+        self.aux.range(from..).take_while(|((t, _), _)| *t == table).map(|((_, k), v)| (k.clone(), v.clone())).collect()
+    }
 }
 
 struct Harness {
     keys: Vec<Vec<u8>>,
+    aux_keys: Vec<Vec<u8>>,
     sim: Arc<SimFile>,
     store: Store,
+    /// The writer's state, the last commit's (what snapshots see) and the last checkpoint's.
     model: Model,
     committed: Model,
+    durable: Model,
     snapshots: Vec<(Snapshot, RangeResult)>,
-    /// Sees the same txns and compactions, no checkpoints: its HashKV must be equal.
+    /// Sees the same txns and compactions, and commits only at the store's checkpoints (so
+    /// that it crashes back to the same state): its HashKV must be equal.
     shadow: Store,
+    shadow_sim: Arc<SimFile>,
+    commits: u64,
 }
 
 fn open_sim(image: &[u8]) -> (Arc<SimFile>, Store) {
@@ -221,15 +289,19 @@ fn range_options(spec: &RangeSpec, current: i64) -> RangeOptions {
 impl Harness {
     fn new() -> Harness {
         let (sim, store) = open_sim(&[]);
-        let (_, shadow) = open_sim(&[]);
+        let (shadow_sim, shadow) = open_sim(&[]);
         Harness {
             keys: key_table(),
+            aux_keys: aux_key_table(),
             sim,
             store,
             model: Model::default(),
             committed: Model::default(),
+            durable: Model::default(),
             snapshots: Vec::new(),
             shadow,
+            shadow_sim,
+            commits: 0,
         }
     }
 
@@ -271,6 +343,17 @@ impl Harness {
                     }
                     assert_eq!(txn.delete_range(&key, &end), expected, "delete_range's deleted keys");
                     shadow.delete_range(&key, &end);
+                }
+                TxnOp::Aux { table, key, value_len } => {
+                    let key = &self.aux_keys[*key];
+                    let value = value_len.map(|len| value_bytes(revision * 100 + sub + 50, len));
+                    let existed = self.model.aux_change(*table, key, value.clone());
+                    match value {
+                        Some(value) => txn.aux_put(*table, key, &value),
+                        None => assert_eq!(txn.aux_delete(*table, key), existed, "aux_delete in a txn"),
+                    }
+                    let expected = self.model.aux.get(&(*table, key.clone())).cloned();
+                    assert_eq!(txn.aux_get(*table, key), expected, "aux_get in a txn");
                 }
                 TxnOp::Range(spec) => {
                     let current = if sub > 0 { revision } else { revision - 1 };
@@ -317,12 +400,41 @@ impl Harness {
                 let expected = self.committed.range(key, &end, &options, current);
                 assert_eq!(snapshot.range(key, &end, &options), expected, "snapshot range");
             }
-            Op::Commit => self.commit(),
+            Op::Commit => self.commit(Durability::Durable),
+            Op::CommitVisible => self.commit(Durability::Visible),
             Op::Reopen => {
-                self.commit();
+                self.commit(Durability::Durable);
                 let image = self.sim.crash_image(CrashMode::DropUnsynced, 0);
                 (self.sim, self.store) = open_sim(&image);
-                self.store.check().expect("check after reopen");
+                self.verify_reopened();
+            }
+            Op::Crash(tear) => {
+                let mode = if *tear { CrashMode::TearUnsynced } else { CrashMode::DropUnsynced };
+                let image = self.sim.crash_image(mode, self.commits);
+                (self.sim, self.store) = open_sim(&image);
+                let shadow_image = self.shadow_sim.crash_image(CrashMode::DropUnsynced, 0);
+                (self.shadow_sim, self.shadow) = open_sim(&shadow_image);
+                self.model = self.durable.clone();
+                self.committed = self.durable.clone();
+                self.verify_reopened();
+            }
+            Op::Aux { table, key, value_len } => {
+                let key = &self.aux_keys[*key];
+                let value = value_len.map(|len| value_bytes(self.model.current * 100 + 99, len));
+                let existed = self.model.aux_change(*table, key, value.clone());
+                match value {
+                    Some(value) => self.store.aux_put(*table, key, &value),
+                    None => assert_eq!(self.store.aux_delete(*table, key), existed, "aux_delete"),
+                }
+            }
+            Op::AuxRead(table) => {
+                assert_eq!(self.store.aux_scan(*table), self.model.aux_scan(*table), "writer aux_scan");
+                let snapshot = self.store.reader().snapshot();
+                assert_eq!(snapshot.aux_scan(*table), self.committed.aux_scan(*table), "snapshot aux_scan");
+                for key in &self.aux_keys {
+                    let expected = self.committed.aux.get(&(*table, key.clone()));
+                    assert_eq!(snapshot.aux_get(*table, key).as_ref(), expected, "snapshot aux_get");
+                }
             }
             Op::TakeSnapshot => {
                 let snapshot = self.store.reader().snapshot();
@@ -343,10 +455,33 @@ impl Harness {
         }
     }
 
-    fn commit(&mut self) {
-        self.store.commit().expect("commit");
+    /// A commit with the next consistent index; a checkpoint also checkpoints the shadow.
+    fn commit(&mut self, durability: Durability) {
+        self.commits += 1;
+        self.model.consistent_index = self.commits;
+        self.store.set_consistent_index(self.commits);
+        self.store.commit_with(durability).expect("commit");
         self.committed = self.model.clone();
+        if durability == Durability::Durable {
+            self.shadow.commit().expect("shadow checkpoint");
+            self.durable = self.model.clone();
+        }
+        assert_eq!(self.store.durable_consistent_index(), self.durable.consistent_index);
         self.verify_snapshots();
+    }
+
+    /// After a reopen: the store is its last checkpoint, intact.
+    fn verify_reopened(&self) {
+        self.store.check().expect("check after reopen");
+        self.store.check_durable().expect("check of the metas on disk after reopen");
+        assert_eq!(self.store.consistent_index(), self.durable.consistent_index);
+        assert_eq!(self.store.current_revision(), self.durable.current);
+        for table in 0..AUX_TABLE_COUNT {
+            assert_eq!(self.store.aux_scan(table), self.durable.aux_scan(table), "aux table {table} after reopen");
+        }
+        let (key, end) = all_keys();
+        let got = self.store.reader().snapshot().range(&key, &end, &RangeOptions::default()).unwrap();
+        assert_eq!(got, self.durable.range(&key, &end, &RangeOptions::default(), self.durable.current).unwrap());
     }
 
     /// Live snapshots read what they read when taken, whatever the writer did since.
@@ -361,8 +496,13 @@ impl Harness {
 
     fn finish(&mut self) {
         while self.store.compact_step() {}
-        self.commit();
+        self.commit(Durability::Durable);
         self.store.check().expect("check");
+        self.store.check_durable().expect("check of the metas on disk");
+        for table in 0..AUX_TABLE_COUNT {
+            let snapshot = self.store.reader().snapshot();
+            assert_eq!(snapshot.aux_scan(table), self.model.aux_scan(table), "aux table {table}");
+        }
         assert_eq!(self.store.kv_entry_count(), self.model.entry_count(), "compaction keeps exactly etcd's revisions");
         let (key, end) = all_keys();
         let got = self.store.reader().snapshot().range(&key, &end, &RangeOptions::default()).unwrap();
@@ -400,6 +540,10 @@ fn long_random_history_matches_model() {
         harness.apply(op);
         if index % 500 == 499 {
             harness.store.check().unwrap_or_else(|e| panic!("check after op {index}: {e}"));
+            harness
+                .store
+                .check_durable()
+                .unwrap_or_else(|e| panic!("check of the metas on disk after op {index}: {e}"));
         }
     }
     harness.finish();
@@ -451,4 +595,78 @@ fn many_keys_make_a_deep_tree_that_scans_in_order() {
     store.commit().unwrap();
     store.check().unwrap();
     assert_eq!(store.kv_entry_count(), 0);
+}
+
+fn aux_value(table: u8, id: u32, round: u32) -> Vec<u8> {
+    let len = if id.is_multiple_of(37) { 9000 } else { 20 + (id % 90) as usize };
+    value_bytes((table as u32 * 1_000_003 + id * 31 + round) as i64, len)
+}
+
+/// Aux tables round trip across a reopen, a defragmentation (which moves their pages) and a
+/// snapshot image, and stay apart from one another and from the key space.
+#[test]
+fn aux_tables_round_trip_across_reopen_defragment_and_image() {
+    use ringd::mvcc::{AUX_TABLE_AUTH, AUX_TABLE_LEASES, AUX_TABLE_MEMBERS};
+    let tables = [AUX_TABLE_LEASES, AUX_TABLE_MEMBERS, AUX_TABLE_AUTH];
+    let (sim, mut store) = open_sim(&[]);
+    let mut model = Model::default();
+    for round in 0..4u32 {
+        let mut txn = store.write();
+        for key in 0..3000u32 {
+            txn.put(&key.to_be_bytes(), &value_bytes(key as i64, 150), 0);
+        }
+        txn.end();
+        for &table in &tables {
+            for id in (round..2000).step_by(4) {
+                let key = (id as u64).to_be_bytes();
+                let value = aux_value(table, id, round);
+                model.aux_change(table, &key, Some(value.clone()));
+                store.aux_put(table, &key, &value);
+            }
+        }
+        store.commit_with(if round % 2 == 0 { Durability::Visible } else { Durability::Durable }).unwrap();
+    }
+    // Delete most entries and keys: the file is mostly free pages, aux pages high up in it.
+    for &table in &tables {
+        for id in 0..2000u32 {
+            if id % 10 != 0 {
+                let key = (id as u64).to_be_bytes();
+                assert_eq!(store.aux_delete(table, &key), model.aux_change(table, &key, None));
+            }
+        }
+    }
+    assert!(!store.aux_delete(AUX_TABLE_LEASES, b"never there"));
+    let mut txn = store.write();
+    txn.delete_range(&100u32.to_be_bytes(), &[0]);
+    let revision = txn.end();
+    store.compact(revision).unwrap();
+    while store.compact_step() {}
+    store.commit().unwrap();
+    let verify = |store: &Store, what: &str| {
+        store.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let snapshot = store.reader().snapshot();
+        for &table in &tables {
+            assert_eq!(store.aux_scan(table), model.aux_scan(table), "{what}: writer, table {table}");
+            assert_eq!(snapshot.aux_scan(table), model.aux_scan(table), "{what}: snapshot, table {table}");
+            assert_eq!(snapshot.aux_get(table, &1990u64.to_be_bytes()), Some(aux_value(table, 1990, 1990 % 4)));
+            assert_eq!(snapshot.aux_get(table, &1991u64.to_be_bytes()), None);
+        }
+        assert!(snapshot.aux_scan(0).is_empty() && snapshot.aux_scan(4).is_empty(), "{what}: other tables");
+        assert_eq!(snapshot.range(&[0], &[0], &RangeOptions::default()).unwrap().count, 100, "{what}: keys");
+    };
+    verify(&store, "before defragment");
+    let size_before = store.size_bytes();
+    store.defragment().unwrap();
+    verify(&store, "after defragment");
+    assert!(store.size_bytes() * 3 < size_before, "defragment shrinks {size_before} to {}", store.size_bytes());
+    let (_, reopened) = open_sim(&sim.crash_image(CrashMode::DropUnsynced, 0));
+    verify(&reopened, "after reopen");
+    let image = reopened.reader().snapshot().image().unwrap();
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < image.len_bytes() {
+        image.read_chunk(bytes.len() as u64, 1 << 20, &mut bytes);
+    }
+    let (_, copy) = open_sim(&bytes);
+    verify(&copy, "a copy from a snapshot image");
+    assert_eq!(copy.hash(), reopened.hash(), "the image holds every tree, the aux tree included");
 }

@@ -81,7 +81,7 @@ impl<'a> Walk<'a> {
 
     fn overflow(&mut self, first: PageId, len: usize) -> Result<(), CheckError> {
         let mut next = first;
-        for _ in 0..len.div_ceil(OVERFLOW_DATA_SIZE) {
+        for _ in 0..len.div_ceil(OVERFLOW_DATA_SIZE).max(1) {
             let page = self.mark(next, "overflow")?;
             if header(page).kind != KIND_OVERFLOW {
                 return Err(fail(Some(next), "overflow chain reaches a page of another kind"));
@@ -158,36 +158,64 @@ fn validate_node(page: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+impl Walk<'_> {
+    /// Walks one tree (0 = empty); returns its entry count.
+    fn whole_tree(&mut self, root: PageId) -> Result<u64, CheckError> {
+        (self.leaf_depth, self.entries) = (None, 0);
+        if root != 0 {
+            self.tree(root, None, None, 0)?;
+        }
+        Ok(self.entries)
+    }
+}
+
 /// Every page is reached exactly once (meta, tree, overflow, free list, free entry); trees are
-/// ordered and balanced; checksums hold; the kv and rev trees describe the same revisions.
+/// ordered and balanced; checksums hold; the kv and rev trees describe the same revisions;
+/// aux keys are well formed.
 pub fn check(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
     if meta.checksum != meta.compute_checksum() {
         return Err(fail(None, "meta checksum"));
     }
+    if meta.page_count < META_PAGES || meta.page_count > pages.page_count() {
+        return Err(fail(None, format!("meta page count {} outside the mapping", meta.page_count)));
+    }
     let mut walk = Walk { pages, seen: vec![false; meta.page_count as usize], leaf_depth: None, entries: 0 };
     walk.seen[0] = true;
     walk.seen[1] = true;
-    if meta.kv_root != 0 {
-        walk.tree(meta.kv_root, None, None, 0)?;
-    }
-    let kv_entries = walk.entries;
-    (walk.leaf_depth, walk.entries) = (None, 0);
-    if meta.rev_root != 0 {
-        walk.tree(meta.rev_root, None, None, 0)?;
-    }
-    let rev_entries = walk.entries;
+    let kv_entries = walk.whole_tree(meta.kv_root)?;
+    let rev_entries = walk.whole_tree(meta.rev_root)?;
+    let aux_entries = walk.whole_tree(meta.aux_root)?;
     let free = walk.free_list(meta.freelist_head)?;
     if let Some(leaked) = walk.seen.iter().position(|seen| !seen) {
         return Err(fail(Some(leaked as u64), "page neither in a tree nor on the free list"));
     }
-    if free != meta.free_page_count || kv_entries != meta.kv_entry_count || rev_entries != kv_entries {
+    let counts_agree = free == meta.free_page_count
+        && kv_entries == meta.kv_entry_count
+        && rev_entries == kv_entries
+        && aux_entries == meta.aux_entry_count;
+    if !counts_agree {
         let reason = format!(
-            "counts: free {free} (meta {}), kv {kv_entries} (meta {}), rev {rev_entries}",
-            meta.free_page_count, meta.kv_entry_count
+            "counts: free {free} (meta {}), kv {kv_entries} (meta {}), rev {rev_entries}, aux {aux_entries} (meta {})",
+            meta.free_page_count, meta.kv_entry_count, meta.aux_entry_count
         );
         return Err(fail(None, reason));
     }
+    check_aux_keys(pages, meta)?;
     check_revisions(pages, meta)
+}
+
+/// Each aux key is a table byte, a key of at most AUX_KEY_SIZE_MAX_BYTES and a zero suffix.
+fn check_aux_keys(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
+    let mut cursor = Cursor::seek(pages, NodeRef::root(meta.aux_root, pages), &[0u8; KEY_SUFFIX_SIZE]);
+    while let Some((key, _)) = cursor.current() {
+        let suffix_is_zero = key[key.len().saturating_sub(KEY_SUFFIX_SIZE)..].iter().all(|&byte| byte == 0);
+        let length_ok = key.len() > KEY_SUFFIX_SIZE && key.len() <= 1 + AUX_KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE;
+        if !suffix_is_zero || !length_ok {
+            return Err(fail(None, format!("aux key of {} bytes is not table ++ key ++ zero suffix", key.len())));
+        }
+        cursor.advance();
+    }
+    Ok(())
 }
 
 /// Each rev tree entry names a kv entry at the same revision with the same tombstone flag, and

@@ -71,6 +71,12 @@ impl fmt::Display for OpenError {
                 "{} is not a ringd store file (bad magic); refusing to touch it: move it away or use another --data-dir",
                 path.display()
             ),
+            OpenError::UnknownVersion { path, version } if *version < super::page::FORMAT_VERSION => write!(
+                formatter,
+                "the store file {} has format version {version}, written by an older ringd; this ringd reads only version {}: restore the member from a snapshot or a healthy member, or use the older ringd",
+                path.display(),
+                super::page::FORMAT_VERSION
+            ),
             OpenError::UnknownVersion { path, version } => write!(
                 formatter,
                 "the store file {} has format version {version}, this ringd reads only version {}; use a matching ringd",

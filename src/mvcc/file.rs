@@ -1,6 +1,6 @@
 //! The store's file: positioned writes, fdatasync, and a read-only mapping that readers use.
 //! `MmapFile` is the real file; `SimFile` is an in-memory file for crash tests that keeps only
-//! what was synced when it "crashes", and may tear the writes that were not.
+//! what was synced when it "crashes", and may tear or keep the writes that were not.
 
 use std::fs::File;
 use std::io;
@@ -90,6 +90,9 @@ pub enum CrashMode {
     DropUnsynced,
     /// Each unsynced write is lost, kept, or torn (a random subset of its sectors kept).
     TearUnsynced,
+    /// Every unsynced write is kept (the kernel flushed the page cache before the crash):
+    /// whatever a commit overwrote in place shows up on disk.
+    KeepUnsynced,
 }
 
 struct SimState {
@@ -102,6 +105,9 @@ struct SimState {
     operations_left: Option<u64>,
     crashed: bool,
     fail_sync: bool,
+    /// Writes, syncs and truncations done (crash points for `crash_after_operations`).
+    operations: u64,
+    syncs: u64,
 }
 
 /// An in-memory file for tests. Its visible contents live in an anonymous mapping (so readers
@@ -134,6 +140,8 @@ impl SimFile {
             operations_left: None,
             crashed: false,
             fail_sync: false,
+            operations: 0,
+            syncs: 0,
         };
         SimFile { map, state: Mutex::new(state), path: PathBuf::from("sim://db") }
     }
@@ -152,6 +160,17 @@ impl SimFile {
         self.state.lock().unwrap().crashed
     }
 
+    /// Writes, syncs and truncations done so far: `crash_after_operations(n)` for n below it
+    /// crashes at each of them.
+    pub fn operation_count(&self) -> u64 {
+        self.state.lock().unwrap().operations
+    }
+
+    /// fdatasyncs done so far.
+    pub fn sync_count(&self) -> u64 {
+        self.state.lock().unwrap().syncs
+    }
+
     /// The file as a reboot would find it.
     pub fn crash_image(&self, mode: CrashMode, seed: u64) -> Vec<u8> {
         let state = self.state.lock().unwrap();
@@ -159,10 +178,12 @@ impl SimFile {
         image.resize(state.durable_len_bytes as usize, 0);
         let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         for (offset, data) in &state.unsynced {
-            if mode == CrashMode::DropUnsynced {
-                break;
-            }
-            match next_random(&mut random) % 3 {
+            let choice = match mode {
+                CrashMode::DropUnsynced => break,
+                CrashMode::KeepUnsynced => 1,
+                CrashMode::TearUnsynced => next_random(&mut random) % 3,
+            };
+            match choice {
                 0 => continue,
                 1 => apply(&mut image, *offset, data),
                 _ => {
@@ -188,6 +209,7 @@ impl SimFile {
             }
             *left -= 1;
         }
+        state.operations += 1;
         Ok(())
     }
 }
@@ -243,6 +265,7 @@ impl StoreFile for SimFile {
             state.crashed = true;
             return Err(io::Error::other("simulated fdatasync failure"));
         }
+        state.syncs += 1;
         let unsynced = core::mem::take(&mut state.unsynced);
         for (offset, data) in &unsynced {
             apply(&mut state.durable, *offset, data);

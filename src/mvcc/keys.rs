@@ -55,6 +55,24 @@ pub fn split_rev_key(key: &[u8]) -> (Revision, i64) {
     (main as i64, sub as i64)
 }
 
+/// aux tree key: table ++ key ++ 16 zero bytes. The zero suffix stands where the other trees
+/// hold a revision, so `cmp_keys` orders aux keys by (table, key) and the tree code is shared.
+pub fn aux_key(table: u8, key: &[u8]) -> Vec<u8> {
+    let mut tree_key = Vec::with_capacity(1 + key.len() + KEY_SUFFIX_SIZE);
+    tree_key.push(table);
+    tree_key.extend_from_slice(key);
+    tree_key.resize(1 + key.len() + KEY_SUFFIX_SIZE, 0);
+    tree_key
+}
+
+/// (table, key) of an aux tree key.
+pub fn split_aux_key(tree_key: &[u8]) -> (u8, &[u8]) {
+    assert!(tree_key.len() > KEY_SUFFIX_SIZE, "an aux key holds a table byte and a zero suffix");
+    let (prefix, suffix) = tree_key.split_at(tree_key.len() - KEY_SUFFIX_SIZE);
+    debug_assert!(suffix.iter().all(|&byte| byte == 0));
+    (prefix[0], &prefix[1..])
+}
+
 /// The fixed part of a kv record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {

@@ -8,7 +8,8 @@ pub type TxnId = u64;
 pub const PAGE_SIZE: usize = 4096;
 pub const SECTOR_SIZE: usize = 512;
 pub const MAGIC: [u8; 8] = *b"RINGDMV1";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the aux tree (root and entry count in the meta) and meta slots chosen by age, not txn parity.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Pages 0 and 1 hold the two meta pages; tree pages start at 2, so page id 0 can mean "none".
 pub const META_PAGES: u64 = 2;
@@ -56,10 +57,13 @@ pub const KEY_SUFFIX_SIZE: usize = 16;
 /// The longest user key the store accepts: its kv cell (slot, header, key, suffix, overflow
 /// reference) and its branch cell must fit in half a node.
 pub const KEY_SIZE_MAX_BYTES: usize = 2000;
+/// The longest aux table key: with its table byte in front it is as long as a user key.
+pub const AUX_KEY_SIZE_MAX_BYTES: usize = KEY_SIZE_MAX_BYTES - 1;
 
 const _: () = assert!(PAGE_SIZE.is_multiple_of(SECTOR_SIZE));
 const _: () = assert!(HEADER_SIZE == 24);
-const _: () = assert!(core::mem::size_of::<Meta>() == 120);
+const _: () = assert!(core::mem::size_of::<Meta>() == 136);
+const _: () = assert!(core::mem::offset_of!(Meta, checksum) == META_CHECKSUM_OFFSET);
 const _: () = assert!(core::mem::size_of::<Meta>() <= SECTOR_SIZE, "a meta write is one sector");
 const _: () = assert!(SLOT_SIZE + LEAF_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE + 8 <= CELL_SIZE_MAX);
 const _: () = assert!(SLOT_SIZE + BRANCH_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE <= CELL_SIZE_MAX);
@@ -67,7 +71,9 @@ const _: () = assert!(INLINE_CELL_MAX <= CELL_SIZE_MAX);
 const _: () = assert!(PAGE_SIZE <= u16::MAX as usize, "slots are u16 offsets");
 const _: () = assert!(FREELIST_ENTRIES_MAX <= u16::MAX as usize);
 
-/// The meta page: bytes [0, 120) of pages 0 and 1, the rest zero. Txn N is written to page N % 2.
+/// The meta page: bytes [0, 136) of pages 0 and 1, the rest zero. A durable checkpoint writes
+/// the slot holding the older durable meta (or a damaged one); the valid meta with the highest
+/// txn id wins at open, whichever slot holds it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Meta {
@@ -90,12 +96,15 @@ pub struct Meta {
     /// main 0 = nothing pending.
     pub compact_scan_main: i64,
     pub compact_scan_sub: i64,
+    /// Root of the aux tree (lease, member and auth tables), 0 = empty.
+    pub aux_root: u64,
+    pub aux_entry_count: u64,
     /// crc32 of the bytes before this field.
     pub checksum: u32,
     pub reserved: u32,
 }
 
-pub const META_CHECKSUM_OFFSET: usize = 112;
+pub const META_CHECKSUM_OFFSET: usize = 128;
 
 impl Meta {
     pub fn compute_checksum(&self) -> u32 {

@@ -287,3 +287,36 @@ fn history_event(
     assert!(!header.tombstone, "the rev tree and the kv tree agree on tombstones");
     HistoryEvent { deleted, kv: build_key_value(pages, &visible, header, false) }
 }
+
+fn value_bytes(pages: Pages, value: ValueRef) -> Vec<u8> {
+    match value {
+        ValueRef::Inline(bytes) => bytes.to_vec(),
+        ValueRef::Overflow { first, len } => pages.read_overflow(first, len as usize, usize::MAX),
+    }
+}
+
+/// The value of `key` in aux table `table`.
+pub fn aux_get(pages: Pages, aux_root: NodeRef, table: u8, key: &[u8]) -> Option<Vec<u8>> {
+    let tree_key = aux_key(table, key);
+    let cursor = Cursor::seek(pages, aux_root, &tree_key);
+    let (found, value) = cursor.current().filter(|(found, _)| *found == tree_key.as_slice())?;
+    debug_assert_eq!(split_aux_key(found), (table, key));
+    Some(value_bytes(pages, value))
+}
+
+/// Every (key, value) of aux table `table`, in key order.
+pub fn aux_scan(pages: Pages, aux_root: NodeRef, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut entries = Vec::new();
+    // table ++ zeros is the smallest key of the table: its prefix is a prefix of all of them.
+    let mut cursor = Cursor::seek(pages, aux_root, &aux_key(table, &[]));
+    while let Some((tree_key, value)) = cursor.current() {
+        let (found_table, key) = split_aux_key(tree_key);
+        if found_table != table {
+            break;
+        }
+        assert!(entries.last().is_none_or(|(previous, _): &(Vec<u8>, Vec<u8>)| previous.as_slice() < key));
+        entries.push((key.to_vec(), value_bytes(pages, value)));
+        cursor.advance();
+    }
+    entries
+}

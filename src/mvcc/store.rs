@@ -15,6 +15,10 @@ use super::{CheckError, KeyValue, MvccError, OpenError, RangeOptions, RangeResul
 /// Nodes one defragmentation step copies (bounds the memory of a step: 4 MiB of pages).
 const DEFRAG_PAGES_PER_STEP: usize = 1024;
 
+/// Checkpoints `defragment` makes after the last relocation at most (three are needed to
+/// release the moved pages and truncate the file; a few more if the free list shrinks too).
+const DEFRAG_TRAILING_COMMITS_MAX: usize = 8;
+
 /// Distinct user keys compacted per step (bounds the memory of one step).
 const COMPACTION_KEYS_PER_STEP: usize = 4096;
 
@@ -30,7 +34,21 @@ impl Default for StoreOptions {
     }
 }
 
-/// What the writer and the readers share: the file, its mapping, the published checkpoint and
+/// How far a commit goes (DESIGN §5: durability comes from the Raft WAL, the store is
+/// checkpointed now and then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The dirty pages are pwritten (into the page cache, where every core's mapping sees
+    /// them) and the new meta is published to readers in memory: no fdatasync, no meta page
+    /// written. A crash forgets it; the owner replays its WAL from `durable_consistent_index`.
+    Visible,
+    /// A checkpoint: the dirty pages are pwritten, fdatasync, the meta is written into the
+    /// slot holding the older durable meta, fdatasync. Also makes every visible commit
+    /// before it durable.
+    Durable,
+}
+
+/// What the writer and the readers share: the file, its mapping, the published commit and
 /// the reader registry (the txn each live snapshot pins).
 pub(crate) struct Shared {
     file: Arc<dyn StoreFile>,
@@ -56,13 +74,13 @@ impl Shared {
         unsafe { Pages::new(self.base, page_count) }
     }
 
-    fn oldest_reader(&self) -> TxnId {
-        let published = self.published.lock().unwrap();
-        published.readers.keys().next().copied().unwrap_or(TxnId::MAX)
+    /// The txns live snapshots pin, ascending.
+    fn reader_txns(&self) -> Vec<TxnId> {
+        self.published.lock().unwrap().readers.keys().copied().collect()
     }
 }
 
-// The contract of API.md: readers and snapshots cross cores; a checkpoint's job runs anywhere.
+// The contract of API.md: readers and snapshots cross cores; a commit's job runs anywhere.
 const _: () = {
     const fn send_sync<T: Send + Sync + 'static>() {}
     const fn send<T: Send + 'static>() {}
@@ -79,8 +97,8 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A consistent view of the last committed checkpoint. Pages it can reach are not reused
-    /// while it lives.
+    /// A consistent view of the last commit, visible or durable. Pages it can reach are not
+    /// reused while it lives.
     pub fn snapshot(&self) -> Snapshot {
         let mut published = self.shared.published.lock().unwrap();
         let meta = published.meta;
@@ -113,6 +131,18 @@ impl Snapshot {
         let root = NodeRef::root(self.meta.kv_root, pages);
         read::range(pages, root, key, range_end, options, self.meta.current_revision, self.meta.compact_revision)
     }
+
+    /// The value of `key` in aux table `table` (see `Store::aux_put`).
+    pub fn aux_get(&self, table: u8, key: &[u8]) -> Option<Vec<u8>> {
+        let pages = self.shared.pages(self.meta.page_count);
+        read::aux_get(pages, NodeRef::root(self.meta.aux_root, pages), table, key)
+    }
+
+    /// Every (key, value) of aux table `table`, in key order.
+    pub fn aux_scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let pages = self.shared.pages(self.meta.page_count);
+        read::aux_scan(pages, NodeRef::root(self.meta.aux_root, pages), table)
+    }
 }
 
 impl Snapshot {
@@ -142,7 +172,8 @@ impl Snapshot {
 }
 
 /// A consistent copy of the store file as of one snapshot (Maintenance.Snapshot, backups):
-/// the snapshot's meta in its slot (txn % 2) and zeros in the other, then every page below
+/// the snapshot's meta in slot txn % 2 (either slot would do: open takes the valid meta with
+/// the highest txn) and zeros in the other (which open reads as no meta), then every page below
 /// its page count; free pages are written as zeros, because the writer may be reusing them
 /// while the copy is made. Pages a snapshot reaches are never modified while it lives, so the
 /// copy opens as a valid store at exactly the snapshot's revision.
@@ -209,15 +240,41 @@ impl Drop for Snapshot {
 enum TreeKind {
     Kv,
     Rev,
+    Aux,
+}
+
+/// A page on the free list that something may still reach: the meta of every txn in
+/// [written_at, freed_at) reaches it (the commit `written_at` wrote it, the commit
+/// `freed_at` no longer uses it). Entries read at open have written_at 0 (unknown).
+#[derive(Clone, Copy, Debug)]
+struct PendingPage {
+    id: PageId,
+    written_at: TxnId,
+    freed_at: TxnId,
+}
+
+/// A commit between `prepare_commit_with` and `finish_commit`.
+struct InFlight {
+    meta: Meta,
+    /// The meta slot a durable commit writes; None for a visible one.
+    slot: Option<usize>,
+    /// The file's length once the job is done.
+    file_len_bytes: u64,
 }
 
 /// The writer: one owner (the raft core).
 pub struct Store {
     shared: Arc<Shared>,
-    /// The last durable, published checkpoint.
+    /// The last published commit (visible or durable): what new snapshots see.
     committed: Meta,
+    /// The meta each slot (page 0, page 1) holds on disk; None = no valid meta there.
+    durable: [Option<Meta>; 2],
+    /// The file's length as this writer left it (it may exceed the page count).
+    file_len_bytes: u64,
     kv: Child,
     rev: Child,
+    aux: Child,
+    aux_entry_count: u64,
     current_revision: Revision,
     compact_revision: Revision,
     /// (main, sub) where the physical compaction resumes; main 0 = none pending.
@@ -227,20 +284,21 @@ pub struct Store {
     kv_entry_count: u64,
     /// Committed pages this (uncommitted) txn no longer uses.
     freed: Vec<PageId>,
-    /// Free pages some durable meta or live snapshot may still reach: (page, freed-at txn).
-    free_pending: Vec<(PageId, TxnId)>,
+    /// Free pages a durable meta, the published meta or a live snapshot may still reach.
+    free_pending: Vec<PendingPage>,
     /// Free pages nothing can reach, sorted descending so `pop` takes the lowest.
     free_ready: Vec<PageId>,
     /// Pages holding the committed free list.
     freelist_pages: Vec<PageId>,
     changed: bool,
-    in_flight: Option<Meta>,
+    in_flight: Option<InFlight>,
     sticky: Option<StoreError>,
-    /// The page buffer of the last checkpoint, reused by the next one.
+    /// The page buffer of the last commit, reused by the next one.
     spare_buffer: Vec<u8>,
 }
 
-/// The blocking part of a checkpoint: Send + 'static, runs anywhere.
+/// The I/O of a commit: Send + 'static, runs anywhere. A visible commit's job only pwrites
+/// (page cache copies, no waiting on the disk); a durable one also fdatasyncs twice.
 pub struct CommitJob {
     txn_id: TxnId,
     work: Option<CommitWork>,
@@ -257,48 +315,69 @@ struct CommitWork {
     file: Arc<dyn StoreFile>,
     page_ids: Vec<PageId>,
     buffer: Vec<u8>,
-    meta_page: Vec<u8>,
-    meta_offset: u64,
-    /// The file length the new meta allows, if shorter than the file.
+    /// Durable commits: the meta page and its offset (the slot it replaces).
+    meta: Option<(Vec<u8>, u64)>,
+    /// The length every durable meta and the new one allow, if shorter than the file.
     truncate_to_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
 pub struct CommitDone {
     txn_id: TxnId,
-    /// The job's page buffer, handed back for the next checkpoint (no re-allocation).
+    /// The job's page buffer, handed back for the next commit (no re-allocation).
     buffer: Vec<u8>,
 }
 
 impl CommitJob {
-    /// pwrite of the dirty pages, fdatasync, write of the alternate meta page, fdatasync.
+    /// Whether the job waits for the disk (fdatasync): run a durable job off the executor.
+    pub fn is_durable(&self) -> bool {
+        self.work.as_ref().is_some_and(|work| work.meta.is_some())
+    }
+
+    /// pwrite of the dirty pages; for a durable commit then fdatasync, write of the meta page
+    /// into its slot, fdatasync; then the truncation of free tail pages, if any.
     pub fn run(self) -> Result<CommitDone, StoreError> {
         let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id, buffer: Vec::new() }) };
         let path = work.file.path().to_path_buf();
         let fail = |operation, error| StoreError::io(&path, operation, error);
-        let mut start = 0;
-        while start < work.page_ids.len() {
-            let mut end = start + 1;
-            while end < work.page_ids.len() && work.page_ids[end] == work.page_ids[end - 1] + 1 {
-                end += 1;
-            }
-            let bytes = &work.buffer[start * PAGE_SIZE..end * PAGE_SIZE];
-            work.file.write_at(work.page_ids[start] * PAGE_SIZE as u64, bytes).map_err(|e| fail("write", e))?;
-            start = end;
+        work.write_pages().map_err(|e| fail("write", e))?;
+        if let Some((meta_page, meta_offset)) = &work.meta {
+            // The pages this meta reaches (this job's and every visible commit's before it)
+            // are on disk before the meta that makes them the file's state.
+            work.file.sync_data().map_err(|e| fail("fdatasync", e))?;
+            work.file.write_at(*meta_offset, meta_page).map_err(|e| fail("write of the meta page", e))?;
+            work.file.sync_data().map_err(|e| fail("fdatasync of the meta page", e))?;
         }
-        work.file.sync_data().map_err(|e| fail("fdatasync", e))?;
-        work.file.write_at(work.meta_offset, &work.meta_page).map_err(|e| fail("write of the meta page", e))?;
-        work.file.sync_data().map_err(|e| fail("fdatasync of the meta page", e))?;
         if let Some(len_bytes) = work.truncate_to_bytes {
-            // Only after the meta is durable: a crash before leaves a longer file (harmless).
+            // No durable meta counts the dropped pages (see `Store::truncation`); a crash
+            // that loses the truncation leaves a longer file, which is harmless.
             work.file.set_len(len_bytes).map_err(|e| fail("truncate", e))?;
         }
         Ok(CommitDone { txn_id: self.txn_id, buffer: work.buffer })
     }
 }
 
-/// Drops free pages nothing can reach (`ready`) from the end of the file: the job truncates
-/// the file once the meta with the smaller page count is durable.
+impl CommitWork {
+    /// One pwrite per run of consecutive page ids.
+    fn write_pages(&self) -> std::io::Result<()> {
+        assert!(self.buffer.len() >= self.page_ids.len() * PAGE_SIZE, "a buffer page per page id");
+        let mut start = 0;
+        while start < self.page_ids.len() {
+            let mut end = start + 1;
+            while end < self.page_ids.len() && self.page_ids[end] == self.page_ids[end - 1] + 1 {
+                end += 1;
+            }
+            let bytes = &self.buffer[start * PAGE_SIZE..end * PAGE_SIZE];
+            debug_assert!(bytes.chunks(PAGE_SIZE).all(page_is_intact), "pages are sealed before they are written");
+            self.file.write_at(self.page_ids[start] * PAGE_SIZE as u64, bytes)?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Drops free pages nothing can reach (`ready`) from the end of the file's page count; the
+/// job truncates the file itself only as far as every durable meta allows.
 fn trim_tail(sink: &mut Sink) {
     let trailing =
         sink.ready.iter().enumerate().take_while(|&(index, &id)| id + 1 + index as u64 == sink.page_count).count();
@@ -309,7 +388,7 @@ fn trim_tail(sink: &mut Sink) {
     }
 }
 
-/// Pages allocated by a checkpoint and the bytes to write to them.
+/// Pages allocated by a commit and the bytes to write to them.
 struct Sink {
     txn_id: TxnId,
     ready: Vec<PageId>,
@@ -360,6 +439,7 @@ fn empty_meta(txn_id: TxnId) -> Meta {
 }
 
 /// How one meta page reads.
+#[derive(Clone, Copy)]
 enum MetaState {
     Foreign,
     UnknownVersion(u32),
@@ -367,7 +447,7 @@ enum MetaState {
     Valid(Meta),
 }
 
-fn classify_meta(page: &[u8], slot: u64) -> MetaState {
+fn classify_meta(page: &[u8]) -> MetaState {
     let meta = Meta::decode(page);
     if meta.magic != MAGIC {
         return MetaState::Foreign;
@@ -375,17 +455,18 @@ fn classify_meta(page: &[u8], slot: u64) -> MetaState {
     if meta.format_version != FORMAT_VERSION {
         return MetaState::UnknownVersion(meta.format_version);
     }
-    let sane =
-        meta.checksum == meta.compute_checksum() && meta.page_size as usize == PAGE_SIZE && meta.txn_id % 2 == slot;
-    if sane {
+    // Either slot may hold any txn: a durable checkpoint replaces the older meta, and visible
+    // commits between checkpoints use txn ids that never reach the disk.
+    if meta.checksum == meta.compute_checksum() && meta.page_size as usize == PAGE_SIZE {
         MetaState::Valid(meta)
     } else {
         MetaState::Damaged
     }
 }
 
-/// The decision table for the two meta pages: a newer format anywhere refuses; otherwise the
-/// valid meta with the highest txn wins; no valid meta is foreign (no magic at all) or corrupt.
+/// The decision table for the two meta pages: another format version anywhere refuses;
+/// otherwise the valid meta with the highest txn wins, whichever slot holds it; no valid meta
+/// is foreign (no magic at all) or corrupt.
 fn choose_meta(path: &Path, states: [MetaState; 2]) -> Result<Meta, OpenError> {
     let path = path.to_path_buf();
     match states {
@@ -399,6 +480,14 @@ fn choose_meta(path: &Path, states: [MetaState; 2]) -> Result<Meta, OpenError> {
     }
 }
 
+/// The metas the two slots hold, as the free-page rule must respect them (see `release_freed`).
+fn durable_slots(states: [MetaState; 2]) -> [Option<Meta>; 2] {
+    states.map(|state| match state {
+        MetaState::Valid(meta) => Some(meta),
+        _ => None,
+    })
+}
+
 fn corrupt(path: &Path, reason: String) -> OpenError {
     OpenError::Corrupt { path: path.to_path_buf(), reason }
 }
@@ -409,7 +498,8 @@ type LoadedFreeList = (Vec<(PageId, TxnId)>, Vec<PageId>);
 
 fn load_free_list(path: &Path, meta: &Meta, pages: Pages) -> Result<LoadedFreeList, OpenError> {
     let in_file = |id: PageId| id == 0 || (META_PAGES..meta.page_count).contains(&id);
-    if !in_file(meta.kv_root) || !in_file(meta.rev_root) || !in_file(meta.freelist_head) {
+    let roots_in_file = [meta.kv_root, meta.rev_root, meta.aux_root, meta.freelist_head].into_iter().all(in_file);
+    if !roots_in_file {
         return Err(corrupt(path, format!("meta txn {} points outside its {} pages", meta.txn_id, meta.page_count)));
     }
     let scan_sane =
@@ -417,7 +507,7 @@ fn load_free_list(path: &Path, meta: &Meta, pages: Pages) -> Result<LoadedFreeLi
     if meta.compact_revision > meta.current_revision || meta.current_revision < 0 || !scan_sane {
         return Err(corrupt(path, format!("meta txn {} has compact revision > current revision", meta.txn_id)));
     }
-    for (name, root) in [("kv", meta.kv_root), ("rev", meta.rev_root)] {
+    for (name, root) in [("kv", meta.kv_root), ("rev", meta.rev_root), ("aux", meta.aux_root)] {
         if root == 0 {
             continue;
         }
@@ -511,8 +601,9 @@ impl Store {
             }
             return Err(OpenError::Foreign { path });
         }
-        let states = [classify_meta(&head[..PAGE_SIZE], 0), classify_meta(&head[PAGE_SIZE..], 1)];
+        let states = [classify_meta(&head[..PAGE_SIZE]), classify_meta(&head[PAGE_SIZE..])];
         let meta = choose_meta(&path, states)?;
+        let durable = durable_slots(states);
         if meta.page_count < META_PAGES || meta.page_count * PAGE_SIZE as u64 > file_size_bytes {
             let reason = format!(
                 "meta txn {} needs {} pages, the file holds {file_size_bytes} bytes",
@@ -525,12 +616,20 @@ impl Store {
             file,
             published: Mutex::new(Published { meta, readers: BTreeMap::new() }),
         });
-        let (free_pending, freelist_pages) = load_free_list(&path, &meta, shared.pages(meta.page_count))?;
+        let (entries, freelist_pages) = load_free_list(&path, &meta, shared.pages(meta.page_count))?;
+        // Who wrote a listed page is unknown here: written_at 0 keeps it until every meta
+        // older than its freed_at is gone (ready entries, freed_at 0, are free at once).
+        let free_pending =
+            entries.into_iter().map(|(id, freed_at)| PendingPage { id, written_at: 0, freed_at }).collect();
         Ok(Store {
             shared,
             committed: meta,
+            durable,
+            file_len_bytes: file_size_bytes,
             kv: Child::Page(meta.kv_root),
             rev: Child::Page(meta.rev_root),
+            aux: Child::Page(meta.aux_root),
+            aux_entry_count: meta.aux_entry_count,
             current_revision: meta.current_revision,
             compact_revision: meta.compact_revision,
             compact_scan: (meta.compact_scan_main, meta.compact_scan_sub),
@@ -566,8 +665,48 @@ impl Store {
         self.changed = true;
     }
 
+    /// The consistent index the next commit saves (after open: the one of the durable
+    /// checkpoint the store opened).
     pub fn consistent_index(&self) -> u64 {
         self.consistent_index
+    }
+
+    /// The consistent index of the newest durable checkpoint: what a crash now would reopen
+    /// with, so the WAL must be kept from there.
+    pub fn durable_consistent_index(&self) -> u64 {
+        self.newest_durable().consistent_index
+    }
+
+    /// The txn id of the newest durable checkpoint. Equal to `committed_txn_id` when no
+    /// visible commit followed it.
+    pub fn last_durable_txn(&self) -> TxnId {
+        self.newest_durable().txn_id
+    }
+
+    /// The newest meta on disk: what open would choose now.
+    fn newest_durable(&self) -> &Meta {
+        let [first, second] = &self.durable;
+        match (first, second) {
+            (Some(a), Some(b)) => {
+                if a.txn_id > b.txn_id {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Some(meta), None) | (None, Some(meta)) => meta,
+            (None, None) => unreachable!("the store opened a valid meta"),
+        }
+    }
+
+    /// The slot a durable checkpoint writes: one without a valid meta, else the older one.
+    /// The newer durable meta stays untouched until the next checkpoint is durable.
+    fn slot_to_replace(&self) -> usize {
+        match &self.durable {
+            [None, _] => 0,
+            [_, None] => 1,
+            [Some(a), Some(b)] => usize::from(a.txn_id > b.txn_id),
+        }
     }
 
     /// Key revisions (including tombstones) the writer's state holds.
@@ -575,7 +714,7 @@ impl Store {
         self.kv_entry_count
     }
 
-    /// The checkpoint txn id last made durable.
+    /// The txn id of the last commit, visible or durable (see `last_durable_txn`).
     pub fn committed_txn_id(&self) -> TxnId {
         self.committed.txn_id
     }
@@ -584,7 +723,7 @@ impl Store {
         assert!(self.in_flight.is_none(), "the writer is used between prepare_commit and finish_commit");
     }
 
-    /// The sticky I/O error of a failed checkpoint. After one, the writer's state refers to
+    /// The sticky I/O error of a failed commit. After one, the writer's state refers to
     /// pages that may not be on disk: the owner must stop writing and restart (as etcd exits
     /// on a backend fsync failure); `write` and `compact` panic.
     pub fn failed(&self) -> Option<&StoreError> {
@@ -594,7 +733,7 @@ impl Store {
     fn assert_usable(&self) {
         self.assert_not_in_flight();
         if let Some(error) = &self.sticky {
-            panic!("the store is unusable after a failed checkpoint ({error})");
+            panic!("the store is unusable after a failed commit ({error})");
         }
     }
 
@@ -605,35 +744,87 @@ impl Store {
         WriteTxn { store: self, revision, sub: 0 }
     }
 
-    fn tree_insert(&mut self, kind: TreeKind, key: &[u8], value: Vec<u8>) {
-        let shared = Arc::clone(&self.shared);
-        let pages = shared.pages(self.committed.page_count);
-        let root = if kind == TreeKind::Kv { &mut self.kv } else { &mut self.rev };
-        let mut context = EditContext { pages, freed: &mut self.freed };
-        let value = Value::new(key.len(), value);
-        if let Some(old) = tree::insert(root, key, value, &mut context) {
-            free_value(old, pages, &mut self.freed);
+    /// A tree's root and the list of pages edits free (borrowed together).
+    fn tree_parts(&mut self, kind: TreeKind) -> (&mut Child, &mut Vec<PageId>) {
+        match kind {
+            TreeKind::Kv => (&mut self.kv, &mut self.freed),
+            TreeKind::Rev => (&mut self.rev, &mut self.freed),
+            TreeKind::Aux => (&mut self.aux, &mut self.freed),
         }
     }
 
-    fn tree_remove(&mut self, kind: TreeKind, key: &[u8]) -> bool {
+    /// Inserts or replaces `key`; returns whether it replaced a value.
+    fn tree_insert(&mut self, kind: TreeKind, key: &[u8], value: Vec<u8>) -> bool {
         let shared = Arc::clone(&self.shared);
         let pages = shared.pages(self.committed.page_count);
-        let root = if kind == TreeKind::Kv { &mut self.kv } else { &mut self.rev };
-        let mut context = EditContext { pages, freed: &mut self.freed };
-        match tree::remove(root, key, &mut context) {
+        let (root, freed) = self.tree_parts(kind);
+        let mut context = EditContext { pages, freed };
+        let value = Value::new(key.len(), value);
+        match tree::insert(root, key, value, &mut context) {
             Some(old) => {
-                free_value(old, pages, &mut self.freed);
+                free_value(old, pages, context.freed);
                 true
             }
             None => false,
         }
     }
 
+    fn tree_remove(&mut self, kind: TreeKind, key: &[u8]) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
+        let (root, freed) = self.tree_parts(kind);
+        let mut context = EditContext { pages, freed };
+        match tree::remove(root, key, &mut context) {
+            Some(old) => {
+                free_value(old, pages, context.freed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets `key` of aux table `table` (leases: AUX_TABLE_LEASES, members, auth) to `value`.
+    /// Aux tables are not revisioned: the change lands in the next commit together with every
+    /// kv change made since the last one, all or nothing. Panics on a key longer than
+    /// AUX_KEY_SIZE_MAX_BYTES.
+    pub fn aux_put(&mut self, table: u8, key: &[u8], value: &[u8]) {
+        self.assert_usable();
+        assert!(key.len() <= AUX_KEY_SIZE_MAX_BYTES, "aux key length {} over {AUX_KEY_SIZE_MAX_BYTES}", key.len());
+        if !self.tree_insert(TreeKind::Aux, &aux_key(table, key), value.to_vec()) {
+            self.aux_entry_count += 1;
+        }
+        self.changed = true;
+    }
+
+    /// Removes `key` from aux table `table`; returns whether it was there.
+    pub fn aux_delete(&mut self, table: u8, key: &[u8]) -> bool {
+        self.assert_usable();
+        if key.len() > AUX_KEY_SIZE_MAX_BYTES || !self.tree_remove(TreeKind::Aux, &aux_key(table, key)) {
+            return false;
+        }
+        assert!(self.aux_entry_count > 0);
+        self.aux_entry_count -= 1;
+        self.changed = true;
+        true
+    }
+
+    /// The value of `key` in aux table `table`, as the writer sees it (uncommitted changes
+    /// included).
+    pub fn aux_get(&self, table: u8, key: &[u8]) -> Option<Vec<u8>> {
+        let pages = self.shared.pages(self.committed.page_count);
+        read::aux_get(pages, NodeRef::of(&self.aux, pages), table, key)
+    }
+
+    /// Every (key, value) of aux table `table` in key order, as the writer sees it.
+    pub fn aux_scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let pages = self.shared.pages(self.committed.page_count);
+        read::aux_scan(pages, NodeRef::of(&self.aux, pages), table)
+    }
+
     /// etcd's Compact (see API.md). Reads below `revision` fail from now on; the revisions it
     /// drops are removed in steps of COMPACTION_KEYS_PER_STEP keys: one now, one at each
-    /// checkpoint, or more through `compact_step`. The position is saved with each checkpoint,
-    /// so a restart resumes the work.
+    /// commit, or more through `compact_step`. The position is saved with each commit, so a
+    /// restart resumes the work from the last checkpoint's.
     pub fn compact(&mut self, revision: Revision) -> Result<(), MvccError> {
         self.assert_usable();
         if revision <= self.compact_revision {
@@ -735,9 +926,16 @@ impl Store {
         }
     }
 
-    /// The checkpoint's in-memory part: spills dirty nodes to pages, writes the free list and
-    /// the next meta into a job. No write() until finish_commit.
+    /// A durable checkpoint's in-memory part (`prepare_commit_with(Durability::Durable)`).
     pub fn prepare_commit(&mut self) -> Result<CommitJob, StoreError> {
+        self.prepare_commit_with(Durability::Durable)
+    }
+
+    /// A commit's in-memory part: spills the dirty nodes to pages and writes the free list
+    /// and the next meta into a job; no I/O happens before the job runs, and the writer is
+    /// unusable until `finish_commit`. A durable commit with nothing changed still makes the
+    /// last visible commit durable (its pages are synced and its meta written).
+    pub fn prepare_commit_with(&mut self, durability: Durability) -> Result<CommitJob, StoreError> {
         if let Some(error) = &self.sticky {
             return Err(error.clone());
         }
@@ -745,10 +943,29 @@ impl Store {
         if self.compaction_pending() {
             self.compact_step();
         }
-        if !self.changed {
-            self.in_flight = Some(self.committed);
+        let slot = (durability == Durability::Durable).then(|| self.slot_to_replace());
+        let already_durable = self.newest_durable().txn_id == self.committed.txn_id;
+        if !self.changed && (slot.is_none() || already_durable) {
+            let file_len_bytes = self.file_len_bytes;
+            self.in_flight = Some(InFlight { meta: self.committed, slot: None, file_len_bytes });
             return Ok(CommitJob { txn_id: self.committed.txn_id, work: None });
         }
+        let (meta, page_ids, buffer) = if self.changed {
+            self.spill()?
+        } else {
+            (self.committed, Vec::new(), core::mem::take(&mut self.spare_buffer))
+        };
+        let (file_len_bytes, truncate_to_bytes) = self.truncation(meta.page_count, slot);
+        let meta_write = slot.map(|slot| (meta.encode_page(), slot as u64 * PAGE_SIZE as u64));
+        self.in_flight = Some(InFlight { meta, slot, file_len_bytes });
+        let file = Arc::clone(&self.shared.file);
+        let work = CommitWork { file, page_ids, buffer, meta: meta_write, truncate_to_bytes };
+        Ok(CommitJob { txn_id: meta.txn_id, work: Some(work) })
+    }
+
+    /// Writes the dirty nodes of every tree and then the free list to the pages of a new txn;
+    /// returns its meta, the page ids and their bytes.
+    fn spill(&mut self) -> Result<(Meta, Vec<PageId>, Vec<u8>), StoreError> {
         let txn_id = self.committed.txn_id + 1;
         self.release_freed(txn_id);
         let mut sink = Sink {
@@ -761,9 +978,10 @@ impl Store {
         };
         let kv_root = tree::spill(&mut self.kv, &mut sink);
         let rev_root = tree::spill(&mut self.rev, &mut sink);
+        let aux_root = tree::spill(&mut self.aux, &mut sink);
         trim_tail(&mut sink);
         let (freelist_head, free_page_count) = self.write_free_list(&mut sink);
-        self.free_ready = sink.ready;
+        self.free_ready = core::mem::take(&mut sink.ready);
         let map_size_bytes = self.shared.file.map_len_bytes();
         if sink.page_count * PAGE_SIZE as u64 > map_size_bytes {
             let error = StoreError::MapFull { map_size_bytes };
@@ -783,40 +1001,73 @@ impl Store {
             compact_scan_main: self.compact_scan.0,
             compact_scan_sub: self.compact_scan.1,
             kv_entry_count: self.kv_entry_count,
+            aux_root,
+            aux_entry_count: self.aux_entry_count,
             ..empty_meta(txn_id)
         }
         .sealed();
-        self.in_flight = Some(meta);
         self.changed = false;
-        let work = CommitWork {
-            file: Arc::clone(&self.shared.file),
-            page_ids: sink.page_ids,
-            buffer: sink.buffer,
-            meta_page: meta.encode_page(),
-            meta_offset: (txn_id % 2) * PAGE_SIZE as u64,
-            truncate_to_bytes: (sink.page_count < self.committed.page_count)
-                .then_some(sink.page_count * PAGE_SIZE as u64),
-        };
-        Ok(CommitJob { txn_id, work: Some(work) })
+        Ok((meta, sink.page_ids, sink.buffer))
     }
 
-    /// Pages freed by txn T are reachable from meta T-1 and from snapshots pinning txns < T:
-    /// txn W may reuse them once T <= W-2 (neither durable meta W-1 nor W-2 reaches them) and
-    /// T <= the oldest snapshot's txn.
+    /// The file's length after a commit of `page_count` pages (written into meta `slot` if
+    /// durable), and the truncation its job does. The file keeps every page a durable meta
+    /// counts, the new one's and the one left on disk, so that either opens after a crash;
+    /// readers never touch the dropped pages (they were free, see `trim_tail`).
+    fn truncation(&self, page_count: u64, slot: Option<usize>) -> (u64, Option<u64>) {
+        let written_bytes = self.file_len_bytes.max(page_count * PAGE_SIZE as u64);
+        let kept_durable_pages = (0..2)
+            .filter(|&index| Some(index) != slot)
+            .filter_map(|index| self.durable[index].map(|meta| meta.page_count))
+            .max()
+            .unwrap_or(0);
+        let floor_bytes = page_count.max(kept_durable_pages) * PAGE_SIZE as u64;
+        if floor_bytes < written_bytes {
+            (floor_bytes, Some(floor_bytes))
+        } else {
+            (written_bytes, None)
+        }
+    }
+
+    /// The txns whose metas may still be read, ascending: the two durable metas (a crash
+    /// reopens the newer; a damaged newer one falls back to the older, as in LMDB), the
+    /// published one (the next snapshot takes it) and every live snapshot's.
+    fn pins(&self) -> Vec<TxnId> {
+        let mut pins = self.shared.reader_txns();
+        pins.push(self.committed.txn_id);
+        pins.extend(self.durable.iter().flatten().map(|meta| meta.txn_id));
+        pins.sort_unstable();
+        pins.dedup();
+        pins
+    }
+
+    /// Moves the pages freed since the last commit (and the last commit's free list pages)
+    /// to the pending list, then every pending page no pin reaches to the ready list: a page
+    /// written by txn A and freed by txn T is reached by the metas of txns [A, T) (see "Page
+    /// reuse" in mod.rs for a worked example). Every later pin is at least the published txn,
+    /// which is >= T, so a ready page stays ready.
     fn release_freed(&mut self, txn_id: TxnId) {
-        assert!(txn_id >= 2);
+        assert!(txn_id >= 2 && txn_id == self.committed.txn_id + 1);
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
         let freed = core::mem::take(&mut self.freed);
         let old_chain = core::mem::take(&mut self.freelist_pages);
-        self.free_pending.extend(freed.into_iter().chain(old_chain).map(|id| (id, txn_id)));
-        let horizon = (txn_id - 2).min(self.shared.oldest_reader());
+        for id in freed.into_iter().chain(old_chain) {
+            // The page is reachable from the published meta, so its header is the one its
+            // writer sealed.
+            let written_at = header(pages.page(id)).txn_id;
+            assert!(written_at < txn_id, "page {id} freed by txn {txn_id} was written by txn {written_at}");
+            self.free_pending.push(PendingPage { id, written_at, freed_at: txn_id });
+        }
+        let pins = self.pins();
         let mut newly_ready = Vec::new();
-        self.free_pending.retain(|&(id, freed_at)| {
-            if freed_at <= horizon {
-                newly_ready.push(id);
-                false
-            } else {
-                true
+        self.free_pending.retain(|page| {
+            let first_pin = pins.partition_point(|&pin| pin < page.written_at);
+            let reached = pins.get(first_pin).is_some_and(|&pin| pin < page.freed_at);
+            if !reached {
+                newly_ready.push(page.id);
             }
+            reached
         });
         if !newly_ready.is_empty() {
             // Merge instead of re-sorting the whole (possibly large) ready list.
@@ -827,16 +1078,20 @@ impl Store {
         debug_assert!(self.free_ready.windows(2).all(|pair| pair[0] > pair[1]));
     }
 
-    /// Writes the free list (ready pages recorded as txn 0, pending ones with their txn) on
-    /// pages taken from the free list itself or from the end of the file.
+    /// Writes the free list (ready pages recorded as txn 0, pending ones with the txn that
+    /// freed them) on pages taken from the free list itself or from the end of the file.
     fn write_free_list(&mut self, sink: &mut Sink) -> (PageId, u64) {
         use tree::PageSink;
         let mut chain = Vec::new();
         while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + self.free_pending.len() {
             chain.push(sink.allocate());
         }
-        let entries: Vec<(PageId, TxnId)> =
-            sink.ready.iter().map(|&id| (id, 0)).chain(self.free_pending.iter().copied()).collect();
+        let entries: Vec<(PageId, TxnId)> = sink
+            .ready
+            .iter()
+            .map(|&id| (id, 0))
+            .chain(self.free_pending.iter().map(|page| (page.id, page.freed_at)))
+            .collect();
         for (index, &page_id) in chain.iter().enumerate() {
             let start = (index * FREELIST_ENTRIES_MAX).min(entries.len());
             let end = (start + FREELIST_ENTRIES_MAX).min(entries.len());
@@ -856,9 +1111,10 @@ impl Store {
         (chain.first().copied().unwrap_or(0), entries.len() as u64)
     }
 
-    /// Publishes the checkpoint (or, after an I/O error, makes the error sticky).
+    /// Publishes the commit to readers, and for a durable one records the meta slot it
+    /// replaced (or, after an I/O error, makes the error sticky).
     pub fn finish_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
-        let meta = self.in_flight.take().expect("finish_commit follows prepare_commit");
+        let in_flight = self.in_flight.take().expect("finish_commit follows prepare_commit");
         let mut done = match done {
             Ok(done) => done,
             Err(error) => {
@@ -866,30 +1122,44 @@ impl Store {
                 return Err(error);
             }
         };
-        assert_eq!(done.txn_id, meta.txn_id, "the job of this checkpoint finished");
-        self.spare_buffer = core::mem::take(&mut done.buffer);
+        let meta = in_flight.meta;
+        assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
+        if done.buffer.capacity() > 0 {
+            self.spare_buffer = core::mem::take(&mut done.buffer);
+        }
         if meta.txn_id != self.committed.txn_id {
             assert_eq!(meta.txn_id, self.committed.txn_id + 1);
             self.committed = meta;
             self.shared.published.lock().unwrap().meta = meta;
         }
+        if let Some(slot) = in_flight.slot {
+            assert!(meta.txn_id > self.newest_durable().txn_id, "a checkpoint is newer than the metas on disk");
+            self.durable[slot] = Some(meta);
+        }
+        self.file_len_bytes = in_flight.file_len_bytes;
         assert!(matches!(self.kv, Child::Page(id) if id == meta.kv_root));
+        assert!(matches!(self.aux, Child::Page(id) if id == meta.aux_root));
         Ok(())
     }
 
-    /// prepare + run + finish on this thread.
+    /// A durable checkpoint: prepare + run + finish on this thread.
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        let job = self.prepare_commit()?;
+        self.commit_with(Durability::Durable)
+    }
+
+    /// prepare + run + finish on this thread.
+    pub fn commit_with(&mut self, durability: Durability) -> Result<(), StoreError> {
+        let job = self.prepare_commit_with(durability)?;
         let done = job.run();
         self.finish_commit(done)
     }
 
-    /// The committed file size (etcd's db_size).
+    /// The file size of the last commit (etcd's db_size).
     pub fn size_bytes(&self) -> u64 {
         self.committed.page_count * PAGE_SIZE as u64
     }
 
-    /// Bytes of the committed file not on the free list (etcd's db_size_in_use).
+    /// Bytes of the last commit's file not on the free list (etcd's db_size_in_use).
     pub fn size_in_use_bytes(&self) -> u64 {
         (self.committed.page_count - self.committed.free_page_count) * PAGE_SIZE as u64
     }
@@ -933,11 +1203,12 @@ impl Store {
         Ok((hasher.finalize(), compacted, revision))
     }
 
-    /// etcd's Hash: a crc32 of every entry of both trees of the committed checkpoint.
+    /// etcd's Hash: a crc32 of every entry of every tree (kv, rev, aux) of the last commit,
+    /// as etcd hashes every bucket of its backend.
     pub fn hash(&self) -> u32 {
         let pages = self.shared.pages(self.committed.page_count);
         let mut hasher = crc32fast::Hasher::new();
-        for root in [self.committed.kv_root, self.committed.rev_root] {
+        for root in [self.committed.kv_root, self.committed.rev_root, self.committed.aux_root] {
             let mut cursor = Cursor::seek(pages, NodeRef::root(root, pages), &[0u8; KEY_SUFFIX_SIZE]);
             while let Some((key, value)) = cursor.current() {
                 hasher.update(&(key.len() as u64).to_be_bytes());
@@ -951,9 +1222,10 @@ impl Store {
 
     /// Online defragmentation, in steps: each step copies on write at most
     /// DEFRAG_PAGES_PER_STEP nodes that lie above the live size of the file, so the next
-    /// checkpoint moves them into low free pages; checkpoints trim the free tail. Readers are
-    /// never blocked (they keep their snapshots; pages they reach are not reused). Returns
-    /// whether pages above the live size remain (call again after the next checkpoint).
+    /// commit moves them into low free pages; commits trim the free tail (the file shrinks as
+    /// far as the metas on disk allow). Readers are never blocked (they keep their snapshots;
+    /// pages they reach are not reused). Returns whether pages above the live size remain
+    /// (call again after the next commit).
     pub fn defragment_step(&mut self) -> Result<bool, StoreError> {
         if let Some(error) = &self.sticky {
             return Err(error.clone());
@@ -964,11 +1236,13 @@ impl Store {
         let pages = shared.pages(self.committed.page_count);
         let mut budget = DEFRAG_PAGES_PER_STEP;
         let mut context = EditContext { pages, freed: &mut self.freed };
-        let kv_done = tree::relocate_above(&mut self.kv, watermark, &mut budget, &mut context);
-        let rev_done = kv_done && tree::relocate_above(&mut self.rev, watermark, &mut budget, &mut context);
-        // A checkpoint is due even with nothing moved: it releases and trims free pages.
+        let mut done = true;
+        for root in [&mut self.kv, &mut self.rev, &mut self.aux] {
+            done = done && tree::relocate_above(root, watermark, &mut budget, &mut context);
+        }
+        // A commit is due even with nothing moved: it releases and trims free pages.
         self.changed = true;
-        Ok(!(kv_done && rev_done))
+        Ok(!done)
     }
 
     /// Defragments on this thread: steps and checkpoints until no node lies above the live
@@ -985,18 +1259,38 @@ impl Store {
                 break;
             }
         }
-        // Pages freed by txn T are reusable (and trimmable) from txn T + 2.
-        for _ in 0..3 {
+        // With checkpoints back to back, pages freed by txn T are reusable (and trimmable)
+        // from txn T + 2, and the file is truncated once both metas on disk allow it.
+        for round in 0..DEFRAG_TRAILING_COMMITS_MAX {
+            let page_count_before = self.committed.page_count;
             self.changed = true;
             self.commit()?;
+            let settled = page_count_before == self.committed.page_count && self.file_len_bytes == self.size_bytes();
+            if round >= 2 && settled {
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Walks the committed file and proves its invariants (see `check.rs`).
+    /// Walks the last commit's file state and proves its invariants (see `check.rs`).
     pub fn check(&self) -> Result<(), CheckError> {
         let pages = self.shared.pages(self.committed.page_count);
         super::check::check(pages, &self.committed)
+    }
+
+    /// Walks what each meta on disk reaches, as a crash now would find it (its pages are
+    /// synced and no later commit may write them), and proves the same invariants. Tests run
+    /// it between visible commits to show that page reuse never touches a durable page.
+    pub fn check_durable(&self) -> Result<(), CheckError> {
+        for meta in self.durable.iter().flatten() {
+            if meta.page_count * PAGE_SIZE as u64 > self.file_len_bytes {
+                let reason = format!("durable meta txn {} counts pages past the file's end", meta.txn_id);
+                return Err(CheckError { page: Some(meta.page_count), reason });
+            }
+            super::check::check(self.shared.pages(meta.page_count), meta)?;
+        }
+        Ok(())
     }
 }
 
@@ -1104,6 +1398,21 @@ impl WriteTxn<'_> {
         self.store.kv_entry_count += 1;
         self.store.changed = true;
         self.sub += 1;
+    }
+
+    /// `Store::aux_put` inside the txn (aux tables are not revisioned).
+    pub fn aux_put(&mut self, table: u8, key: &[u8], value: &[u8]) {
+        self.store.aux_put(table, key, value);
+    }
+
+    /// `Store::aux_delete` inside the txn.
+    pub fn aux_delete(&mut self, table: u8, key: &[u8]) -> bool {
+        self.store.aux_delete(table, key)
+    }
+
+    /// `Store::aux_get` inside the txn: sees the txn's own aux changes.
+    pub fn aux_get(&self, table: u8, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.aux_get(table, key)
     }
 
     /// The revision this txn writes at (current + 1).

@@ -898,7 +898,9 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
 }
 
 fn write_overflow(bytes: &[u8], sink: &mut dyn PageSink) -> PageId {
-    let chunks: Vec<&[u8]> = bytes.chunks(OVERFLOW_DATA_SIZE).collect();
+    // An empty value (beside a long aux key) still gets its one page, as `overflow_pages`
+    // and `check` expect.
+    let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![bytes] } else { bytes.chunks(OVERFLOW_DATA_SIZE).collect() };
     let ids: Vec<PageId> = (0..chunks.len()).map(|_| sink.allocate()).collect();
     let txn_id = sink.txn_id();
     for (index, chunk) in chunks.iter().enumerate() {
