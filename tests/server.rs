@@ -133,7 +133,12 @@ fn json_gateway_serves_kv_health_and_version() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""revision":"2""#), "64-bit integers are strings: {body}");
     let (_, body) = http(port, "POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#);
-    assert!(body.contains(r#""kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}]"#), "{body}");
+    assert!(
+        body.contains(
+            r#""kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}]"#
+        ),
+        "{body}"
+    );
     assert!(body.contains(r#""count":"1""#), "{body}");
     let txn = r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmFy"}],"success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}]}"#;
     let (_, body) = http(port, "POST", "/v3/kv/txn", txn);
@@ -185,10 +190,7 @@ fn writes_survive_a_kill_and_restart() {
 }
 
 fn ringd_fails_to_start(args: &[&str]) -> (i32, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
-        .args(args)
-        .output()
-        .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd")).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "no panic traces: {stderr}");
     (output.status.code().unwrap_or(-1), stderr)
@@ -298,7 +300,10 @@ fn bad_grpc_input_gets_etcds_codes_and_the_server_keeps_serving() {
     assert!(answer.message.starts_with("grpc: error unmarshalling request"), "{answer:?}");
 
     let answer = grpc_call(port, "/etcdserverpb.KV/NoSuchMethod", &[], None);
-    assert_eq!((answer.status, answer.message.as_str()), (12, "unknown method NoSuchMethod for service etcdserverpb.KV"));
+    assert_eq!(
+        (answer.status, answer.message.as_str()),
+        (12, "unknown method NoSuchMethod for service etcdserverpb.KV")
+    );
     let answer = grpc_call(port, "/nosuch.Service/Method", &[], None);
     assert_eq!((answer.status, answer.message.as_str()), (12, "unknown service nosuch.Service"));
     let answer = grpc_call(port, "/etcdserverpb.Lease/LeaseGrant", &[], None);
@@ -516,7 +521,8 @@ fn historical_watch_matches_real_etcd() {
         }
     }
     let timeout = std::time::Duration::from_secs(10);
-    let replay = |endpoint: &str, args: &[&str], lines: usize| EtcdctlWatch::start(endpoint, args).lines(lines, timeout);
+    let replay =
+        |endpoint: &str, args: &[&str], lines: usize| EtcdctlWatch::start(endpoint, args).lines(lines, timeout);
     for (args, lines) in [
         (&["--rev", "2", "--prefix", "k", "--prev-kv"][..], 19),
         (&["--rev", "4", "k1"][..], 5),
@@ -538,4 +544,62 @@ fn historical_watch_matches_real_etcd() {
     };
     assert_eq!(canceled(&ringd.endpoint()), canceled(&etcd.endpoint()));
     assert_eq!(canceled(&ringd.endpoint()).0, Some(5));
+}
+
+/// A watcher whose client stops reading does not slow writes down, and when it reads again
+/// it receives every event, in order, exactly once, all events of one revision in one
+/// response (etcd's slow watchers: they fall behind, catch up from the store and rejoin the
+/// live stream).
+#[test]
+fn a_slow_watcher_catches_up_without_losing_events() {
+    let ringd = Ringd::start(&[]);
+    // 1 KiB values: one revision's response (100 KiB) is larger than the client's h2 window
+    // (65,535 bytes), so it can only go out in pieces as the client reads.
+    let next_revision = stall_a_watcher_then_read(&ringd, "slow", 1000, 2);
+    // 10-byte values: dozens of responses fit the window, so the stream's outbox empties in
+    // one go and the hub must go on catching the watcher up without being woken.
+    stall_a_watcher_then_read(&ringd, "tiny", 10, next_revision);
+}
+
+/// Watches `prefix/` with a raw gRPC stream that reads nothing while the real etcdctl
+/// writes 200 txns of 100 puts of `value_bytes` under it from `first_revision` on, then
+/// reads and checks every event. Returns the revision the next write gets.
+fn stall_a_watcher_then_read(ringd: &Ringd, prefix: &str, value_bytes: usize, first_revision: i64) -> i64 {
+    use prost::Message;
+    use ringd::api::pb::etcdserverpb as pb;
+    let rounds = 200;
+    let per_round = 100;
+    let create = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+            key: format!("{prefix}/").into_bytes(),
+            range_end: format!("{prefix}0").into_bytes(),
+            ..Default::default()
+        })),
+    };
+    let watch = support::RawWatch::open(ringd.port, &create.encode_to_vec());
+    let created = pb::WatchResponse::decode(watch.next_message().as_slice()).unwrap();
+    assert!(created.created);
+    // 20,000 writes, far more than the stream's flow-control window and outbox hold, while
+    // the watcher reads nothing.
+    let value = "v".repeat(value_bytes);
+    for round in 0..rounds {
+        let puts: String = (0..per_round).map(|i| format!("put {prefix}/{round:03}/{i:03} {value}\n")).collect();
+        let out = ringd.etcdctl_stdin(&["txn"], &format!("\n{puts}\n\n"));
+        assert!(out.status.success(), "writes go on while the watcher is stalled: {}", error_line(&out));
+    }
+    let mut events = 0;
+    while events < rounds * per_round {
+        let response = pb::WatchResponse::decode(watch.next_message().as_slice()).unwrap();
+        assert!(!response.canceled, "{response:?}");
+        assert_eq!(response.events.len() % per_round, 0, "a revision's events arrive together");
+        for event in response.events {
+            let kv = event.kv.unwrap();
+            let (round, index) = (events / per_round, events % per_round);
+            assert_eq!(kv.mod_revision, first_revision + round as i64, "events arrive in order, once");
+            assert_eq!(kv.key, format!("{prefix}/{round:03}/{index:03}").into_bytes());
+            assert_eq!(kv.value.len(), value_bytes);
+            events += 1;
+        }
+    }
+    first_revision + rounds as i64
 }

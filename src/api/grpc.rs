@@ -244,16 +244,28 @@ async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
     let _ = stream.send_trailers(trailers);
 }
 
-/// Waits until the peer's flow-control window has room for `data`, then sends it.
-async fn send_when_room(stream: &mut h2::SendStream<Bytes>, data: Bytes) -> bool {
-    stream.reserve_capacity(data.len());
-    while stream.capacity() < data.len() {
-        match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            _ => return false,
+/// Sends `data` piece by piece as the peer's flow-control window grants room, so at most one
+/// window's worth is ever buffered for a slow reader. h2 never assigns a stream more capacity
+/// than the peer's current window (65,535 bytes by default), and a client only grants more
+/// after it has received data, so waiting for room for the whole of a larger message (a
+/// revision of 100 puts of 1 KiB) would wait forever. False if the stream is gone.
+async fn send_when_room(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> bool {
+    assert!(!data.is_empty(), "a gRPC message has at least its 5-byte prefix");
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        while stream.capacity() == 0 {
+            match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+        let piece = data.split_to(stream.capacity().min(data.len()));
+        debug_assert!(!piece.is_empty());
+        if stream.send_data(piece, false).is_err() {
+            return false;
         }
     }
-    stream.send_data(data, false).is_ok()
+    true
 }
 
 /// Reads one length-prefixed message from a unary request body, refusing one whose declared

@@ -141,28 +141,50 @@ impl Hub {
             .await;
             seen = self.published_revision();
             self.dirty.set(false);
-            self.pass();
-            glommio::yield_if_needed().await;
+            if self.pass() {
+                // Behind with room to spare: go again, after the senders had their turn.
+                self.dirty.set(true);
+                futures_lite::future::yield_now().await;
+            } else {
+                glommio::yield_if_needed().await;
+            }
         }
     }
 
-    fn pass(&self) {
+    /// Gives every watcher one response's worth of what it has not seen yet. True if some
+    /// stream still has a watcher behind the snapshot and room in its outbox: nothing else
+    /// would wake the hub for it, since `response_sent` only wakes it when a full outbox
+    /// drains to half, and the writer may have stopped publishing. A pass therefore ends
+    /// with every stream either caught up or full.
+    fn pass(&self) -> bool {
         let snapshot = self.shared.reader.snapshot();
         self.streams.borrow_mut().retain(|stream| stream.strong_count() > 0);
         let streams: Vec<Rc<WatchStream>> = self.streams.borrow().iter().filter_map(|s| s.upgrade()).collect();
+        let mut more = false;
         for stream in streams {
             let watchers: Vec<Rc<Watcher>> = stream.watchers.borrow().values().cloned().collect();
             for watcher in watchers {
-                if stream.queued.get() >= OUTBOX_RESPONSES_MAX {
-                    break; // this stream's client is slow: its watchers catch up later
+                if stream.outbox_full() {
+                    break; // this stream's client is slow: `response_sent` wakes the hub later
                 }
                 stream.deliver(&watcher, &snapshot);
             }
+            more |= !stream.outbox_full() && stream.behind(snapshot.revision());
         }
+        more
     }
 }
 
 impl WatchStream {
+    fn outbox_full(&self) -> bool {
+        self.queued.get() >= OUTBOX_RESPONSES_MAX
+    }
+
+    /// Whether one of this stream's watchers has revisions up to `revision` left to deliver.
+    fn behind(&self, revision: i64) -> bool {
+        self.watchers.borrow().values().any(|watcher| watcher.position.get() <= revision)
+    }
+
     fn send(&self, response: pb::WatchResponse) {
         self.queued.set(self.queued.get() + 1);
         let _ = self.outbox.unbounded_send(response);

@@ -251,11 +251,7 @@ pub fn grpc_call(port: u16, path: &str, message: &[u8], declared_length: Option<
         }
         let trailers = body_stream.trailers().await.unwrap().unwrap_or_default();
         let field = |name: &str| {
-            trailers
-                .get(name)
-                .or_else(|| headers.get(name))
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
+            trailers.get(name).or_else(|| headers.get(name)).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
         };
         GrpcAnswer {
             status: field("grpc-status").parse().unwrap(),
@@ -319,4 +315,91 @@ impl Drop for EtcdctlWatch {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// A raw gRPC Watch stream over h2 on a glommio executor owned by the caller's thread.
+pub struct RawWatch {
+    executor: glommio::LocalExecutor,
+    state: std::rc::Rc<std::cell::RefCell<Option<(h2::RecvStream, h2::SendStream<bytes::Bytes>, Vec<u8>)>>>,
+}
+
+impl RawWatch {
+    /// Opens a Watch stream and sends `create` (an encoded WatchRequest).
+    pub fn open(port: u16, create: &[u8]) -> RawWatch {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 * 1024)
+            .make()
+            .expect("a glommio executor for the test client");
+        let state = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let slot = state.clone();
+        let create = grpc_frame(create);
+        executor.run(async move {
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
+            glommio::spawn_local(async move {
+                let _ = connection.await;
+            })
+            .detach();
+            let mut client = client.ready().await.unwrap();
+            let request = http::Request::post(format!("http://127.0.0.1:{port}/etcdserverpb.Watch/Watch"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(create, false).unwrap();
+            let body = response.await.unwrap().into_body();
+            *slot.borrow_mut() = Some((body, send, Vec::new()));
+        });
+        RawWatch { executor, state }
+    }
+
+    /// Reads the next whole message (the payload of one WatchResponse), or panics if none
+    /// arrives within `RAW_WATCH_READ_TIMEOUT` (a stalled stream fails the test, never hangs it).
+    pub fn next_message(&self) -> Vec<u8> {
+        let state = self.state.clone();
+        let read = async move {
+            let mut guard = state.borrow_mut();
+            let (body, _, buffer) = guard.as_mut().unwrap();
+            loop {
+                if buffer.len() >= 5 {
+                    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+                    if buffer.len() >= 5 + length {
+                        let message = buffer[5..5 + length].to_vec();
+                        buffer.drain(..5 + length);
+                        return Ok(message);
+                    }
+                }
+                let chunk = match body.data().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(error)) => return Err(format!("the watch stream failed: {error}")),
+                    None => return Err(format!("the watch stream ended with {} bytes unread", buffer.len())),
+                };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buffer.extend_from_slice(&chunk);
+            }
+        };
+        let outcome = self.executor.run(async move {
+            let deadline = glommio::timer::sleep(RAW_WATCH_READ_TIMEOUT);
+            match futures::future::select(Box::pin(read), Box::pin(deadline)).await {
+                futures::future::Either::Left((outcome, _)) => outcome,
+                futures::future::Either::Right(_) => {
+                    Err(format!("no whole watch response arrived within {RAW_WATCH_READ_TIMEOUT:?}"))
+                }
+            }
+        });
+        outcome.unwrap_or_else(|reason| panic!("{reason}"))
+    }
+}
+
+/// How long `RawWatch::next_message` waits for one response.
+pub const RAW_WATCH_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    bytes::Bytes::from(frame)
 }
