@@ -60,6 +60,46 @@ fn subcommand_flags_default_as_etcds() {
 }
 
 #[test]
+fn watch_and_lease_flags_default_as_etcds() {
+    // etcd 3.4 tools/benchmark/cmd/watch.go, watch_get.go and lease.go.
+    let Sub::Watch(watch) = parse(&["watch"]).command else { panic!("watch") };
+    assert_eq!((watch.streams, watch.watch_per_stream, watch.watched_key_total), (10, 100, 1));
+    assert_eq!((watch.put_rate, watch.put_total, watch.key_size, watch.key_space_size), (0, 1000, 32, 1));
+    assert!(!watch.sequential_keys);
+    let Sub::WatchGet(get) = parse(&["watch-get"]).command else { panic!("watch-get") };
+    assert_eq!((get.watchers, get.streams, get.events), (10000, 1, 8));
+    let Sub::LeaseKeepalive(lease) = parse(&["lease-keepalive"]).command else { panic!("lease-keepalive") };
+    assert_eq!(lease.total, 10000);
+    let cli = parse(&[
+        "--clients=4",
+        "watch",
+        "--streams=3",
+        "--watch-per-stream=7",
+        "--watched-key-total=5",
+        "--put-rate=50",
+        "--put-total=9",
+        "--key-size=16",
+        "--key-space-size=4",
+        "--sequential-keys",
+    ]);
+    let Sub::Watch(watch) = &cli.command else { panic!("watch") };
+    assert_eq!((watch.streams, watch.watch_per_stream, watch.watched_key_total), (3, 7, 5));
+    assert_eq!((watch.put_rate, watch.put_total, watch.key_size, watch.key_space_size), (50, 9, 16, 4));
+    assert!(watch.sequential_keys && cli.validate().is_ok());
+    assert!(parse(&["watch", "--key-space-size=0"])
+        .validate()
+        .unwrap_err()
+        .contains("expected positive --key-space-size, got (0)"));
+    assert!(parse(&["watch", "--streams=0"]).validate().is_err());
+    assert!(parse(&["watch-get", "--events=0"]).validate().is_err());
+    assert!(Cli::try_parse_from(["ringbench", "watch", "--val-size=8"]).is_err(), "etcd's watch has no --val-size");
+    let Sub::WatchGet(get) = parse(&["watch-get", "--watchers=5", "--streams=2", "--events=3"]).command else {
+        panic!("watch-get")
+    };
+    assert_eq!((get.watchers, get.streams, get.events), (5, 2, 3));
+}
+
+#[test]
 fn flags_parse_as_etcds_command_lines() {
     // etcd's performance doc, word for word (global flags before and after the subcommand).
     let cli = parse(&[
@@ -264,6 +304,46 @@ fn hgrm_export_ends_at_the_maximum() {
 
 fn ringbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ringbench")).args(args).output().expect("run ringbench")
+}
+
+/// Runs ringbench, killing it (by PID) and failing if it has not ended within `limit`:
+/// for the runs that must end even when the server refuses what they ask.
+fn ringbench_within(args: &[&str], limit: Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringbench");
+    let readers: Vec<_> = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.expect("a piped stream").read_to_end(&mut bytes).expect("read ringbench's output");
+            bytes
+        })
+    })
+    .collect();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ringbench") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringbench {args:?} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut outputs = readers.into_iter().map(|reader| reader.join().expect("reader thread"));
+    Output { status, stdout: outputs.next().unwrap(), stderr: outputs.next().unwrap() }
 }
 
 fn success(output: &Output) -> String {
@@ -570,4 +650,181 @@ fn mvcc_put_runs_against_the_store_directly() {
     ]));
     assert_eq!(output.matches("\nSummary:\n").count(), 2, "{output}");
     assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0, "the store's directory is removed after the run");
+}
+
+/// `watch` with 12 watchers over 2 distinct keys and 10 puts: 12 creations, 60 events.
+fn watch_end_to_end(endpoint: &str) {
+    let args = |output: &'static str, put_rate: &'static str| {
+        vec![
+            "--endpoints",
+            endpoint,
+            "--conns=2",
+            "--clients=2",
+            output,
+            "watch",
+            "--streams=3",
+            "--watch-per-stream=4",
+            "--watched-key-total=2",
+            "--key-space-size=2",
+            "--sequential-keys",
+            "--put-total=10",
+            put_rate,
+        ]
+    };
+    let output = success(&ringbench_within(&args("--output=json", "--put-rate=0"), Duration::from_secs(60)));
+    let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(json[0]["operation"], "watch-create", "{json}");
+    assert_eq!(json[0]["stats"]["count"], 12, "one creation per watcher: {json}");
+    assert_eq!(json[1]["operation"], "watch-events", "{json}");
+    assert_eq!(json[1]["stats"]["count"], 60, "each put reaches the 6 watchers of its key: {json}");
+    for phase in 0..2 {
+        assert_eq!(json[phase]["stats"]["errors"], serde_json::json!({}), "{json}");
+    }
+    let started = std::time::Instant::now();
+    let text = success(&ringbench_within(&args("--output=text", "--put-rate=200"), Duration::from_secs(60)));
+    assert!(started.elapsed() >= Duration::from_millis(45), "10 puts at 200/s take 9 intervals of 5 ms");
+    let creation = text.find("Watch creation summary:\n\nSummary:\n").unwrap_or_else(|| panic!("{text}"));
+    let events = text.find("Watch events received summary:\n\nSummary:\n").unwrap_or_else(|| panic!("{text}"));
+    assert!(creation < events, "creation first, as etcd prints: {text}");
+    assert!(!text.contains("Error distribution"), "{text}");
+}
+
+#[test]
+fn watch_against_ringd_and_real_etcd() {
+    let (ringd, etcd) = (support::Ringd::start(&[]), support::Etcd::start());
+    watch_end_to_end(&ringd.endpoint());
+    watch_end_to_end(&etcd.endpoint());
+}
+
+/// `watch-get`: 120 watchers catching up on 4 past events over 2 streams, gets timed meanwhile.
+fn watch_get_end_to_end(endpoint: &str) {
+    let run = |output: &'static str| {
+        let args = [
+            "--endpoints",
+            endpoint,
+            "--conns=2",
+            "--clients=2",
+            output,
+            "watch-get",
+            "--watchers=120",
+            "--streams=2",
+            "--events=4",
+        ];
+        success(&ringbench_within(&args, Duration::from_secs(60)))
+    };
+    let output = run("--output=json");
+    let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(json["operation"], "watch-get", "{json}");
+    assert!(json["stats"]["count"].as_u64().unwrap() >= 1, "the first get always completes: {json}");
+    assert_eq!(json["stats"]["errors"], serde_json::json!({}), "{json}");
+    let text = run("--output=text");
+    assert!(text.starts_with("Get during watch summary:\n\nSummary:\n"), "{text}");
+    assert!(!text.contains("Error distribution"), "{text}");
+}
+
+#[test]
+fn watch_get_against_ringd_and_real_etcd() {
+    let (ringd, etcd) = (support::Ringd::start(&[]), support::Etcd::start());
+    watch_get_end_to_end(&ringd.endpoint());
+    watch_get_end_to_end(&etcd.endpoint());
+}
+
+#[test]
+fn lease_keepalive_against_real_etcd() {
+    let etcd = support::Etcd::start();
+    let endpoint = etcd.endpoint();
+    let args =
+        ["--endpoints", &endpoint, "--conns=2", "--clients=4", "--output=json", "lease-keepalive", "--total=200"];
+    let output = success(&ringbench_within(&args, Duration::from_secs(60)));
+    let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!(json["operation"], "lease-keepalive", "{json}");
+    assert_eq!(json["stats"]["count"], 200, "{json}");
+    assert_eq!(json["stats"]["errors"], serde_json::json!({}), "{json}");
+    let text = success(&ringbench_within(
+        &["--endpoints", &endpoint, "lease-keepalive", "--total=50"],
+        Duration::from_secs(60),
+    ));
+    assert!(text.starts_with("\nSummary:\n  Total:\t"), "etcd prints the report alone: {text}");
+    assert!(!text.contains("Error distribution"), "{text}");
+    let leases = support::etcdctl(&endpoint, &["lease", "list"], None);
+    assert_eq!(support::stdout(&leases).trim(), "found 0 leases", "the granted leases are revoked at the end");
+}
+
+#[test]
+fn lease_keepalive_against_ringd_counts_unimplemented() {
+    let ringd = support::Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let args = ["--endpoints", &endpoint, "--clients=3", "lease-keepalive", "--total=50"];
+    let output = ringbench_within(&args, Duration::from_secs(30));
+    let text = success(&output);
+    let line = "\nError distribution:\n  [50]\tlease grant failed: rpc error: code = Unimplemented desc = ";
+    assert!(text.starts_with(line), "every request is an error, by its gRPC status: {text}");
+    assert!(!text.contains("Summary:"), "no request succeeded: {text}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("lease grant failed").count(), 1, "said once on stderr: {stderr}");
+}
+
+/// Fails the test if `future` has not finished within 10 seconds.
+async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
+    let future = std::pin::pin!(future);
+    let sleep = std::pin::pin!(glommio::timer::sleep(Duration::from_secs(10)));
+    match futures::future::select(future, sleep).await {
+        futures::future::Either::Left((output, _)) => output,
+        futures::future::Either::Right(_) => panic!("a lease call did not end within 10s"),
+    }
+}
+
+#[test]
+fn client_lease_calls_against_real_etcd() {
+    use ringd::api::errors::Code;
+    let etcd = support::Etcd::start();
+    let endpoint = ringd::client::Endpoint::parse(&etcd.endpoint()).unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    executor.run(async move {
+        let channel = ringd::client::Channel::connect(&endpoint, Duration::from_secs(5)).await.expect("connect");
+        let granted = bounded(channel.lease_grant(30, 0)).await.expect("grant");
+        assert!(granted.id != 0 && granted.ttl == 30 && granted.error.is_empty(), "{granted:?}");
+        let chosen = bounded(channel.lease_grant(30, 0x1234)).await.expect("grant with an id");
+        assert_eq!(chosen.id, 0x1234);
+        let once = bounded(channel.keep_alive_once(granted.id)).await.expect("keepalive once");
+        assert_eq!((once.id, once.ttl), (granted.id, 30));
+        let mut stream = bounded(channel.lease_keep_alive()).await.expect("open a keepalive stream");
+        for lease in [granted.id, chosen.id, granted.id] {
+            stream.send(lease).unwrap();
+            let reply = bounded(stream.next()).await.unwrap().expect("a reply");
+            assert_eq!((reply.id, reply.ttl), (lease, 30));
+        }
+        drop(stream);
+        bounded(channel.lease_revoke(granted.id)).await.expect("revoke");
+        bounded(channel.lease_revoke(chosen.id)).await.expect("revoke");
+        let gone = bounded(channel.keep_alive_once(granted.id)).await.unwrap_err();
+        assert_eq!((gone.code, gone.to_string().as_str()), (Code::NotFound, "etcdserver: requested lease not found"));
+        let revoked_twice = bounded(channel.lease_revoke(granted.id)).await.unwrap_err();
+        assert_eq!(revoked_twice.to_string(), "etcdserver: requested lease not found");
+    });
+}
+
+#[test]
+fn client_lease_calls_against_ringd_end_with_unimplemented() {
+    use ringd::api::errors::Code;
+    let ringd = support::Ringd::start(&[]);
+    let endpoint = ringd::client::Endpoint::parse(&ringd.endpoint()).unwrap();
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
+    executor.run(async move {
+        let channel = ringd::client::Channel::connect(&endpoint, Duration::from_secs(5)).await.expect("connect");
+        let grant = bounded(channel.lease_grant(30, 0)).await.unwrap_err();
+        assert_eq!(grant.code, Code::Unimplemented, "{grant}");
+        assert!(grant.to_string().starts_with("rpc error: code = Unimplemented desc = "), "{grant}");
+        let once = bounded(channel.keep_alive_once(1)).await.unwrap_err();
+        assert_eq!(once.code, Code::Unimplemented, "{once}");
+        let mut stream = bounded(channel.lease_keep_alive()).await.expect("a stream opens before the server answers");
+        stream.send(1).unwrap();
+        let ended = bounded(stream.next()).await.unwrap_err();
+        assert_eq!(ended.code, Code::Unimplemented, "{ended}");
+        assert_eq!(bounded(channel.lease_revoke(1)).await.unwrap_err().code, Code::Unimplemented);
+        // The connection still serves other calls.
+        bounded(channel.status()).await.expect("status after the refused lease calls");
+    });
 }

@@ -6,15 +6,18 @@
 //!
 //! A `Client` holds N connections (`Channel`s) spread round-robin over its endpoints; each
 //! connection carries any number of concurrent calls as HTTP/2 streams. Unary calls (KV,
-//! Maintenance Status and HashKV) pick the next connection in turn; a Watch stream
-//! (`Channel::watch`) lives on the connection that opened it. Everything here is single-threaded (one executor): a program that
-//! wants more cores runs one `Client` per executor.
+//! Maintenance Status and HashKV, Lease Grant and Revoke) pick the next connection in turn;
+//! a stream (Watch: `Channel::watch`; LeaseKeepAlive: `Channel::lease_keep_alive`) lives on
+//! the connection that opened it. Everything here is single-threaded (one executor): a
+//! program that wants more cores runs one `Client` per executor.
 //!
 //! Invariants: a `Client` has at least one connection; every call ends with the server's
 //! reply or an `Error` carrying a gRPC code and message (etcd's strings byte for byte).
 
 mod channel;
 mod error;
+mod lease;
+mod stream;
 mod watch;
 
 use std::cell::Cell;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 pub use channel::{encode, Channel, Endpoint};
 pub use error::{code_from_number, Error};
+pub use lease::LeaseKeepAliveStream;
 pub use watch::WatchStream;
 
 use crate::api::pb::etcdserverpb as pb;
@@ -35,6 +39,10 @@ pub mod path {
     pub const COMPACT: &str = "/etcdserverpb.KV/Compact";
     pub const STATUS: &str = "/etcdserverpb.Maintenance/Status";
     pub const HASH_KV: &str = "/etcdserverpb.Maintenance/HashKV";
+    pub const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    pub const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+    pub const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
+    pub const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 }
 
 /// How to connect.
@@ -118,6 +126,14 @@ impl Client {
 
     pub async fn compact(&self, request: &pb::CompactionRequest) -> Result<pb::CompactionResponse, Error> {
         self.pick().compact(request).await
+    }
+
+    pub async fn lease_grant(&self, ttl_seconds: i64, lease_id: i64) -> Result<pb::LeaseGrantResponse, Error> {
+        self.pick().lease_grant(ttl_seconds, lease_id).await
+    }
+
+    pub async fn lease_revoke(&self, lease_id: i64) -> Result<pb::LeaseRevokeResponse, Error> {
+        self.pick().lease_revoke(lease_id).await
     }
 
     /// Maintenance Status of the member behind connection `index`'s endpoint.

@@ -1,6 +1,7 @@
-//! One benchmark run of a subcommand (put, range, txn-put, txn-mixed): builds the
-//! workload, runs the load, and prints etcd's report (or JSON / CSV), the client's CPU,
-//! and the optional .hgrm and SVG files.
+//! One benchmark run of a subcommand: for put, range, txn-put and txn-mixed builds the
+//! workload and runs the load; the watch and lease subcommands run in modules of their own.
+//! Then prints etcd's report (or JSON / CSV), the client's CPU, and the optional .hgrm and
+//! SVG files.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +35,32 @@ where
         .map_err(|error| format!("cannot start a glommio executor: {error}"))?
         .join()
         .map_err(|error| format!("glommio executor failed: {error}"))
+}
+
+/// `count` connections, the i-th to endpoint i mod len, as etcd's benchmark dials them.
+pub async fn connect_channels(
+    endpoints: &[Endpoint],
+    count: usize,
+    dial_timeout: Duration,
+) -> Result<Vec<Channel>, String> {
+    assert!(!endpoints.is_empty() && count > 0);
+    let mut channels = Vec::with_capacity(count);
+    for index in 0..count {
+        let endpoint = &endpoints[index % endpoints.len()];
+        channels.push(Channel::connect(endpoint, dial_timeout).await.map_err(|error| format!("dial error: {error}"))?);
+    }
+    assert_eq!(channels.len(), count);
+    Ok(channels)
+}
+
+/// `future`'s output, or None when `limit` passes first (the future is dropped).
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let future = std::pin::pin!(future);
+    let sleep = std::pin::pin!(glommio::timer::sleep(limit));
+    match futures::future::select(future, sleep).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(_) => None,
+    }
 }
 
 /// The endpoints the load goes to: all of them, or with --target-leader only the leader
@@ -122,6 +149,9 @@ pub fn main(cli: &Cli) -> Result<(), String> {
     }
     let runs = match &cli.command {
         Command::WatchLatency(args) => vec![crate::watch_latency::run(cli, args)?],
+        Command::Watch(args) => crate::watch::run(cli, args)?,
+        Command::WatchGet(args) => vec![crate::watch_get::run(cli, args)?],
+        Command::LeaseKeepalive(args) => vec![crate::lease_keepalive::run(cli, args)?],
         _ => run(cli, true)?,
     };
     print_runs(cli, &runs);
@@ -161,13 +191,18 @@ pub fn print_runs(cli: &Cli, runs: &[Run]) {
         }
         OutputFormat::Text => {
             let mixed = matches!(cli.command, Command::TxnMixed(_));
-            for run in runs {
+            for (index, run) in runs.iter().enumerate() {
                 let body = report::render(&run.stats, &run.recorder, precision);
-                if mixed {
+                if let Some(heading) = text_heading(&cli.command, index) {
+                    print!("{heading}\n{body}");
+                } else if mixed {
                     let kind = if run.name.ends_with("read") { "Read" } else { "Write" };
                     let operations = run.recorder.count + run.recorder.error_count();
                     println!("Total {kind} Ops: {operations}\nDetails:{body}");
-                } else if matches!(cli.command, Command::Range(_) | Command::WatchLatency(_)) {
+                } else if matches!(
+                    cli.command,
+                    Command::Range(_) | Command::WatchLatency(_) | Command::LeaseKeepalive(_)
+                ) {
                     print!("{body}");
                 } else {
                     println!("{body}");
@@ -177,6 +212,16 @@ pub fn print_runs(cli: &Cli, runs: &[Run]) {
                 print!("{}", run.cpu.render());
             }
         }
+    }
+}
+
+/// The line etcd prints above the report of run `index` (`fmt.Printf("...:\n%s", report)`).
+fn text_heading(command: &Command, index: usize) -> Option<&'static str> {
+    match (command, index) {
+        (Command::Watch(_), 0) => Some("Watch creation summary:"),
+        (Command::Watch(_), _) => Some("Watch events received summary:"),
+        (Command::WatchGet(_), _) => Some("Get during watch summary:"),
+        _ => None,
     }
 }
 

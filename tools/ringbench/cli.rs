@@ -99,6 +99,14 @@ pub enum Command {
     /// Benchmark watch latency
     #[command(name = "watch-latency")]
     WatchLatency(WatchLatencyArgs),
+    /// Benchmark watch
+    Watch(WatchArgs),
+    /// Benchmark watch with get
+    #[command(name = "watch-get")]
+    WatchGet(WatchGetArgs),
+    /// Benchmark lease keepalive
+    #[command(name = "lease-keepalive")]
+    LeaseKeepalive(LeaseKeepaliveArgs),
     /// Run a scenario file against a real etcd and ringd, one after the other, and compare
     Compare(CompareArgs),
     /// Benchmark the storage directly (no server)
@@ -217,6 +225,61 @@ pub struct WatchLatencyArgs {
     /// Value size of watch response
     #[arg(long, default_value_t = 32)]
     pub val_size: usize,
+}
+
+/// etcd's watch: --streams watch streams of --watch-per-stream watchers each over
+/// --watched-key-total keys (creation is timed), then --put-total puts to those keys at
+/// --put-rate from --clients loops (each event is timed from its put's issue to its arrival).
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct WatchArgs {
+    /// Total watch streams
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Total watchers per stream
+    #[arg(long, default_value_t = 100)]
+    pub watch_per_stream: usize,
+    /// Total number of keys to be watched
+    #[arg(long, default_value_t = 1)]
+    pub watched_key_total: usize,
+    /// Number of keys to put per second (0 is no limit)
+    #[arg(long, default_value_t = 0)]
+    pub put_rate: u64,
+    /// Number of put requests
+    #[arg(long, default_value_t = 1000)]
+    pub put_total: usize,
+    /// Key size of watch request
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    /// Maximum possible keys
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: usize,
+    /// Use sequential keys
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub sequential_keys: bool,
+}
+
+/// etcd's watch-get: serializable gets of one key, timed, while --watchers unsynced watchers
+/// (over --streams streams) catch up on --events past revisions of another key.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct WatchGetArgs {
+    /// Total number of watchers
+    #[arg(long, default_value_t = 10000)]
+    pub watchers: usize,
+    /// Total number of watcher streams
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Number of events per watcher
+    #[arg(long, default_value_t = 8)]
+    pub events: usize,
+}
+
+/// etcd's lease-keepalive: each of --clients grants one lease, then they share --total
+/// keepalive round trips (etcd's KeepAliveOnce: one stream per round trip).
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct LeaseKeepaliveArgs {
+    /// Total number of lease keepalive requests
+    #[arg(long, default_value_t = 10000)]
+    pub total: usize,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -339,7 +402,30 @@ impl Cli {
             Command::TxnMixed(mixed) if mixed.key_space_size == 0 => {
                 Err(format!("expected positive --key-space-size, got ({})", mixed.key_space_size))
             }
+            Command::Watch(watch) => watch.validate(),
+            Command::WatchGet(get) if get.watchers == 0 || get.streams == 0 || get.events == 0 => Err(format!(
+                "expected positive --watchers, --streams and --events, got ({}, {}, {})",
+                get.watchers, get.streams, get.events
+            )),
             _ => Ok(()),
         }
+    }
+}
+
+impl WatchArgs {
+    fn validate(&self) -> Result<(), String> {
+        if self.key_space_size == 0 {
+            return Err(format!("expected positive --key-space-size, got ({})", self.key_space_size));
+        }
+        if self.streams == 0 || self.watch_per_stream == 0 || self.watched_key_total == 0 {
+            return Err(format!(
+                "expected positive --streams, --watch-per-stream and --watched-key-total, got ({}, {}, {})",
+                self.streams, self.watch_per_stream, self.watched_key_total
+            ));
+        }
+        if self.key_size == 0 {
+            return Err("expected positive --key-size, got (0): etcd writes the key's varint into it".into());
+        }
+        Ok(())
     }
 }

@@ -201,23 +201,24 @@ async fn request_loop(context: LoopContext) {
     }
 }
 
-fn unix_second() -> i64 {
+pub fn unix_second() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
 }
 
 /// Go's rate.Limiter with a burst of one: slots `1/rate` apart, each caller takes the next.
-struct Limiter {
+pub struct Limiter {
     interval: Option<Duration>,
     next_slot: Cell<Instant>,
 }
 
 impl Limiter {
-    fn new(rate: u64, executors: usize) -> Limiter {
+    /// `rate` per second over all executors (each limiter takes its share); 0 is no limit.
+    pub fn new(rate: u64, executors: usize) -> Limiter {
         let interval = (rate > 0).then(|| Duration::from_secs_f64(executors as f64 / rate as f64));
         Limiter { interval, next_slot: Cell::new(Instant::now()) }
     }
 
-    async fn wait(&self) {
+    pub async fn wait(&self) {
         let Some(interval) = self.interval else { return };
         let now = Instant::now();
         let slot = self.next_slot.get().max(now);
@@ -263,6 +264,38 @@ fn spawn_progress(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
             std::thread::sleep(PROGRESS_PERIOD);
         }
     })
+}
+
+/// A progress bar drawn by the tasks of one executor as they make progress, at most every
+/// PROGRESS_PERIOD (and once more when done).
+pub struct LocalProgress {
+    done: Cell<usize>,
+    total: usize,
+    started: Instant,
+    drawn: Cell<Instant>,
+}
+
+impl LocalProgress {
+    pub fn new(total: usize) -> LocalProgress {
+        let now = Instant::now();
+        draw_progress(0, total, Duration::ZERO);
+        LocalProgress { done: Cell::new(0), total, started: now, drawn: Cell::new(now) }
+    }
+
+    pub fn add(&self, count: usize) {
+        let done = (self.done.get() + count).min(self.total);
+        self.done.set(done);
+        if self.drawn.get().elapsed() >= PROGRESS_PERIOD || done == self.total {
+            draw_progress(done, self.total, self.started.elapsed());
+            self.drawn.set(Instant::now());
+        }
+    }
+
+    /// Draws the final state and ends the bar's line.
+    pub fn finish(&self) {
+        draw_progress(self.done.get(), self.total, self.started.elapsed());
+        eprintln!();
+    }
 }
 
 /// The layout of etcd's progress bar (cheggaaa/pb): ` done / total [====>----] 50.00% 1s`.

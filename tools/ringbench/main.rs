@@ -6,10 +6,13 @@
 mod bench;
 mod cli;
 mod compare;
+mod lease_keepalive;
 mod load;
 mod mvcc_put;
 mod plot;
 mod report;
+mod watch;
+mod watch_get;
 mod watch_latency;
 mod workload;
 
