@@ -9,6 +9,7 @@
 //! - `raft`: our Raft, sans-IO: messages and ticks in, numbered `Ready`s out.
 //! - `wal`: the segmented write-ahead log with group commit on direct I/O.
 //! - `io`: the storage traits the WAL is generic over, and their glommio implementation.
+//! - `transport`: Raft messages between members over TCP.
 //! - `testing`: the simulated disk and the linearizability checker used by the test suites.
 
 pub mod api;
@@ -18,4 +19,5 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod testing;
+pub mod transport;
 pub mod wal;

@@ -124,5 +124,22 @@ pub const TIMEOUT: Status = Status::new(Code::Unavailable, "etcdserver: request 
 pub const CORRUPT: Status = Status::new(Code::DataLoss, "etcdserver: corrupt cluster");
 pub const MEMBER_NOT_FOUND: Status = Status::new(Code::NotFound, "etcdserver: member not found");
 pub const NOT_CAPABLE: Status = Status::new(Code::Unavailable, "etcdserver: not capable");
+pub const NO_LEADER: Status = Status::new(Code::Unavailable, "etcdserver: no leader");
+pub const NOT_LEADER: Status = Status::new(Code::FailedPrecondition, "etcdserver: not leader");
+pub const LEADER_CHANGED: Status = Status::new(Code::Unavailable, "etcdserver: leader changed");
+pub const UNHEALTHY_CLUSTER: Status = Status::new(Code::Unavailable, "etcdserver: unhealthy cluster");
+pub const TIMEOUT_LEADER_FAIL: Status =
+    Status::new(Code::Unavailable, "etcdserver: request timed out, possibly due to previous leader failure");
+pub const MEMBER_EXIST: Status = Status::new(Code::FailedPrecondition, "etcdserver: member ID already exist");
+pub const PEER_URL_EXIST: Status = Status::new(Code::FailedPrecondition, "etcdserver: Peer URLs already exists");
+pub const MEMBER_BAD_URLS: Status = Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid");
+pub const MEMBER_NOT_LEARNER: Status =
+    Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member");
+pub const LEARNER_NOT_READY: Status =
+    Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader");
+/// A change Raft refuses (it would leave no voter): etcd answers such with this message.
+pub const INVALID_CONF_CHANGE: Status =
+    Status::new(Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
+pub const BAD_LEADER_TRANSFEREE: Status = Status::new(Code::FailedPrecondition, "etcdserver: bad leader transferee");
 
 const _: () = assert!(crate::mvcc::KEY_SIZE_MAX_BYTES == 2000, "KEY_TOO_LARGE's message names the limit");

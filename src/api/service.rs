@@ -109,7 +109,6 @@ pub fn route_gateway(path: &str) -> Option<Method> {
 /// Whether a gateway path is one of etcd's (served by ringd or not yet).
 pub fn is_known_gateway_path(path: &str) -> bool {
     const LATER: &[&str] = &[
-        "/v3/watch",
         "/v3/lease/grant",
         "/v3/lease/revoke",
         "/v3/kv/lease/revoke",
@@ -146,7 +145,7 @@ pub async fn call<C: Codec>(core: &Core, method: Method, body: &Bytes, codec: &C
         }};
     }
     match method {
-        Method::Range => unary!(pb::RangeRequest, |req| core.range(req)),
+        Method::Range => unary!(pb::RangeRequest, |req| core.range(req).await),
         Method::Put => unary!(pb::PutRequest, |req| core.put(req).await),
         Method::DeleteRange => unary!(pb::DeleteRangeRequest, |req| core.delete_range(req).await),
         Method::Txn => unary!(pb::TxnRequest, |req| core.txn(req).await),

@@ -40,6 +40,12 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
 
+    /// List of URLs to listen on for peer traffic [default: http://localhost:2380 when
+    /// --initial-cluster names more than one member; a one-member cluster listens for peers
+    /// only when this flag is given].
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+
     /// Initial cluster configuration for bootstrapping [default: ${name}=${initial-advertise-peer-urls}].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -77,6 +83,18 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
     pub experimental_watch_progress_notify_interval: String,
 
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100000)]
+    pub snapshot_count: u64,
+
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
@@ -90,13 +108,30 @@ pub struct Config {
     pub listen_client_addresses: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
+    /// Where to accept peer connections; empty for a one-member cluster without the flag.
+    pub listen_peer_addresses: Vec<SocketAddr>,
+    /// --initial-cluster: every founding member's name and peer URLs, in flag order.
+    pub initial_cluster: Vec<InitialMember>,
+    /// --initial-cluster-state new (bootstrap) or existing (join).
+    pub initial_cluster_new: bool,
     pub cluster_token: String,
+    pub heartbeat_interval: std::time::Duration,
+    /// --election-timeout in heartbeat ticks.
+    pub election_ticks: u32,
+    pub snapshot_count: u64,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub auto_compaction: super::compactor::AutoCompaction,
     pub watch_progress_interval: std::time::Duration,
     pub cores: usize,
+}
+
+/// One member of --initial-cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
 }
 
 impl Flags {
@@ -127,7 +162,32 @@ impl Flags {
             .initial_cluster
             .clone()
             .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
-        check_single_member(&self.name, &initial_cluster, &peer_urls)?;
+        let initial_cluster = parse_initial_cluster(&self.name, &initial_cluster, &peer_urls)?;
+        let listen_peer_addresses = match &self.listen_peer_urls {
+            Some(urls) => parse_urls("--listen-peer-urls", urls)?,
+            None if initial_cluster.len() > 1 => parse_urls("--listen-peer-urls", "http://localhost:2380")?,
+            None => Vec::new(),
+        };
+        for member in &initial_cluster {
+            for url in &member.peer_urls {
+                parse_url("--initial-cluster", url)?;
+            }
+        }
+        if self.heartbeat_interval == 0 {
+            return Err("--heartbeat-interval must be greater than 0".into());
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.election_timeout > 50000 {
+            return Err(format!(
+                "--election-timeout[{}ms] is too long, and should be set less than 50 seconds",
+                self.election_timeout
+            ));
+        }
         if self.max_request_bytes == 0 {
             return Err("--max-request-bytes must be greater than 0".into());
         }
@@ -147,13 +207,23 @@ impl Flags {
                 .filter(|interval| !interval.is_zero())
                 .ok_or_else(|| "--experimental-watch-progress-notify-interval: not a positive duration".to_owned())?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.ringd", self.name)));
+        // Absolute, so that no later open depends on the working directory (glommio's
+        // directory open refuses relative paths).
+        let data_dir =
+            std::path::absolute(&data_dir).map_err(|error| format!("--data-dir {}: {error}", data_dir.display()))?;
         Ok(Config {
             name: self.name,
             data_dir,
             listen_client_addresses,
             advertise_client_urls,
             peer_urls,
+            listen_peer_addresses,
+            initial_cluster,
+            initial_cluster_new: self.initial_cluster_state == "new",
             cluster_token: self.initial_cluster_token,
+            heartbeat_interval: std::time::Duration::from_millis(self.heartbeat_interval),
+            election_ticks: (self.election_timeout / self.heartbeat_interval) as u32,
+            snapshot_count: self.snapshot_count.max(1),
             quota_backend_bytes,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
@@ -190,33 +260,38 @@ fn parse_url(flag: &str, url: &str) -> Result<SocketAddr, String> {
     ipv4.or_else(|| addresses.next()).ok_or_else(|| format!("{flag}: {url}: no address"))
 }
 
-/// This slice serves one member: --initial-cluster must name exactly this member.
-fn check_single_member(name: &str, initial_cluster: &str, peer_urls: &[String]) -> Result<(), String> {
-    let mut members = Vec::new();
+/// Parses `name=url,name=url` (a name may repeat, one URL each, as etcd allows) and checks
+/// that this member's entry matches its --initial-advertise-peer-urls.
+fn parse_initial_cluster(
+    name: &str,
+    initial_cluster: &str,
+    peer_urls: &[String],
+) -> Result<Vec<InitialMember>, String> {
+    let mut members: Vec<InitialMember> = Vec::new();
     for entry in initial_cluster.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((member, url)) = entry.split_once('=') else {
             return Err(format!("--initial-cluster: {entry}: expected name=url"));
         };
-        members.push((member.to_owned(), url.to_owned()));
-    }
-    let names: std::collections::BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
-    if names.len() > 1 {
-        return Err(
-            "--initial-cluster: multi-member clusters need the replicated server, which is not built yet".into()
-        );
-    }
-    if names.iter().next() != Some(&name) {
-        return Err(format!("--initial-cluster has no entry for this member's --name {name:?}"));
-    }
-    for (_, url) in &members {
-        if !peer_urls.contains(url) {
-            return Err(format!(
-                "--initial-cluster must include {name}={} (given --initial-advertise-peer-urls)",
-                peer_urls.join(",")
-            ));
+        match members.iter_mut().find(|m| m.name == member) {
+            Some(existing) => existing.peer_urls.push(url.to_owned()),
+            None => members.push(InitialMember { name: member.to_owned(), peer_urls: vec![url.to_owned()] }),
         }
     }
-    Ok(())
+    let Some(own) = members.iter().find(|m| m.name == name) else {
+        return Err(format!("couldn't find local name {name:?} in the initial cluster configuration"));
+    };
+    let mut own_urls = own.peer_urls.clone();
+    own_urls.sort();
+    let mut advertised = peer_urls.to_vec();
+    advertised.sort();
+    if own_urls != advertised {
+        return Err(format!(
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={}",
+            own.peer_urls.join(","),
+            peer_urls.join(",")
+        ));
+    }
+    Ok(members)
 }
 
 #[cfg(test)]
@@ -231,7 +306,7 @@ mod tests {
     fn defaults_are_etcds() {
         let config = flags(&[]).unwrap().into_config().unwrap();
         assert_eq!(config.name, "default");
-        assert_eq!(config.data_dir, PathBuf::from("default.ringd"));
+        assert_eq!(config.data_dir, std::env::current_dir().unwrap().join("default.ringd"));
         assert_eq!(config.listen_client_addresses, vec!["127.0.0.1:2379".parse().unwrap()]);
         assert_eq!(config.max_request_bytes, 1572864);
         assert_eq!(config.max_txn_ops, 128);
@@ -246,5 +321,33 @@ mod tests {
         assert!(flags(&["--listen-client-urls", "ftp://x:1"]).unwrap().into_config().is_err());
         let two = flags(&["--initial-cluster", "a=http://localhost:2380,b=http://localhost:2381"]).unwrap();
         assert!(two.into_config().is_err());
+    }
+
+    #[test]
+    fn a_three_member_cluster_parses_as_etcd_does() {
+        let urls = "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382";
+        let config = flags(&[
+            "--name",
+            "b",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2381",
+            "--initial-cluster",
+            urls,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let names: Vec<&str> = config.initial_cluster.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(config.election_ticks, 10);
+        assert_eq!(config.listen_peer_addresses, vec!["127.0.0.1:2380".parse().unwrap()], "etcd's default");
+        let mismatch = flags(&["--name", "b", "--initial-cluster", urls]).unwrap().into_config();
+        assert!(mismatch.unwrap_err().contains("--initial-advertise-peer-urls"));
+        let short = flags(&["--heartbeat-interval", "100", "--election-timeout", "200"]).unwrap().into_config();
+        assert!(short.unwrap_err().contains("5 times"));
     }
 }

@@ -1,30 +1,37 @@
-//! The integrator: configuration, cores, the writer loop, and the per-core handle (`Core`)
-//! that the API layer calls.
+//! The integrator: configuration, cores, the raft core, the apply task, and the per-core
+//! handle (`Core`) that the API layer calls.
 //!
 //! Thread per core (DESIGN §2): one pinned glommio executor per core, each accepting
-//! clients on the shared port. Reads (Range, read-only Txn, Status) are answered on the
-//! receiving core from a snapshot of the memory-mapped store. Writes go to the writer on
-//! core 0 (the future raft core): cores 1.. send them over glommio shared channels; the
-//! writer applies every queued request in one batch, checkpoints the store once (write,
-//! fdatasync, meta switch, off the executor on glommio's blocking pool), and only then
-//! answers. So a write is durable before its reply, and a read that starts after a reply
-//! sees it.
+//! clients on the shared port. Serializable reads are answered on the receiving core from a
+//! snapshot of the memory-mapped store. Writes and linearizable reads go to core 0, the raft
+//! core (`raft_core`): cores 1.. send them over glommio shared channels; the raft core puts
+//! every queued write into one Raft entry and every queued linearizable read into one
+//! ReadIndex round, appends to the WAL (group commit) while it replicates to the peers
+//! (`crate::transport`), and hands committed entries to the apply task (`writer`), which
+//! applies them to the store, checkpoints it, and answers. A follower forwards its clients'
+//! writes to the leader and answers them when it applies the entry itself.
 //!
-//! Invariants: exactly one `Store` writer (core 0); replies leave only after the batch's
-//! checkpoint returned Ok; after a failed checkpoint the process exits without replying
-//! (no acknowledged write can be lost, and nothing unsynced is ever acknowledged).
+//! Invariants: exactly one `Store` writer (the apply task on core 0) and one owner of
+//! `Raft`; a write is answered only after its entry is committed (on a quorum of WALs) and
+//! applied to a store checkpoint readers can see; a linearizable read starts only after this
+//! member applied through a ReadIndex a quorum confirmed; with no leader, requests that need
+//! Raft fail at once with `etcdserver: no leader`, and every wait ends at the request
+//! timeout (5 s + 2 election timeouts, as etcd's).
 
 pub mod compactor;
 pub mod config;
+pub mod entry;
 pub mod identity;
 pub mod kv;
+mod raft_core;
 pub mod watch;
 mod writer;
 
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 
@@ -51,7 +58,15 @@ pub struct Shared {
     pub member_id: u64,
     pub reader: mvcc::Reader,
     pub alarm_no_space: AtomicBool,
+    /// The last Raft index applied to the store (and visible to readers).
     pub applied_index: AtomicU64,
+    /// The leader this member knows of (0: none), its term and the last index of the log,
+    /// published by the raft core after each Ready.
+    pub leader_id: AtomicU64,
+    pub raft_term: AtomicU64,
+    pub raft_index: AtomicU64,
+    /// The member table, written by the apply task.
+    pub members: RwLock<Vec<pb::Member>>,
     pub db_size_bytes: AtomicU64,
     pub db_size_in_use_bytes: AtomicU64,
     /// The revision watchers may deliver up to, published by the writer after checkpoints.
@@ -60,12 +75,23 @@ pub struct Shared {
 
 impl Shared {
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader { cluster_id: self.cluster_id, member_id: self.member_id, revision, raft_term: RAFT_TERM }
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft_term.load(Ordering::Acquire),
+        }
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.config.heartbeat_interval * self.config.election_ticks
+    }
+
+    fn has_leader(&self) -> bool {
+        self.leader_id.load(Ordering::Acquire) != crate::raft::NONE
     }
 }
-
-/// This slice has one member and no Raft yet: its term is always 1.
-pub const RAFT_TERM: u64 = 1;
 
 /// A write on its way to the writer, with the way back to the waiting client task.
 pub struct Proposal {
@@ -83,7 +109,10 @@ enum Route {
 /// Sends a command to the writer and unwraps the outcome of the same kind.
 macro_rules! propose_as {
     ($core:expr, $command:expr, $variant:ident) => {
-        match $core.propose($command).await? {
+        propose_as!(propose, $core, $command, $variant)
+    };
+    ($how:ident, $core:expr, $command:expr, $variant:ident) => {
+        match $core.$how($command).await? {
             writer::Outcome::$variant(response) => Ok(response),
             _ => unreachable!(concat!("the writer answers ", stringify!($variant), " in kind")),
         }
@@ -111,7 +140,16 @@ impl Core {
         self.shared.config.watch_progress_interval
     }
 
+    /// Sends a command that goes through Raft: refused at once while there is no leader.
     async fn propose(&self, command: Command) -> Result<writer::Outcome, Status> {
+        if !self.shared.has_leader() {
+            return Err(errors::NO_LEADER);
+        }
+        self.submit(command).await
+    }
+
+    /// Sends a command to the raft core and waits for its answer, at most the request timeout.
+    async fn submit(&self, command: Command) -> Result<writer::Outcome, Status> {
         let (reply, answer) = oneshot::channel();
         let proposal = Proposal { command, reply };
         let sent = match &self.route {
@@ -124,7 +162,21 @@ impl Core {
         if !sent {
             return Err(errors::STOPPED);
         }
-        answer.await.map_err(|_| errors::STOPPED)?
+        let timeout = glommio::timer::sleep(self.shared.request_timeout());
+        futures::pin_mut!(timeout);
+        match futures::future::select(answer, timeout).await {
+            futures::future::Either::Left((answer, _)) => answer.map_err(|_| errors::STOPPED)?,
+            futures::future::Either::Right(_) => Err(errors::TIMEOUT),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the read began, as a
+    /// quorum confirmed (ReadIndex): a read after it is linearizable.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        match self.propose(Command::ReadBarrier).await? {
+            writer::Outcome::ReadBarrier => Ok(()),
+            _ => unreachable!("the raft core answers a read barrier in kind"),
+        }
     }
 
     fn check_space(&self) -> Result<(), Status> {
@@ -134,8 +186,11 @@ impl Core {
         Ok(())
     }
 
-    pub fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         kv::check_range(&request)?;
+        if !request.serializable {
+            self.read_barrier().await?;
+        }
         let snapshot = self.shared.reader.snapshot();
         let mut response = kv::range(&snapshot, &request)?;
         response.header = Some(self.shared.header(snapshot.revision()));
@@ -156,6 +211,7 @@ impl Core {
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         kv::check_txn(&request, self.shared.config.max_txn_ops)?;
         if kv::is_read_only(&request) {
+            self.read_barrier().await?;
             let snapshot = self.shared.reader.snapshot();
             let mut response = kv::txn_read(&snapshot, &request)?;
             response.header = Some(self.shared.header(snapshot.revision()));
@@ -180,9 +236,9 @@ impl Core {
             header: Some(shared.header(shared.reader.snapshot().revision())),
             version: ETCD_API_VERSION.to_owned(),
             db_size: shared.db_size_bytes.load(Ordering::Acquire) as i64,
-            leader: shared.member_id,
-            raft_index: applied,
-            raft_term: RAFT_TERM,
+            leader: shared.leader_id.load(Ordering::Acquire),
+            raft_index: shared.raft_index.load(Ordering::Acquire),
+            raft_term: shared.raft_term.load(Ordering::Acquire),
             raft_applied_index: applied,
             errors,
             db_size_in_use: shared.db_size_in_use_bytes.load(Ordering::Acquire) as i64,
@@ -195,28 +251,19 @@ impl Core {
         let shared = &self.shared;
         let mut header = shared.header(shared.reader.snapshot().revision());
         header.revision = 0; // etcd leaves the revision out of MemberList's header
-        Ok(pb::MemberListResponse {
-            header: Some(header),
-            members: vec![pb::Member {
-                id: shared.member_id,
-                name: shared.config.name.clone(),
-                peer_ur_ls: shared.config.peer_urls.clone(),
-                client_ur_ls: shared.config.advertise_client_urls.clone(),
-                is_learner: false,
-            }],
-        })
+        Ok(pb::MemberListResponse { header: Some(header), members: shared.members.read().unwrap().clone() })
     }
 
     pub async fn hash(&self) -> Result<pb::HashResponse, Status> {
-        propose_as!(self, Command::Hash, Hash)
+        propose_as!(submit, self, Command::Hash, Hash)
     }
 
     pub async fn hash_kv(&self, request: pb::HashKvRequest) -> Result<pb::HashKvResponse, Status> {
-        propose_as!(self, Command::HashKv(request), HashKv)
+        propose_as!(submit, self, Command::HashKv(request), HashKv)
     }
 
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, Status> {
-        propose_as!(self, Command::Defragment, Defragment)
+        propose_as!(submit, self, Command::Defragment, Defragment)
     }
 
     pub async fn alarm(&self, request: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
@@ -236,6 +283,9 @@ impl Core {
     pub fn health(&self) -> (bool, String) {
         if self.shared.alarm_no_space.load(Ordering::Acquire) {
             return (false, "ALARM NOSPACE".to_owned());
+        }
+        if !self.shared.has_leader() {
+            return (false, "RAFT NO LEADER".to_owned());
         }
         (true, String::new())
     }
@@ -287,12 +337,28 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let store = mvcc::Store::open(&db_path, mvcc::StoreOptions::default())
         .map_err(|e| StartError(format!("cannot open the store: {e}")))?;
     let member_id = identity::member_id(&config.peer_urls, &config.cluster_token);
+    let members: Vec<pb::Member> = config
+        .initial_cluster
+        .iter()
+        .map(|member| pb::Member {
+            id: identity::member_id(&member.peer_urls, &config.cluster_token),
+            name: member.name.clone(),
+            peer_ur_ls: member.peer_urls.clone(),
+            client_ur_ls: if member.name == config.name { config.advertise_client_urls.clone() } else { Vec::new() },
+            is_learner: false,
+        })
+        .collect();
+    let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let shared = Arc::new(Shared {
-        cluster_id: identity::cluster_id(&[member_id]),
+        cluster_id: identity::cluster_id(&member_ids),
         member_id,
         reader: store.reader(),
         alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),
         applied_index: AtomicU64::new(store.consistent_index()),
+        leader_id: AtomicU64::new(crate::raft::NONE),
+        raft_term: AtomicU64::new(0),
+        raft_index: AtomicU64::new(0),
+        members: RwLock::new(members),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
         watch: watch::Publisher::new(config.cores, store.current_revision()),

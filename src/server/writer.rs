@@ -1,6 +1,9 @@
-//! The cores and the writer. Core 0 owns the store's single writer: it drains every queued
-//! write into one batch, applies each as one etcd revision, checkpoints once per batch, and
-//! answers. Requests that arrive during a checkpoint form the next batch (group commit).
+//! The cores and the apply task. Core 0 (the raft core) runs the Raft loop (`raft_core`) and
+//! the store's single writer, the apply task: it takes every committed entry handed over
+//! since its last turn, applies each request as one etcd revision, checkpoints the store once
+//! per turn, and answers the clients of this member. Entries committed during a checkpoint
+//! form the next turn (group commit). Entries at or below the store's consistent index are
+//! already in the store (a restart replays the WAL from there) and are skipped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,10 +14,19 @@ use futures::StreamExt;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use prost::Message as _;
+
+use super::entry::{self, Batch, ConfContext};
+use super::raft_core::{self, Event, RaftCore, Waiters};
 use super::{kv, Proposal, Shared, StartError, BATCH_REQUESTS_MAX, QUEUE_REQUESTS_MAX};
 use crate::api::errors::{self, Status};
 use crate::api::pb::etcdserverpb::{self as pb, alarm_request};
 use crate::mvcc;
+use crate::raft::pb::{ConfChange, ConfChangeType, Entry, EntryType};
+use crate::transport::Transport;
 
 /// Registered io_uring buffer memory per executor: cores x this must stay within
 /// RLIMIT_MEMLOCK (8 MiB on our machines), or glommio silently runs without it.
@@ -32,6 +44,9 @@ pub enum Command {
     Hash,
     HashKv(pb::HashKvRequest),
     Alarm(pb::AlarmRequest),
+    /// A linearizable read's barrier: answered once this member applied through a
+    /// ReadIndex confirmed by a quorum.
+    ReadBarrier,
 }
 
 pub enum Outcome {
@@ -43,6 +58,21 @@ pub enum Outcome {
     Hash(pb::HashResponse),
     HashKv(pb::HashKvResponse),
     Alarm(pb::AlarmResponse),
+    ReadBarrier,
+    /// A configuration change applied: the membership after it.
+    Members(Vec<pb::Member>),
+}
+
+pub type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
+
+/// What the raft core hands the apply task.
+pub enum ApplyWork {
+    /// Committed entries, in index order.
+    Entries(Vec<Entry>),
+    /// Work on this member's store only (defragment, hash).
+    Local(Proposal),
+    /// Reads released once applied >= the index.
+    Reads(u64, Vec<Reply>),
 }
 
 /// Starts one pinned executor per core, waits until each has bound the client port, then
@@ -62,7 +92,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_ready = ready_sender.clone();
     handles.push(
         builder(0)
-            .spawn(move || async move { run_writer_core(writer_shared, store, receivers, writer_ready).await })
+            .spawn(move || async move { run_raft_core(writer_shared, store, receivers, writer_ready).await })
             .map_err(|e| StartError(format!("cannot start core 0: {e}")))?,
     );
     for (index, sender) in senders.into_iter().enumerate() {
@@ -112,12 +142,19 @@ fn serve_clients(core: std::rc::Rc<super::Core>, addresses: &[SocketAddr]) -> Re
     Ok(())
 }
 
-async fn run_writer_core(
+async fn run_raft_core(
     shared: Arc<Shared>,
     store: mvcc::Store,
     receivers: Vec<SharedReceiver<Proposal>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
+    let started = match raft_core::open(&shared, store.consistent_index()).await {
+        Ok(started) => started,
+        Err(message) => {
+            let _ = ready.send(Err(message));
+            return;
+        }
+    };
     let (sender, queue) = mpsc::channel::<Proposal>(QUEUE_REQUESTS_MAX);
     for receiver in receivers {
         let receiver = receiver.connect().await;
@@ -131,11 +168,40 @@ async fn run_writer_core(
         })
         .detach();
     }
-    let writer = glommio::spawn_local(writer_loop(store, queue, shared.clone()));
+    let (events, events_received) = mpsc::unbounded::<Event>();
+    let (incoming, incoming_received) = mpsc::unbounded();
+    let transport = Transport::new(shared.member_id, shared.cluster_id, incoming);
+    for &address in &shared.config.listen_peer_addresses {
+        match crate::api::listener::bind(address) {
+            Ok(listener) => {
+                glommio::spawn_local(transport.clone().accept_loop(listener)).detach();
+            }
+            Err(error) => {
+                let _ = ready.send(Err(format!("cannot listen for peers on http://{address}: {error}")));
+                return;
+            }
+        }
+    }
+    let waiters = Rc::new(RefCell::new(Waiters::default()));
+    let (apply, work) = mpsc::unbounded::<ApplyWork>();
+    glommio::spawn_local(apply_loop(store, work, shared.clone(), waiters.clone(), events.clone())).detach();
+    let ticks = events.clone();
+    let interval = shared.config.heartbeat_interval;
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            if ticks.unbounded_send(Event::Tick).is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+    let mut raft = RaftCore::new(shared.clone(), started, transport, waiters, apply, events);
+    raft.start();
     let core = super::local_core(shared.clone(), sender);
     glommio::spawn_local(super::compactor::run(core.clone(), shared.config.auto_compaction)).detach();
     let _ = ready.send(serve_clients(core, &shared.config.listen_client_addresses));
-    writer.await;
+    raft.run(queue, events_received, incoming_received).await;
 }
 
 async fn run_client_core(
@@ -165,8 +231,6 @@ struct Background {
     /// (and the file trimmable) from txn T + 2.
     defragment_trailing_checkpoints: u8,
 }
-
-type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
 
 const DEFRAGMENT_TRAILING_CHECKPOINTS: u8 = 3;
 
@@ -210,57 +274,194 @@ impl Background {
     }
 }
 
-async fn writer_loop(mut store: mvcc::Store, mut queue: mpsc::Receiver<Proposal>, shared: Arc<Shared>) {
-    let mut batch: Vec<Proposal> = Vec::with_capacity(BATCH_REQUESTS_MAX);
-    let mut replies = Vec::with_capacity(BATCH_REQUESTS_MAX);
+async fn apply_loop(
+    mut store: mvcc::Store,
+    mut work: mpsc::UnboundedReceiver<ApplyWork>,
+    shared: Arc<Shared>,
+    waiters: Rc<RefCell<Waiters>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut batch: Vec<ApplyWork> = Vec::new();
+    let mut replies: Vec<(Reply, Result<Outcome, Status>)> = Vec::with_capacity(BATCH_REQUESTS_MAX);
+    let mut reads: Vec<(u64, Vec<Reply>)> = Vec::new();
     let mut background = Background::default();
     loop {
         if !background.busy(&store) {
-            match queue.next().await {
+            match work.next().await {
                 Some(first) => batch.push(first),
                 None => return,
             }
         }
         while batch.len() < BATCH_REQUESTS_MAX {
-            match queue.try_recv() {
-                Ok(proposal) => batch.push(proposal),
-                _ => break,
+            match work.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
         let mut changed = background.busy(&store);
-        for proposal in batch.drain(..) {
-            match proposal.command {
-                Command::Defragment => {
-                    if background.defragmentations.is_empty() {
-                        background.defragment_steps_left = defragment_steps_max(&store);
+        let mut members_changed = false;
+        let mut turn = Turn {
+            store: &mut store,
+            shared: &shared,
+            waiters: &waiters,
+            replies: &mut replies,
+            background: &mut background,
+        };
+        for next in batch.drain(..) {
+            match next {
+                ApplyWork::Entries(entries) => {
+                    for entry in entries {
+                        if entry.index > turn.store.consistent_index() {
+                            members_changed |= turn.apply_entry(entry);
+                            changed = true;
+                        }
                     }
-                    background.defragmentations.push(proposal.reply);
-                    changed = true;
                 }
-                Command::Compact(request) if request.physical => {
-                    let (result, dirty) = apply(&mut store, &shared, Command::Compact(request));
-                    changed |= dirty;
-                    match result {
-                        Ok(_) => background.physical_compactions.push(proposal.reply),
-                        Err(status) => replies.push((proposal.reply, Err(status))),
+                ApplyWork::Local(proposal) => match proposal.command {
+                    Command::Defragment => {
+                        if turn.background.defragmentations.is_empty() {
+                            turn.background.defragment_steps_left = defragment_steps_max(turn.store);
+                        }
+                        turn.background.defragmentations.push(proposal.reply);
+                        changed = true;
                     }
-                }
-                command => {
-                    let (result, dirty) = apply(&mut store, &shared, command);
-                    changed |= dirty;
-                    replies.push((proposal.reply, result));
-                }
+                    command => {
+                        let (result, dirty) = apply(turn.store, &shared, command);
+                        changed |= dirty;
+                        turn.replies.push((proposal.reply, result));
+                    }
+                },
+                ApplyWork::Reads(index, waiting) => reads.push((index, waiting)),
             }
         }
         background.step(&mut store);
         if changed {
             checkpoint(&mut store, &shared).await;
         }
+        let applied = store.consistent_index();
+        shared.applied_index.store(applied, Ordering::Release);
         for (reply, result) in replies.drain(..) {
             let _ = reply.send(result);
         }
+        reads.retain_mut(|(index, waiting)| {
+            if *index > applied {
+                return true;
+            }
+            for reply in waiting.drain(..) {
+                let _ = reply.send(Ok(Outcome::ReadBarrier));
+            }
+            false
+        });
         background.answer_finished(&store, &shared);
+        if members_changed {
+            let _ = events.unbounded_send(Event::MembersChanged);
+        }
         glommio::yield_if_needed().await;
+    }
+}
+
+/// One turn of the apply task: what applying an entry touches.
+struct Turn<'a> {
+    store: &'a mut mvcc::Store,
+    shared: &'a Shared,
+    waiters: &'a RefCell<Waiters>,
+    replies: &'a mut Vec<(Reply, Result<Outcome, Status>)>,
+    background: &'a mut Background,
+}
+
+impl Turn<'_> {
+    /// Applies one committed entry; returns whether the membership changed.
+    fn apply_entry(&mut self, entry: Entry) -> bool {
+        let index = entry.index;
+        let members_changed = match EntryType::try_from(entry.entry_type) {
+            Ok(EntryType::EntryConfChange) => {
+                let change = ConfChange::decode(entry.data.as_slice())
+                    .unwrap_or_else(|error| fatal(&format!("entry {index}: undecodable conf change: {error}")));
+                self.apply_conf_change(change);
+                true
+            }
+            _ if entry.data.is_empty() => false,
+            _ => {
+                let batch = Batch::decode(entry.data.as_slice())
+                    .unwrap_or_else(|error| fatal(&format!("entry {index}: undecodable request batch: {error}")));
+                self.apply_batch(batch)
+            }
+        };
+        self.store.set_consistent_index(index);
+        members_changed
+    }
+
+    fn apply_batch(&mut self, batch: Batch) -> bool {
+        let ours = batch.member_id == self.shared.member_id;
+        let mut members_changed = false;
+        for request in batch.requests {
+            let reply = if ours { self.waiters.borrow_mut().take(request.id) } else { None };
+            let command = match request.op {
+                Some(entry::Op::Put(request)) => Command::Put(request),
+                Some(entry::Op::DeleteRange(request)) => Command::DeleteRange(request),
+                Some(entry::Op::Txn(request)) => Command::Txn(request),
+                Some(entry::Op::Compact(request)) => Command::Compact(request),
+                Some(entry::Op::Alarm(request)) => Command::Alarm(request),
+                Some(entry::Op::Attributes(member)) => {
+                    let mut members = self.shared.members.write().unwrap();
+                    if let Some(known) = members.iter_mut().find(|m| m.id == member.id) {
+                        known.name = member.name;
+                        known.client_ur_ls = member.client_ur_ls;
+                        members_changed = true;
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            let physical = matches!(&command, Command::Compact(request) if request.physical);
+            let (result, _) = apply(self.store, self.shared, command);
+            match (reply, result) {
+                (Some(reply), Ok(_)) if physical => self.background.physical_compactions.push(reply),
+                (Some(reply), result) => self.replies.push((reply, result)),
+                (None, _) => {}
+            }
+        }
+        members_changed
+    }
+
+    /// Applies a membership change to the member table (Raft applied it to its own
+    /// configuration when the entry was appended).
+    fn apply_conf_change(&mut self, change: ConfChange) {
+        let context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
+        let mut members = self.shared.members.write().unwrap();
+        let position = members.iter().position(|m| m.id == change.node_id);
+        match ConfChangeType::try_from(change.change_type) {
+            Ok(ConfChangeType::ConfChangeAddNode) | Ok(ConfChangeType::ConfChangeAddLearnerNode) => {
+                let learner = change.change_type == ConfChangeType::ConfChangeAddLearnerNode as i32;
+                match position {
+                    Some(position) => members[position].is_learner = learner,
+                    None => {
+                        let mut member = context.member.clone().unwrap_or_default();
+                        member.id = change.node_id;
+                        member.is_learner = learner;
+                        members.push(member);
+                    }
+                }
+            }
+            Ok(ConfChangeType::ConfChangeRemoveNode) => {
+                if let Some(position) = position {
+                    members.remove(position);
+                }
+            }
+            Ok(ConfChangeType::ConfChangeUpdateNode) => {
+                if let (Some(position), Some(member)) = (position, &context.member) {
+                    members[position].peer_ur_ls = member.peer_ur_ls.clone();
+                }
+            }
+            Err(_) => {}
+        }
+        let after = members.clone();
+        drop(members);
+        if context.requester == self.shared.member_id {
+            if let Some(reply) = self.waiters.borrow_mut().take(context.request_id) {
+                self.replies.push((reply, Ok(Outcome::Members(after))));
+            }
+        }
     }
 }
 
@@ -274,7 +475,6 @@ fn defragment_steps_max(store: &mvcc::Store) -> usize {
 /// blocking pool so the executor keeps serving. A failure ends the process before any reply
 /// of the batch is sent: nothing unsynced is ever acknowledged.
 async fn checkpoint(store: &mut mvcc::Store, shared: &Shared) {
-    store.set_consistent_index(shared.applied_index.load(Ordering::Acquire));
     let job = match store.prepare_commit() {
         Ok(job) => job,
         Err(error) => fatal(&error),
@@ -289,13 +489,12 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared) {
 }
 
 fn fatal(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("ringd: checkpoint of the store failed: {error}; stopping without acknowledging the batch");
+    eprintln!("ringd: applying to the store failed: {error}; stopping without acknowledging the batch");
     std::process::exit(1);
 }
 
 /// Applies one command; returns its outcome and whether it changed the store.
 fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<Outcome, Status>, bool) {
-    shared.applied_index.fetch_add(1, Ordering::AcqRel);
     match command {
         Command::Put(request) => {
             if let Err(status) = check_quota(store, shared, (request.key.len() + request.value.len()) as u64) {
@@ -339,7 +538,8 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             let header = Some(shared.header(store.current_revision()));
             (result.map(|()| Outcome::Compact(pb::CompactionResponse { header })), true)
         }
-        Command::Defragment => unreachable!("the writer loop schedules defragmentation"),
+        Command::Defragment => unreachable!("the apply loop schedules defragmentation"),
+        Command::ReadBarrier => unreachable!("the raft core answers read barriers"),
         Command::Hash => {
             let header = Some(shared.header(store.current_revision()));
             (Ok(Outcome::Hash(pb::HashResponse { header, hash: store.hash() })), false)

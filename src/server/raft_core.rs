@@ -1,0 +1,571 @@
+//! The raft core (DESIGN §2–§3): one task on core 0 that owns the Raft state machine, the
+//! WAL and the peer transport, and hands committed entries to the apply task (`writer`).
+//!
+//! The loop: wait for anything (client requests from every core, peer messages, a tick, a
+//! WAL write that became durable), take everything else that is already queued, put all
+//! client writes taken into ONE entry (`entry::Batch`) and all linearizable reads into ONE
+//! ReadIndex round, then work off Raft's Readies:
+//!
+//! 1. send `messages` (a leader's appends go out while its own WAL write is in flight);
+//! 2. append `entries` and `hard_state` to the WAL (group commit: appends made while a write
+//!    is in flight share the next write and fdatasync); when durable, report the Ready
+//!    persisted and send its `messages_after_persist` (votes and append acknowledgements
+//!    leave only from persisted state);
+//! 3. pass `committed_entries` to the apply task, and each ReadIndex result with its
+//!    waiting reads (released once applied >= the read index).
+//!
+//! Writes on a follower travel to the leader as `MsgProp` over the transport; every member
+//! applies every entry, and the member named in the batch answers its clients. A request
+//! whose entry is lost with a leader change times out on its core (etcd's behaviour).
+//!
+//! Invariants: nothing is acknowledged before its entry is committed (on a quorum of WALs)
+//! and applied; `messages_after_persist` of Ready n leave only after Readies 1..=n are
+//! durable; exactly one task touches `Raft`.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use prost::Message as _;
+
+use super::entry::{self, Batch, ConfContext};
+use super::writer::{ApplyWork, Command, Reply};
+use super::{Proposal, Shared};
+use crate::api::errors::{self, Status};
+use crate::io::glommio_storage::GlommioStorage;
+use crate::raft::pb::{ConfChange, Entry, EntryType, Message, MessageType};
+use crate::raft::{ProposeError, Raft, RestartState, Role};
+use crate::transport::{Incoming, Transport};
+use crate::wal::Wal;
+
+/// Bytes of client requests one entry carries at most; the rest waits for the next entry.
+const ENTRY_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Events handled before the loop works off a Ready, so a flood cannot starve Raft.
+const EVENTS_PER_TURN_MAX: usize = 8192;
+/// Ticks between sweeps of waiters whose clients gave up.
+const WAITER_SWEEP_TICKS: u64 = 50;
+
+/// Clients waiting for their request to be applied, by request id (this member's only).
+#[derive(Default)]
+pub struct Waiters {
+    map: HashMap<u64, Reply>,
+}
+
+impl Waiters {
+    pub fn insert(&mut self, id: u64, reply: Reply) {
+        self.map.insert(id, reply);
+    }
+
+    pub fn take(&mut self, id: u64) -> Option<Reply> {
+        self.map.remove(&id)
+    }
+
+    fn sweep(&mut self) {
+        self.map.retain(|_, reply| !reply.is_canceled());
+    }
+
+    fn fail_all(&mut self, ids: impl Iterator<Item = u64>, status: &Status) {
+        for id in ids {
+            if let Some(reply) = self.map.remove(&id) {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+    }
+}
+
+pub enum Event {
+    Proposal(Proposal),
+    Peer(Incoming),
+    Tick,
+    /// Ready `number` and every Ready before it are on disk.
+    Persisted(u64),
+    /// The apply task changed the membership: re-address the peers.
+    MembersChanged,
+}
+
+/// Readies handed to the WAL whose `messages_after_persist` wait for durability.
+struct PendingPersist {
+    number: u64,
+    durable: bool,
+    messages: Vec<Message>,
+}
+
+pub struct RaftCore {
+    shared: Arc<Shared>,
+    raft: Raft,
+    wal: Rc<Wal<GlommioStorage>>,
+    transport: Rc<Transport>,
+    waiters: Rc<RefCell<Waiters>>,
+    apply: mpsc::UnboundedSender<ApplyWork>,
+    events: mpsc::UnboundedSender<Event>,
+    batch: Vec<entry::Request>,
+    batch_bytes: usize,
+    reads: Vec<Reply>,
+    read_rounds: HashMap<u64, Vec<Reply>>,
+    next_read_round: u64,
+    next_request_id: u64,
+    pending_persists: VecDeque<PendingPersist>,
+    ticks: u64,
+    /// Whether this member has published its name and client URLs since it started.
+    attributes_published: bool,
+}
+
+/// What the raft core starts from.
+pub struct Started {
+    pub raft: Raft,
+    pub wal: Rc<Wal<GlommioStorage>>,
+}
+
+/// Opens the WAL and builds Raft from it: a new member of a new cluster bootstraps (its
+/// founding configuration entries are written to the WAL before anything else), a
+/// restarting member continues from its hard state and entries.
+pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
+    let wal_dir = shared.config.data_dir.join("member").join("wal");
+    let wal_existed = wal_dir.is_dir();
+    let storage = GlommioStorage::open(&wal_dir)
+        .await
+        .map_err(|error| format!("cannot open the WAL in {}: {error}", wal_dir.display()))?;
+    let opened = Wal::open(storage, crate::wal::WalConfig::default())
+        .await
+        .map_err(|error| format!("cannot open the WAL in {}: {error}", wal_dir.display()))?;
+    glommio::spawn_local(opened.driver).detach();
+    let wal = Rc::new(opened.wal);
+    let recovered = opened.recovered;
+    if let Some((file, offset)) = &recovered.repaired_tail {
+        eprintln!("ringd: the WAL ended in a torn write; zeroed {file} from offset {offset}");
+    }
+    let empty = recovered.hard_state.is_none() && recovered.entries.is_empty() && recovered.snapshot.is_none();
+    let restart = if empty {
+        if applied > 0 && wal_existed {
+            return Err(format!(
+                "the store in {} has applied index {applied} but its WAL in {} is empty: refusing to start \
+                 (the WAL's records were removed)",
+                shared.config.data_dir.display(),
+                wal_dir.display()
+            ));
+        }
+        if applied > 0 {
+            // A db without a WAL directory: a backup (Maintenance.Snapshot) placed into a new
+            // data dir. Start a new cluster from it, as `etcdctl snapshot restore` does: the
+            // log begins after a snapshot at the db's applied index.
+            if !shared.config.initial_cluster_new {
+                return Err("a restored db starts a new cluster: use --initial-cluster-state new".to_owned());
+            }
+            eprintln!(
+                "ringd: no WAL in {}: starting a new cluster from the db at applied index {applied} (a restore)",
+                shared.config.data_dir.display()
+            );
+            let voters: Vec<u64> = shared.members.read().unwrap().iter().map(|m| m.id).collect();
+            let conf_state = crate::raft::pb::ConfState { voters, ..Default::default() };
+            let marker = crate::wal::SnapshotMarker { index: applied, term: 1, conf_state: Some(conf_state.clone()) };
+            let hard_state = crate::raft::pb::HardState { term: 1, vote: crate::raft::NONE, commit: applied };
+            let marked = wal.save_snapshot_marker(marker);
+            let written = wal.append(&[], Some(hard_state.clone()));
+            marked.await.map_err(|error| format!("cannot write the WAL: {error}"))?;
+            written.await.map_err(|error| format!("cannot write the WAL: {error}"))?;
+            let snapshot = crate::raft::pb::Snapshot {
+                data: Vec::new(),
+                metadata: Some(crate::raft::pb::SnapshotMetadata {
+                    conf_state: Some(conf_state),
+                    index: applied,
+                    term: 1,
+                }),
+            };
+            RestartState { hard_state, snapshot: Some(snapshot), entries: Vec::new() }
+        } else if !shared.config.initial_cluster_new {
+            RestartState::default()
+        } else {
+            let restart = bootstrap(shared);
+            wal.append(&restart.entries, Some(restart.hard_state.clone()))
+                .await
+                .map_err(|error| format!("cannot write the WAL: {error}"))?;
+            restart
+        }
+    } else {
+        let snapshot = recovered.snapshot.map(|marker| crate::raft::pb::Snapshot {
+            data: Vec::new(),
+            metadata: Some(crate::raft::pb::SnapshotMetadata {
+                conf_state: marker.conf_state,
+                index: marker.index,
+                term: marker.term,
+            }),
+        });
+        let mut hard_state = recovered.hard_state.unwrap_or_default();
+        let last_index = recovered.entries.last().map(|e| e.index).unwrap_or(0);
+        let snapshot_index = snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+        hard_state.commit = hard_state.commit.min(last_index.max(snapshot_index));
+        RestartState { hard_state, snapshot, entries: recovered.entries }
+    };
+    let mut config = crate::raft::Config::new(shared.member_id);
+    config.election_ticks = shared.config.election_ticks;
+    config.heartbeat_ticks = 1;
+    let seed = shared.member_id
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let raft = Raft::new(config, restart, Box::new(crate::raft::SplitMix64::new(seed)));
+    Ok(Started { raft, wal })
+}
+
+/// The founding configuration: one ConfChange per --initial-cluster member (in id order,
+/// as `RestartState::bootstrap`), each carrying the member's name and peer URLs.
+fn bootstrap(shared: &Shared) -> RestartState {
+    let members = shared.members.read().unwrap().clone();
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let mut restart = RestartState::bootstrap(&ids);
+    for entry in &mut restart.entries {
+        let mut change = ConfChange::decode(entry.data.as_slice()).expect("bootstrap encodes a ConfChange");
+        let member = members.iter().find(|m| m.id == change.node_id).cloned();
+        change.context = ConfContext { requester: 0, request_id: 0, member }.encode_to_vec();
+        entry.data = change.encode_to_vec();
+    }
+    restart
+}
+
+impl RaftCore {
+    pub fn new(
+        shared: Arc<Shared>,
+        started: Started,
+        transport: Rc<Transport>,
+        waiters: Rc<RefCell<Waiters>>,
+        apply: mpsc::UnboundedSender<ApplyWork>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> RaftCore {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        RaftCore {
+            shared,
+            raft: started.raft,
+            wal: started.wal,
+            transport,
+            waiters,
+            apply,
+            events,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            reads: Vec::new(),
+            read_rounds: HashMap::new(),
+            next_read_round: 1,
+            // Unique across restarts: entries replayed after a restart carry older ids.
+            next_request_id: now << 20,
+            pending_persists: VecDeque::new(),
+            ticks: 0,
+            attributes_published: false,
+        }
+    }
+
+    /// Before clients are served: addresses the peers, and a one-member cluster elects
+    /// itself at once (no election timeout to wait; etcd fast-forwards its ticks likewise),
+    /// so that its first client request finds a leader.
+    pub fn start(&mut self) {
+        self.update_peers();
+        let voters = &self.raft.conf_state().voters;
+        if voters.len() == 1 && voters[0] == self.shared.member_id {
+            self.raft.campaign();
+            self.work_off_readies();
+        }
+        self.publish_state();
+    }
+
+    /// Runs until every source of events is gone (the process is stopping).
+    pub async fn run(
+        mut self,
+        proposals: mpsc::Receiver<Proposal>,
+        events: mpsc::UnboundedReceiver<Event>,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
+    ) {
+        let mut merged = futures::stream::select(
+            proposals.map(Event::Proposal),
+            futures::stream::select(events, incoming.map(Event::Peer)),
+        );
+        loop {
+            let Some(event) = merged.next().await else { return };
+            self.handle(event);
+            for _ in 0..EVENTS_PER_TURN_MAX {
+                match merged.next().now_or_never() {
+                    Some(Some(event)) => self.handle(event),
+                    _ => break,
+                }
+            }
+            self.flush_batch();
+            self.flush_reads();
+            self.work_off_readies();
+            // A role change need not produce a Ready (a leader stepping down for lack of a
+            // quorum): publish the state every turn.
+            self.publish_state();
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Proposal(proposal) => self.take_proposal(proposal),
+            Event::Peer(Incoming::Messages(messages)) => {
+                for message in messages {
+                    self.step(message);
+                }
+            }
+            Event::Peer(Incoming::Unreachable(id)) => self.raft.report_unreachable(id),
+            Event::Tick => {
+                self.raft.tick();
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(WAITER_SWEEP_TICKS) {
+                    self.waiters.borrow_mut().sweep();
+                }
+                self.maybe_publish_attributes();
+            }
+            Event::Persisted(number) => self.persisted(number),
+            Event::MembersChanged => self.update_peers(),
+        }
+    }
+
+    fn take_proposal(&mut self, proposal: Proposal) {
+        let Proposal { command, reply } = proposal;
+        let op = match command {
+            Command::Put(request) => entry::Op::Put(request),
+            Command::DeleteRange(request) => entry::Op::DeleteRange(request),
+            Command::Txn(request) => entry::Op::Txn(request),
+            Command::Compact(request) => entry::Op::Compact(request),
+            Command::Alarm(request) => entry::Op::Alarm(request),
+            Command::ReadBarrier => {
+                self.reads.push(reply);
+                return;
+            }
+            local @ (Command::Defragment | Command::Hash | Command::HashKv(_)) => {
+                let _ = self.apply.unbounded_send(ApplyWork::Local(Proposal { command: local, reply }));
+                return;
+            }
+        };
+        let id = self.next_id();
+        self.waiters.borrow_mut().insert(id, reply);
+        self.push_request(entry::Request { id, op: Some(op) });
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.next_request_id
+    }
+
+    fn push_request(&mut self, request: entry::Request) {
+        self.batch_bytes += request.encoded_len();
+        self.batch.push(request);
+        if self.batch_bytes >= ENTRY_BATCH_BYTES_MAX {
+            self.flush_batch();
+        }
+    }
+
+    /// Proposes every request taken since the last flush as one entry (or forwards it to the
+    /// leader); on refusal, the waiting clients get the reason at once.
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
+        let data = Batch { member_id: self.shared.member_id, requests }.encode_to_vec();
+        if let Err(status) = self.propose_or_forward(EntryType::EntryNormal, data) {
+            self.waiters.borrow_mut().fail_all(ids.into_iter(), &status);
+        }
+    }
+
+    fn propose_or_forward(&mut self, entry_type: EntryType, data: Vec<u8>) -> Result<(), Status> {
+        if self.raft.role() == Role::Leader {
+            let result = match entry_type {
+                EntryType::EntryConfChange => match ConfChange::decode(data.as_slice()) {
+                    Ok(change) => self.raft.propose_conf_change(change).map(|_| ()),
+                    Err(_) => {
+                        return Err(Status::with_message(errors::Code::Internal, "undecodable conf change".to_owned()))
+                    }
+                },
+                _ => self.raft.propose(data).map(|_| ()),
+            };
+            return result.map_err(|error| propose_status(&error));
+        }
+        let leader = self.raft.leader_id();
+        if leader == crate::raft::NONE {
+            return Err(errors::NO_LEADER);
+        }
+        let entry = Entry { entry_type: entry_type as i32, data, ..Default::default() };
+        self.transport.send(vec![Message {
+            msg_type: MessageType::MsgProp as i32,
+            to: leader,
+            from: self.shared.member_id,
+            entries: vec![entry],
+            ..Default::default()
+        }]);
+        Ok(())
+    }
+
+    /// One ReadIndex round for every linearizable read taken since the last flush.
+    fn flush_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let replies = std::mem::take(&mut self.reads);
+        let round = self.next_read_round;
+        self.next_read_round += 1;
+        match self.raft.read_index(round.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.read_rounds.insert(round, replies);
+            }
+            Err(error) => {
+                let status = propose_status(&error);
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        if message.msg_type == MessageType::MsgProp as i32 {
+            // A follower's clients' requests: propose them here, or pass them on to the
+            // leader we know of (dropped otherwise: the clients time out, as with etcd).
+            for entry in message.entries {
+                let entry_type = EntryType::try_from(entry.entry_type).unwrap_or(EntryType::EntryNormal);
+                if self.raft.role() == Role::Leader {
+                    let _ = self.propose_or_forward(entry_type, entry.data);
+                } else {
+                    let leader = self.raft.leader_id();
+                    if leader != crate::raft::NONE && leader != message.from {
+                        let _ = self.propose_or_forward(entry_type, entry.data);
+                    }
+                }
+            }
+            return;
+        }
+        self.raft.step(message);
+    }
+
+    fn persisted(&mut self, number: u64) {
+        self.raft.on_persist_ready(number);
+        for pending in self.pending_persists.iter_mut() {
+            if pending.number <= number {
+                pending.durable = true;
+            }
+        }
+        while self.pending_persists.front().is_some_and(|p| p.durable) {
+            let pending = self.pending_persists.pop_front().expect("front exists");
+            self.transport.send(pending.messages);
+        }
+    }
+
+    fn work_off_readies(&mut self) {
+        while self.raft.has_ready() {
+            let mut ready = self.raft.ready();
+            self.transport.send(std::mem::take(&mut ready.messages));
+            if let Some(snapshot) = &ready.snapshot {
+                // Members never compact their logs below what every peer holds in this
+                // version (no --snapshot-count log compaction yet), so no leader sends one.
+                unreachable!(
+                    "snapshot at index {:?} received; snapshot transfer is not part of this build",
+                    snapshot.metadata
+                );
+            }
+            if ready.must_persist() {
+                let durable = self.wal.append(&ready.entries, ready.hard_state.clone());
+                let events = self.events.clone();
+                let number = ready.number;
+                glommio::spawn_local(async move {
+                    match durable.await {
+                        Ok(()) => {
+                            let _ = events.unbounded_send(Event::Persisted(number));
+                        }
+                        Err(error) => {
+                            eprintln!("ringd: writing the WAL failed: {error}; stopping");
+                            std::process::exit(1);
+                        }
+                    }
+                })
+                .detach();
+                self.pending_persists.push_back(PendingPersist {
+                    number,
+                    durable: false,
+                    messages: ready.messages_after_persist,
+                });
+            } else if self.pending_persists.is_empty() {
+                self.transport.send(ready.messages_after_persist);
+            } else {
+                self.pending_persists.push_back(PendingPersist {
+                    number: ready.number,
+                    durable: true,
+                    messages: ready.messages_after_persist,
+                });
+            }
+            if !ready.committed_entries.is_empty() {
+                let _ = self.apply.unbounded_send(ApplyWork::Entries(ready.committed_entries));
+            }
+            for read in ready.read_states {
+                let round = read.request_context.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
+                if let Some(replies) = self.read_rounds.remove(&round) {
+                    let _ = self.apply.unbounded_send(ApplyWork::Reads(read.index, replies));
+                }
+            }
+            self.publish_state();
+        }
+    }
+
+    /// What Status, headers and the no-leader check read on every core.
+    fn publish_state(&mut self) {
+        let shared = &self.shared;
+        let leader = self.raft.leader_id();
+        let previous_leader = shared.leader_id.swap(leader, Ordering::AcqRel);
+        shared.raft_term.store(self.raft.term(), Ordering::Release);
+        shared.raft_index.store(self.raft.log().last_index(), Ordering::Release);
+        if previous_leader != leader && leader == crate::raft::NONE {
+            // Reads waiting for a round of a leader that is gone would only time out.
+            let status = errors::NO_LEADER;
+            for (_, replies) in self.read_rounds.drain() {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+
+    /// Once a leader is known, publishes this member's name and client URLs through Raft
+    /// (etcd's publish), so that every member's MemberList shows them.
+    fn maybe_publish_attributes(&mut self) {
+        if self.attributes_published || self.raft.leader_id() == crate::raft::NONE {
+            return;
+        }
+        let config = &self.shared.config;
+        let member = crate::api::pb::etcdserverpb::Member {
+            id: self.shared.member_id,
+            name: config.name.clone(),
+            peer_ur_ls: config.peer_urls.clone(),
+            client_ur_ls: config.advertise_client_urls.clone(),
+            is_learner: false,
+        };
+        let id = self.next_id();
+        self.push_request(entry::Request { id, op: Some(entry::Op::Attributes(member)) });
+        self.attributes_published = true;
+    }
+
+    /// Points the transport at every member's first peer URL.
+    fn update_peers(&mut self) {
+        let members = self.shared.members.read().unwrap().clone();
+        for member in &members {
+            if member.id == self.shared.member_id {
+                continue;
+            }
+            match member.peer_ur_ls.first().and_then(|url| crate::transport::resolve(url)) {
+                Some(address) => self.transport.set_peer(member.id, address),
+                None => eprintln!("ringd: member {:x} has no usable peer URL {:?}", member.id, member.peer_ur_ls),
+            }
+        }
+    }
+}
+
+fn propose_status(error: &ProposeError) -> Status {
+    match error {
+        ProposeError::NotLeader { leader } if *leader == crate::raft::NONE => errors::NO_LEADER,
+        ProposeError::NotLeader { .. } | ProposeError::TransferInProgress => errors::LEADER_CHANGED,
+        ProposeError::TooManyUncommitted => errors::TOO_MANY_REQUESTS,
+        ProposeError::ConfChangePending => errors::UNHEALTHY_CLUSTER,
+        ProposeError::InvalidConfChange => errors::INVALID_CONF_CHANGE,
+    }
+}

@@ -1,0 +1,284 @@
+//! Peer transport: Raft messages between members over TCP, on the raft core.
+//!
+//! Owns: one outbound connection per peer (this member sends on it, with reconnect and
+//! backoff) and the accept loop for inbound connections (this member receives on them).
+//! Depends on: `raft::pb` message types and glommio's TCP streams. It knows nothing of what
+//! the messages mean.
+//!
+//! # Wire format
+//!
+//! ```text
+//! stream := hello frame*
+//! frame  := length u32 LE | payload (prost)        length <= FRAME_SIZE_MAX_BYTES
+//! hello  := Hello { magic, cluster_id, from, to }  the first frame on every connection
+//! frame  := Frame { repeated raft Message }        everything queued since the last write
+//! ```
+//!
+//! The dialer sends a hello; the acceptor drops the connection when the magic, the cluster
+//! id or the addressee is not its own (a member of another cluster, or a stale address), and
+//! says why on stderr once per peer. Messages queued while a peer is unreachable are dropped
+//! (Raft retransmits) and the peer is reported unreachable, so its leader probes it.
+//!
+//! Batching: a sender task takes every message queued for its peer into one frame and one
+//! write; while the write is in flight, new messages queue for the next frame.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::StreamExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use prost::Message as _;
+
+use crate::raft::pb::Message;
+
+/// "ringpeer" in ASCII: a connection that does not start with it is not a ringd member.
+pub const HELLO_MAGIC: u64 = 0x7269_6e67_7065_6572;
+/// A frame larger than this is a protocol error (snapshots travel in their own messages
+/// of at most this size too).
+pub const FRAME_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of messages one frame carries at most before the rest waits for the next write.
+const FRAME_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hello {
+    #[prost(fixed64, tag = "1")]
+    pub magic: u64,
+    #[prost(uint64, tag = "2")]
+    pub cluster_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub from: u64,
+    #[prost(uint64, tag = "4")]
+    pub to: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    #[prost(message, repeated, tag = "1")]
+    pub messages: Vec<Message>,
+}
+
+/// What the transport tells its owner.
+pub enum Incoming {
+    /// Messages from a peer, in the order it sent them.
+    Messages(Vec<Message>),
+    /// A peer could not be reached: messages to it were dropped.
+    Unreachable(u64),
+}
+
+struct Peer {
+    address: SocketAddr,
+    queue: mpsc::UnboundedSender<Message>,
+}
+
+/// The raft core's handle: send to peers by id; peers come and go with membership.
+pub struct Transport {
+    member_id: u64,
+    cluster_id: u64,
+    peers: RefCell<HashMap<u64, Peer>>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+}
+
+impl Transport {
+    pub fn new(member_id: u64, cluster_id: u64, incoming: mpsc::UnboundedSender<Incoming>) -> Rc<Transport> {
+        Rc::new(Transport { member_id, cluster_id, peers: RefCell::new(HashMap::new()), incoming })
+    }
+
+    /// Adds or re-addresses a peer; its sender task starts at once.
+    pub fn set_peer(self: &Rc<Transport>, id: u64, address: SocketAddr) {
+        if id == self.member_id {
+            return;
+        }
+        let mut peers = self.peers.borrow_mut();
+        if peers.get(&id).is_some_and(|peer| peer.address == address) {
+            return;
+        }
+        let (queue, messages) = mpsc::unbounded();
+        // Dropping the old sender ends the old task.
+        peers.insert(id, Peer { address, queue });
+        glommio::spawn_local(send_loop(self.clone(), id, address, messages)).detach();
+    }
+
+    pub fn remove_peer(&self, id: u64) {
+        self.peers.borrow_mut().remove(&id);
+    }
+
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.peers.borrow().contains_key(&id)
+    }
+
+    /// Queues messages; each goes to the peer its `to` names (unknown peers: dropped and
+    /// reported unreachable).
+    pub fn send(&self, messages: Vec<Message>) {
+        let peers = self.peers.borrow();
+        for message in messages {
+            match peers.get(&message.to) {
+                Some(peer) => {
+                    let _ = peer.queue.unbounded_send(message);
+                }
+                None => {
+                    let _ = self.incoming.unbounded_send(Incoming::Unreachable(message.to));
+                }
+            }
+        }
+    }
+
+    /// Accepts peer connections on `listener` forever.
+    pub async fn accept_loop(self: Rc<Transport>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(self.clone().receive(stream)).detach();
+                }
+                Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    async fn receive(self: Rc<Transport>, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut buffer = Vec::new();
+        let hello = match read_frame(&mut stream, &mut buffer).await.and_then(|()| decode::<Hello>(&buffer)) {
+            Ok(hello) => hello,
+            Err(_) => return,
+        };
+        if hello.magic != HELLO_MAGIC {
+            return;
+        }
+        if hello.cluster_id != self.cluster_id {
+            eprintln!(
+                "ringd: refused a peer connection from member {:x}: cluster ID mismatch (local {:x} != remote {:x})",
+                hello.from, self.cluster_id, hello.cluster_id
+            );
+            return;
+        }
+        if hello.to != self.member_id {
+            eprintln!(
+                "ringd: refused a peer connection from member {:x} meant for member {:x} (this is {:x})",
+                hello.from, hello.to, self.member_id
+            );
+            return;
+        }
+        loop {
+            if read_frame(&mut stream, &mut buffer).await.is_err() {
+                return;
+            }
+            let Ok(frame) = decode::<Frame>(&buffer) else { return };
+            let messages: Vec<Message> =
+                frame.messages.into_iter().filter(|m| m.from == hello.from && m.to == self.member_id).collect();
+            if !messages.is_empty() && self.incoming.unbounded_send(Incoming::Messages(messages)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends everything queued for one peer, reconnecting with backoff. Ends when the peer is
+/// removed (its queue's sender dropped).
+async fn send_loop(
+    transport: Rc<Transport>,
+    id: u64,
+    address: SocketAddr,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+) {
+    let hello = Hello { magic: HELLO_MAGIC, cluster_id: transport.cluster_id, from: transport.member_id, to: id };
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut frame = Frame { messages: Vec::new() };
+    let mut bytes = Vec::new();
+    loop {
+        let mut stream = match TcpStream::connect_timeout(address, DIAL_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                if !drop_queued(&transport, id, &mut queue) {
+                    return;
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        bytes.clear();
+        encode_frame(&hello, &mut bytes);
+        if stream.write_all(&bytes).await.is_err() {
+            continue;
+        }
+        backoff = RECONNECT_BACKOFF_MIN;
+        loop {
+            let Some(first) = queue.next().await else { return };
+            let mut size = first.encoded_len();
+            frame.messages.push(first);
+            while size < FRAME_BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(message) => {
+                        size += message.encoded_len();
+                        frame.messages.push(message);
+                    }
+                    Err(mpsc::TryRecvError::Closed) => return,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
+            }
+            bytes.clear();
+            encode_frame(&frame, &mut bytes);
+            frame.messages.clear();
+            if stream.write_all(&bytes).await.is_err() {
+                let _ = transport.incoming.unbounded_send(Incoming::Unreachable(id));
+                break;
+            }
+        }
+    }
+}
+
+/// Drops what queued while the peer was unreachable; false when the peer was removed.
+fn drop_queued(transport: &Transport, id: u64, queue: &mut mpsc::UnboundedReceiver<Message>) -> bool {
+    let mut dropped = false;
+    loop {
+        match queue.try_recv() {
+            Ok(_) => dropped = true,
+            Err(mpsc::TryRecvError::Closed) => return false,
+            Err(mpsc::TryRecvError::Empty) => break,
+        }
+    }
+    if dropped {
+        let _ = transport.incoming.unbounded_send(Incoming::Unreachable(id));
+    }
+    true
+}
+
+fn encode_frame<M: prost::Message>(message: &M, out: &mut Vec<u8>) {
+    let len = message.encoded_len();
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    message.encode(out).expect("a Vec grows as needed");
+}
+
+async fn read_frame(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let len = u32::from_le_bytes(header) as usize;
+    if len > FRAME_SIZE_MAX_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "peer frame too large"));
+    }
+    buffer.resize(len, 0);
+    stream.read_exact(buffer).await
+}
+
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> std::io::Result<M> {
+    M::decode(bytes).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+}
+
+/// `http://host:port` of a peer URL to an address (IPv4 preferred, as for client URLs).
+pub fn resolve(url: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
+    let mut addresses = host_port.to_socket_addrs().ok()?;
+    let ipv4 = addresses.clone().find(SocketAddr::is_ipv4);
+    ipv4.or_else(|| addresses.next())
+}

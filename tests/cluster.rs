@@ -1,0 +1,307 @@
+//! Multi-member clusters through the real binary and the real etcdctl: election, replication,
+//! forwarding from followers, linearizable reads, a leader killed with SIGKILL during writes,
+//! restart and catch-up. Every member is a process on 127.0.0.1 ports, stopped by PID when
+//! the test ends; every wait is bounded.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{etcdctl, free_port, stdout, Ringd};
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    members: Vec<Option<Ringd>>,
+    dirs: Vec<PathBuf>,
+    args: Vec<Vec<String>>,
+    _temp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(size: usize) -> Cluster {
+        let temp = tempfile::tempdir().unwrap();
+        let peer_urls: Vec<String> = (0..size).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+        let initial: Vec<String> = peer_urls.iter().enumerate().map(|(i, url)| format!("m{i}={url}")).collect();
+        let token = format!("cluster-test-{}", std::process::id());
+        let mut cluster = Cluster { members: Vec::new(), dirs: Vec::new(), args: Vec::new(), _temp: temp };
+        for (i, url) in peer_urls.iter().enumerate() {
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{i}"),
+                "--initial-advertise-peer-urls",
+                url,
+                "--listen-peer-urls",
+                url,
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-token",
+                &token,
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            cluster.dirs.push(cluster._temp.path().join(format!("m{i}")));
+            cluster.args.push(args);
+            cluster.members.push(None);
+        }
+        for i in 0..size {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    fn restart(&mut self, i: usize) {
+        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
+        self.members[i] = Some(Ringd::start_in(&self.dirs[i], &args));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(member) = self.members[i].take() {
+            member.kill();
+        }
+    }
+
+    fn member(&self, i: usize) -> &Ringd {
+        self.members[i].as_ref().expect("member is running")
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].is_some()).collect()
+    }
+
+    /// (leader id, raft term, raft index, applied index) as member `i` reports it.
+    fn status(&self, i: usize) -> Option<(u64, u64, u64, u64)> {
+        let output = self.member(i).etcdctl(&["endpoint", "status", "-w", "json"]);
+        if !output.status.success() {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&stdout(&output)).ok()?;
+        let status = &json[0]["Status"];
+        status["header"]["member_id"].as_u64()?;
+        Some((
+            status["leader"].as_u64().unwrap_or(0),
+            status["raftTerm"].as_u64().unwrap_or(0),
+            status["raftIndex"].as_u64().unwrap_or(0),
+            status["raftAppliedIndex"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    fn member_id(&self, i: usize) -> u64 {
+        let output = self.member(i).etcdctl(&["endpoint", "status", "-w", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        json[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+    }
+
+    /// Waits until every running member names the same leader among the running members;
+    /// returns the leader's position.
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let running = self.running();
+        let ids: Vec<u64> = running.iter().map(|&i| self.member_id(i)).collect();
+        loop {
+            let leaders: Vec<Option<u64>> = running.iter().map(|&i| self.status(i).map(|s| s.0)).collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if *leader != 0 && leaders.iter().all(|l| *l == Some(*leader)) {
+                    if let Some(position) = ids.iter().position(|id| id == leader) {
+                        return running[position];
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no common leader among members {running:?}: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every running member has applied the same, highest raft index.
+    fn wait_for_same_index(&self) -> u64 {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let statuses: Vec<Option<(u64, u64, u64, u64)>> = self.running().iter().map(|&i| self.status(i)).collect();
+            let indexes: Vec<Option<(u64, u64)>> = statuses.iter().map(|s| s.map(|s| (s.2, s.3))).collect();
+            if let Some(Some((index, _))) = indexes.first() {
+                if indexes.iter().all(|x| *x == Some((*index, *index))) {
+                    return *index;
+                }
+            }
+            assert!(Instant::now() < deadline, "members do not converge on one raft index: {statuses:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn get_value(endpoint: &str, key: &str, serializable: bool) -> Option<String> {
+    let mut args = vec!["get", key, "--print-value-only"];
+    if serializable {
+        args.push("--consistency=s");
+    }
+    let output = etcdctl(endpoint, &args, None);
+    if !output.status.success() {
+        return None;
+    }
+    let value = stdout(&output).trim_end().to_owned();
+    (!value.is_empty()).then_some(value)
+}
+
+#[test]
+fn three_members_elect_one_leader_replicate_and_forward() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+
+    // The real etcdctl's table: one leader, three endpoints.
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.member(i).endpoint()).collect();
+    let output = etcdctl(&endpoints.join(","), &["endpoint", "status", "-w", "table"], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let table = stdout(&output);
+    let is_leader_column = |line: &str| line.split('|').nth(5).map(str::trim).map(str::to_owned);
+    let leader_rows = table.lines().filter(|line| is_leader_column(line).as_deref() == Some("true")).count();
+    let data_rows = table.lines().filter(|line| line.contains("127.0.0.1")).count();
+    assert_eq!(data_rows, 3, "{table}");
+    assert_eq!(leader_rows, 1, "exactly one leader:\n{table}");
+
+    // Writes on every member (two of them followers, which forward to the leader).
+    for i in 0..3 {
+        let output = cluster.member(i).etcdctl(&["put", &format!("key-{i}"), &format!("value-{i}")]);
+        assert!(output.status.success(), "put on member {i}: {}", support::error_line(&output));
+    }
+    // A linearizable read on any member sees a write acknowledged by another one at once.
+    for reader in 0..3 {
+        for writer in 0..3 {
+            assert_eq!(
+                get_value(&cluster.member(reader).endpoint(), &format!("key-{writer}"), false),
+                Some(format!("value-{writer}")),
+                "member {reader} reads what member {writer} acknowledged"
+            );
+        }
+    }
+    let follower = (leader + 1) % 3;
+    let output = cluster.member(leader).etcdctl(&["put", "fresh", "from-the-leader"]);
+    assert!(output.status.success());
+    assert_eq!(get_value(&cluster.member(follower).endpoint(), "fresh", false).as_deref(), Some("from-the-leader"));
+
+    cluster.wait_for_same_index();
+
+    // The member list: three members with their names and client URLs, on every member.
+    for i in 0..3 {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let output = cluster.member(i).etcdctl(&["member", "list", "-w", "json"]);
+            let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+            let members = json["members"].as_array().cloned().unwrap_or_default();
+            let complete = members.len() == 3
+                && members.iter().all(|m| m["clientURLs"].as_array().is_some_and(|urls| !urls.is_empty()));
+            if complete {
+                let mut names: Vec<String> = members.iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
+                names.sort();
+                assert_eq!(names, vec!["m0", "m1", "m2"]);
+                break;
+            }
+            assert!(Instant::now() < deadline, "member list on member {i}: {json}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let writer_member = (leader + 1) % 3;
+    let endpoint = cluster.member(writer_member).endpoint();
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut attempt = 0usize;
+            while !stop.load(Ordering::Acquire) && attempt < 2000 {
+                let output = etcdctl(&endpoint, &["put", &format!("ack-{attempt:05}"), &attempt.to_string()], None);
+                if output.status.success() {
+                    acknowledged.lock().unwrap().push(attempt);
+                }
+                attempt += 1;
+            }
+        })
+    };
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while acknowledged.lock().unwrap().len() < 30 {
+        assert!(Instant::now() < deadline, "writes do not go through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, leader);
+    let before = acknowledged.lock().unwrap().len();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while acknowledged.lock().unwrap().len() < before + 30 {
+        assert!(Instant::now() < deadline, "writes do not resume after the new leader is elected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    // Every acknowledged write is on the survivors.
+    let survivors = cluster.running();
+    for &i in &survivors {
+        let output = cluster.member(i).etcdctl(&["get", "ack-", "--prefix", "--keys-only"]);
+        assert!(output.status.success());
+        let keys = stdout(&output);
+        for attempt in &acknowledged {
+            assert!(keys.contains(&format!("ack-{attempt:05}")), "member {i} lost acknowledged write {attempt}");
+        }
+    }
+
+    // The killed member restarts from its WAL and catches up from the leader's log.
+    cluster.restart(leader);
+    cluster.wait_for_leader();
+    let index = cluster.wait_for_same_index();
+    assert!(index > 0);
+    let restarted = cluster.member(leader).endpoint();
+    let output = etcdctl(&restarted, &["get", "ack-", "--prefix", "--keys-only", "--consistency=s"], None);
+    let keys = stdout(&output);
+    for attempt in &acknowledged {
+        assert!(
+            keys.contains(&format!("ack-{attempt:05}")),
+            "the restarted member misses acknowledged write {attempt}"
+        );
+    }
+}
+
+#[test]
+fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let output = cluster.member(0).etcdctl(&["put", "before", "quorum-lost"]);
+    assert!(output.status.success());
+    cluster.kill(1);
+    cluster.kill(2);
+    // Member 0 alone: once it notices (check-quorum / election timeout), it has no leader.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if cluster.status(0).is_some_and(|s| s.0 == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 0 still believes in a leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = cluster.member(0).etcdctl(&["put", "after", "quorum-lost"]);
+    assert!(!output.status.success());
+    assert!(support::error_line(&output).contains("etcdserver: no leader"), "{}", support::error_line(&output));
+    let output = cluster.member(0).etcdctl(&["get", "before"]);
+    assert!(!output.status.success(), "a linearizable read without quorum must fail");
+    // A serializable read is still answered locally.
+    assert_eq!(get_value(&cluster.member(0).endpoint(), "before", true).as_deref(), Some("quorum-lost"));
+    let (status, body) = support::http(cluster.member(0).port, "GET", "/health", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("false"), "{body}");
+}
