@@ -285,11 +285,13 @@ async fn apply_loop(
     let mut replies: Vec<(Reply, Result<Outcome, Status>)> = Vec::with_capacity(BATCH_REQUESTS_MAX);
     let mut reads: Vec<(u64, Vec<Reply>)> = Vec::new();
     let mut background = Background::default();
+    let mut checkpoints = Checkpoints::new();
     loop {
         if !background.busy(&store) {
-            match work.next().await {
-                Some(first) => batch.push(first),
-                None => return,
+            match next_work(&mut work, checkpoints.due_in()).await {
+                Wake::Work(first) => batch.push(first),
+                Wake::CheckpointDue => {}
+                Wake::Closed => return,
             }
         }
         while batch.len() < BATCH_REQUESTS_MAX {
@@ -335,8 +337,10 @@ async fn apply_loop(
             }
         }
         background.step(&mut store);
-        if changed {
-            checkpoint(&mut store, &shared).await;
+        let durability = checkpoints.durability(changed, !background.defragmentations.is_empty());
+        if changed || durability == mvcc::Durability::Durable {
+            checkpoint(&mut store, &shared, durability).await;
+            checkpoints.committed(durability);
         }
         let applied = store.consistent_index();
         shared.applied_index.store(applied, Ordering::Release);
@@ -471,11 +475,78 @@ fn defragment_steps_max(store: &mvcc::Store) -> usize {
     2 * (store.size_bytes() / mvcc::page::PAGE_SIZE as u64) as usize + 8
 }
 
-/// Makes the batch durable: pages written and synced, then the meta switched, on the
-/// blocking pool so the executor keeps serving. A failure ends the process before any reply
-/// of the batch is sent: nothing unsynced is ever acknowledged.
-async fn checkpoint(store: &mut mvcc::Store, shared: &Shared) {
-    let job = match store.prepare_commit() {
+/// When the store's visible commits become a durable checkpoint (DESIGN §5: durability
+/// comes from the WAL; the store is checkpointed periodically, so that a restart replays a
+/// bounded WAL suffix).
+struct Checkpoints {
+    last_durable: std::time::Instant,
+    /// Visible commits since the last durable checkpoint.
+    visible_since: u64,
+}
+
+/// A durable checkpoint at least this often while there are visible commits...
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// ...and after at most this many visible commits.
+const CHECKPOINT_VISIBLE_COMMITS_MAX: u64 = 1000;
+
+impl Checkpoints {
+    fn new() -> Checkpoints {
+        Checkpoints { last_durable: std::time::Instant::now(), visible_since: 0 }
+    }
+
+    /// How long the apply task may sleep before a durable checkpoint is due (None: none is).
+    fn due_in(&self) -> Option<std::time::Duration> {
+        (self.visible_since > 0).then(|| CHECKPOINT_INTERVAL.saturating_sub(self.last_durable.elapsed()))
+    }
+
+    /// Durable when due, or while a defragmentation needs its checkpoints on disk (its file
+    /// can shrink only below what the durable metas reach); otherwise only visible.
+    fn durability(&self, changed: bool, defragmenting: bool) -> mvcc::Durability {
+        let due = self.visible_since > 0
+            && (self.last_durable.elapsed() >= CHECKPOINT_INTERVAL || self.visible_since >= CHECKPOINT_VISIBLE_COMMITS_MAX);
+        if defragmenting || due || (changed && self.visible_since + 1 >= CHECKPOINT_VISIBLE_COMMITS_MAX) {
+            mvcc::Durability::Durable
+        } else {
+            mvcc::Durability::Visible
+        }
+    }
+
+    fn committed(&mut self, durability: mvcc::Durability) {
+        match durability {
+            mvcc::Durability::Durable => {
+                self.last_durable = std::time::Instant::now();
+                self.visible_since = 0;
+            }
+            mvcc::Durability::Visible => self.visible_since += 1,
+        }
+    }
+}
+
+enum Wake {
+    Work(ApplyWork),
+    CheckpointDue,
+    Closed,
+}
+
+/// The next piece of work, or the moment a durable checkpoint falls due.
+async fn next_work(work: &mut mpsc::UnboundedReceiver<ApplyWork>, due_in: Option<std::time::Duration>) -> Wake {
+    let Some(due_in) = due_in else {
+        return work.next().await.map_or(Wake::Closed, Wake::Work);
+    };
+    let timer = glommio::timer::sleep(due_in);
+    futures::pin_mut!(timer);
+    match futures::future::select(work.next(), timer).await {
+        futures::future::Either::Left((next, _)) => next.map_or(Wake::Closed, Wake::Work),
+        futures::future::Either::Right(_) => Wake::CheckpointDue,
+    }
+}
+
+/// Commits the applied batch: visible to every core's readers (pages pwritten, meta
+/// published; the Raft WAL holds the durability), or a durable checkpoint (fdatasync, meta
+/// written). The job runs on the blocking pool so the executor keeps serving. A failure ends
+/// the process before any reply of the batch is sent.
+async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::Durability) {
+    let job = match store.prepare_commit_with(durability) {
         Ok(job) => job,
         Err(error) => fatal(&error),
     };
