@@ -503,7 +503,8 @@ impl Checkpoints {
     /// can shrink only below what the durable metas reach); otherwise only visible.
     fn durability(&self, changed: bool, defragmenting: bool) -> mvcc::Durability {
         let due = self.visible_since > 0
-            && (self.last_durable.elapsed() >= CHECKPOINT_INTERVAL || self.visible_since >= CHECKPOINT_VISIBLE_COMMITS_MAX);
+            && (self.last_durable.elapsed() >= CHECKPOINT_INTERVAL
+                || self.visible_since >= CHECKPOINT_VISIBLE_COMMITS_MAX);
         if defragmenting || due || (changed && self.visible_since + 1 >= CHECKPOINT_VISIBLE_COMMITS_MAX) {
             mvcc::Durability::Durable
         } else {
