@@ -305,3 +305,143 @@ fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("false"), "{body}");
 }
+
+impl Cluster {
+    /// Starts a member that `member add` announced, joining the running cluster.
+    fn join(&mut self, name: &str, peer_url: &str, initial_cluster: &str) -> usize {
+        let token = format!("cluster-test-{}", std::process::id());
+        let args: Vec<String> = [
+            "--name",
+            name,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            "existing",
+            "--initial-cluster-token",
+            &token,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let position = self.members.len();
+        self.dirs.push(self._temp.path().join(name));
+        self.args.push(args);
+        self.members.push(None);
+        self.restart(position);
+        position
+    }
+}
+
+/// The value of `KEY="value"` in etcdctl's `member add` output.
+fn exported(output: &str, key: &str) -> String {
+    let prefix = format!("{key}=\"");
+    let line = output.lines().find(|line| line.starts_with(&prefix)).unwrap_or_else(|| panic!("{key} in {output}"));
+    line[prefix.len()..line.len() - 1].to_owned()
+}
+
+fn member_list(endpoint: &str) -> Vec<serde_json::Value> {
+    let output = etcdctl(endpoint, &["member", "list", "-w", "json"], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    json["members"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    for i in 0..20 {
+        assert!(cluster.member(leader).etcdctl(&["put", &format!("early-{i:02}"), "x"]).status.success());
+    }
+    let endpoint = cluster.member(leader).endpoint();
+
+    // etcdctl member add --learner, then start the member the way its output says.
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let output = etcdctl(&endpoint, &["member", "add", "m3", "--peer-urls", &peer_url, "--learner"], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let announced = stdout(&output);
+    assert_eq!(exported(&announced, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    let id_hex = announced.split_whitespace().nth(1).unwrap().to_owned();
+    let new = cluster.join("m3", &peer_url, &exported(&announced, "ETCD_INITIAL_CLUSTER"));
+
+    // The learner catches up from the leader's log.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while get_value(&cluster.member(new).endpoint(), "early-19", true).is_none() {
+        assert!(Instant::now() < deadline, "the learner does not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let members = member_list(&endpoint);
+    assert_eq!(members.len(), 4);
+    let learner = members.iter().find(|m| m["peerURLs"][0] == peer_url.as_str()).unwrap();
+    assert_eq!(learner["isLearner"], true, "{members:?}");
+    // A learner does not vote and cannot be the target of a write forwarding loop; a
+    // linearizable read through it works once it is promoted.
+
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let output = etcdctl(&endpoint, &["member", "promote", &id_hex], None);
+        if output.status.success() {
+            break;
+        }
+        let error = support::error_line(&output);
+        assert!(error.contains("in sync with leader"), "{error}");
+        assert!(Instant::now() < deadline, "the learner is never promoted: {error}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let members = member_list(&endpoint);
+    assert!(members.iter().all(|m| m["isLearner"] != true), "{members:?}");
+    assert!(cluster.member(new).etcdctl(&["put", "after-promotion", "y"]).status.success());
+    assert_eq!(get_value(&cluster.member(new).endpoint(), "after-promotion", false).as_deref(), Some("y"));
+    cluster.wait_for_same_index();
+
+    // Promoting a voter and adding an existing peer URL are refused as etcd refuses them.
+    let output = etcdctl(&endpoint, &["member", "promote", &id_hex], None);
+    assert!(support::error_line(&output).contains("can only promote a learner member"));
+    let output = etcdctl(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url], None);
+    assert!(support::error_line(&output).contains("Peer URLs already exists"), "{}", support::error_line(&output));
+
+    // Remove a follower: it stops, the rest goes on with four... three members.
+    let removed = (0..3).find(|&i| i != leader).unwrap();
+    let removed_id = format!("{:x}", cluster.member_id(removed));
+    let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let exited = cluster.members[removed].as_mut().unwrap().child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed member keeps running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.members[removed] = None;
+    assert_eq!(member_list(&endpoint).len(), 3);
+    assert!(cluster.member(new).etcdctl(&["put", "after-removal", "z"]).status.success());
+    cluster.wait_for_leader();
+    cluster.wait_for_same_index();
+    let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
+    assert!(support::error_line(&output).contains("member not found"), "{}", support::error_line(&output));
+}
+
+#[test]
+fn move_leader_hands_leadership_to_the_target() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let target = (leader + 1) % 3;
+    let target_id = format!("{:x}", cluster.member_id(target));
+    let output = cluster.member(target).etcdctl(&["move-leader", &target_id]);
+    assert!(!output.status.success(), "only the leader can move leadership");
+    let endpoints = format!("{},{}", cluster.member(leader).endpoint(), cluster.member(target).endpoint());
+    let output = etcdctl(&endpoints, &["move-leader", &target_id], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    assert!(stdout(&output).contains("Leadership transferred"), "{}", stdout(&output));
+    assert_eq!(cluster.wait_for_leader(), target);
+}

@@ -38,6 +38,7 @@ use futures::channel::{mpsc, oneshot};
 use crate::api::errors::{self, Status};
 use crate::api::pb::etcdserverpb as pb;
 use crate::mvcc;
+use crate::raft::pb::ConfChangeType;
 
 pub use config::{Config, Flags};
 pub use writer::Command;
@@ -54,7 +55,8 @@ pub const QUEUE_REQUESTS_MAX: usize = 8192;
 /// State every core reads; written only by the writer (atomics) or at start.
 pub struct Shared {
     pub config: Config,
-    pub cluster_id: u64,
+    /// 0 until a member joining an existing cluster learns it from its first peer.
+    cluster_id: AtomicU64,
     pub member_id: u64,
     pub reader: mvcc::Reader,
     pub alarm_no_space: AtomicBool,
@@ -76,7 +78,7 @@ pub struct Shared {
 impl Shared {
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.member_id,
             revision,
             raft_term: self.raft_term.load(Ordering::Acquire),
@@ -86,6 +88,14 @@ impl Shared {
     /// etcd's request timeout: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.config.heartbeat_interval * self.config.election_ticks
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Acquire)
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: u64) {
+        self.cluster_id.store(cluster_id, Ordering::Release);
     }
 
     fn has_leader(&self) -> bool {
@@ -242,7 +252,7 @@ impl Core {
             raft_applied_index: applied,
             errors,
             db_size_in_use: shared.db_size_in_use_bytes.load(Ordering::Acquire) as i64,
-            is_learner: false,
+            is_learner: self.members().iter().any(|m| m.id == shared.member_id && m.is_learner),
             storage_version: String::new(),
         })
     }
@@ -252,6 +262,114 @@ impl Core {
         let mut header = shared.header(shared.reader.snapshot().revision());
         header.revision = 0; // etcd leaves the revision out of MemberList's header
         Ok(pb::MemberListResponse { header: Some(header), members: shared.members.read().unwrap().clone() })
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        self.shared.members.read().unwrap().clone()
+    }
+
+    fn member(&self, id: u64) -> Result<pb::Member, Status> {
+        self.members().into_iter().find(|m| m.id == id).ok_or(errors::MEMBER_NOT_FOUND)
+    }
+
+    /// A membership change through Raft; answers with the membership after it applied.
+    async fn change_members(
+        &self,
+        change: crate::raft::pb::ConfChange,
+        member: pb::Member,
+    ) -> Result<Vec<pb::Member>, Status> {
+        match self.propose(Command::ConfChange(change, member)).await? {
+            writer::Outcome::Members(members) => Ok(members),
+            _ => unreachable!("the apply task answers a membership change with the members"),
+        }
+    }
+
+    fn membership_header(&self) -> Option<pb::ResponseHeader> {
+        let mut header = self.shared.header(0);
+        header.revision = 0; // etcd leaves the revision out of the Cluster service's headers
+        Some(header)
+    }
+
+    /// etcd's MemberAdd: the new member's ID is derived from its peer URLs and the cluster
+    /// token, as the member derives it itself when it starts (with the same
+    /// --initial-cluster-token).
+    pub async fn member_add(&self, request: pb::MemberAddRequest) -> Result<pb::MemberAddResponse, Status> {
+        check_peer_urls(&request.peer_ur_ls)?;
+        let members = self.members();
+        if members.iter().any(|m| m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url))) {
+            return Err(errors::PEER_URL_EXIST);
+        }
+        let id = identity::member_id(&request.peer_ur_ls, &self.shared.config.cluster_token);
+        if members.iter().any(|m| m.id == id) {
+            return Err(errors::MEMBER_EXIST);
+        }
+        let member =
+            pb::Member { id, peer_ur_ls: request.peer_ur_ls, is_learner: request.is_learner, ..Default::default() };
+        let change_type = if request.is_learner {
+            ConfChangeType::ConfChangeAddLearnerNode
+        } else {
+            ConfChangeType::ConfChangeAddNode
+        };
+        let change = crate::raft::pb::ConfChange { change_type: change_type as i32, node_id: id, ..Default::default() };
+        let members = self.change_members(change, member.clone()).await?;
+        Ok(pb::MemberAddResponse { header: self.membership_header(), member: Some(member), members })
+    }
+
+    pub async fn member_remove(&self, request: pb::MemberRemoveRequest) -> Result<pb::MemberRemoveResponse, Status> {
+        let member = self.member(request.id)?;
+        let change = crate::raft::pb::ConfChange {
+            change_type: ConfChangeType::ConfChangeRemoveNode as i32,
+            node_id: request.id,
+            ..Default::default()
+        };
+        let members = self.change_members(change, member).await?;
+        Ok(pb::MemberRemoveResponse { header: self.membership_header(), members })
+    }
+
+    pub async fn member_update(&self, request: pb::MemberUpdateRequest) -> Result<pb::MemberUpdateResponse, Status> {
+        check_peer_urls(&request.peer_ur_ls)?;
+        let mut member = self.member(request.id)?;
+        if self
+            .members()
+            .iter()
+            .any(|m| m.id != request.id && m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url)))
+        {
+            return Err(errors::PEER_URL_EXIST);
+        }
+        member.peer_ur_ls = request.peer_ur_ls;
+        let change = crate::raft::pb::ConfChange {
+            change_type: ConfChangeType::ConfChangeUpdateNode as i32,
+            node_id: request.id,
+            ..Default::default()
+        };
+        let members = self.change_members(change, member).await?;
+        Ok(pb::MemberUpdateResponse { header: self.membership_header(), members })
+    }
+
+    /// Promotes a learner to a voter once it has caught up with the leader's log (the
+    /// leader checks; etcd's rule: within 10% of the leader's match index).
+    pub async fn member_promote(&self, request: pb::MemberPromoteRequest) -> Result<pb::MemberPromoteResponse, Status> {
+        let member = self.member(request.id)?;
+        if !member.is_learner {
+            return Err(errors::MEMBER_NOT_LEARNER);
+        }
+        let change = crate::raft::pb::ConfChange {
+            change_type: ConfChangeType::ConfChangeAddNode as i32,
+            node_id: request.id,
+            ..Default::default()
+        };
+        let members = self.change_members(change, member).await?;
+        Ok(pb::MemberPromoteResponse { header: self.membership_header(), members })
+    }
+
+    /// Maintenance.MoveLeader: only the leader can hand over; answers once the target leads.
+    pub async fn move_leader(&self, request: pb::MoveLeaderRequest) -> Result<pb::MoveLeaderResponse, Status> {
+        match self.propose(Command::MoveLeader(request.target_id)).await? {
+            writer::Outcome::LeaderMoved => Ok(pb::MoveLeaderResponse {
+                header: Some(self.shared.header(self.shared.reader.snapshot().revision())),
+            }),
+            _ => unreachable!("the raft core answers MoveLeader in kind"),
+        }
     }
 
     pub async fn hash(&self) -> Result<pb::HashResponse, Status> {
@@ -297,6 +415,14 @@ impl Core {
             "ringd": env!("CARGO_PKG_VERSION"),
         })
     }
+}
+
+/// etcd's check of member peer URLs: each an http(s) URL with a host and a port.
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() || urls.iter().any(|url| crate::transport::resolve(url).is_none()) {
+        return Err(errors::MEMBER_BAD_URLS);
+    }
+    Ok(())
 }
 
 /// Why the server could not start; printed as one line, exit code 1.
@@ -349,8 +475,26 @@ pub fn run(config: Config) -> Result<(), StartError> {
         })
         .collect();
     let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let mut cluster_id = if config.initial_cluster_new { identity::cluster_id(&member_ids) } else { 0 };
+    let mut members = members;
+    // A member that has run before knows its cluster from its store (what it applied),
+    // not from the flags, which describe only how the cluster began.
+    if config.data_dir.join("member").join("wal").is_dir() {
+        let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
+        let known: Vec<pb::Member> = stored
+            .iter()
+            .filter(|(key, _)| key.len() == 8)
+            .filter_map(|(_, value)| prost::Message::decode(value.as_slice()).ok())
+            .collect();
+        if !known.is_empty() {
+            members = known;
+        }
+        if let Some((_, value)) = stored.iter().find(|(key, _)| key.as_slice() == writer::CLUSTER_ID_KEY) {
+            cluster_id = value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(cluster_id);
+        }
+    }
     let shared = Arc::new(Shared {
-        cluster_id: identity::cluster_id(&member_ids),
+        cluster_id: AtomicU64::new(cluster_id),
         member_id,
         reader: store.reader(),
         alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),

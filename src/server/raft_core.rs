@@ -112,6 +112,8 @@ pub struct RaftCore {
     ticks: u64,
     /// Whether this member has published its name and client URLs since it started.
     attributes_published: bool,
+    /// MoveLeader requests waiting for their target to lead.
+    transfers: Vec<(u64, Reply)>,
 }
 
 /// What the raft core starts from.
@@ -253,6 +255,7 @@ impl RaftCore {
             pending_persists: VecDeque::new(),
             ticks: 0,
             attributes_published: false,
+            transfers: Vec::new(),
         }
     }
 
@@ -308,6 +311,18 @@ impl RaftCore {
                 }
             }
             Event::Peer(Incoming::Unreachable(id)) => self.raft.report_unreachable(id),
+            Event::Peer(Incoming::Removed(from)) => {
+                if self.shared.members.read().unwrap().iter().any(|m| m.id == from) {
+                    eprintln!(
+                        "ringd: the member has been permanently removed from the cluster (told by {from:x}); stopping"
+                    );
+                    std::process::exit(0);
+                }
+            }
+            Event::Peer(Incoming::ClusterId(id)) => {
+                eprintln!("ringd: joined cluster {id:x}");
+                self.shared.set_cluster_id(id);
+            }
             Event::Tick => {
                 self.raft.tick();
                 self.ticks += 1;
@@ -333,6 +348,14 @@ impl RaftCore {
                 self.reads.push(reply);
                 return;
             }
+            Command::ConfChange(change, member) => {
+                self.propose_conf_change(change, member, reply);
+                return;
+            }
+            Command::MoveLeader(target) => {
+                self.move_leader(target, reply);
+                return;
+            }
             local @ (Command::Defragment | Command::Hash | Command::HashKv(_)) => {
                 let _ = self.apply.unbounded_send(ApplyWork::Local(Proposal { command: local, reply }));
                 return;
@@ -341,6 +364,57 @@ impl RaftCore {
         let id = self.next_id();
         self.waiters.borrow_mut().insert(id, reply);
         self.push_request(entry::Request { id, op: Some(op) });
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        mut change: ConfChange,
+        member: crate::api::pb::etcdserverpb::Member,
+        reply: Reply,
+    ) {
+        if let Err(status) = self.check_conf_change(&change) {
+            let _ = reply.send(Err(status));
+            return;
+        }
+        let id = self.next_id();
+        change.context =
+            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member) }.encode_to_vec();
+        self.waiters.borrow_mut().insert(id, reply);
+        self.flush_batch();
+        if let Err(status) = self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec()) {
+            self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
+        }
+    }
+
+    /// The leader's checks of a change (a follower forwards, and the leader checks there):
+    /// a learner is promoted only once its log is within 10% of the leader's (etcd's rule).
+    fn check_conf_change(&self, change: &ConfChange) -> Result<(), Status> {
+        if self.raft.role() != Role::Leader {
+            return Ok(());
+        }
+        let promoting = change.change_type == crate::raft::pb::ConfChangeType::ConfChangeAddNode as i32
+            && self.raft.conf_state().learners.contains(&change.node_id);
+        if promoting {
+            let leader_match = self.raft.log().last_index();
+            let learner_match = self.raft.progress(change.node_id).map_or(0, |p| p.matched);
+            if (learner_match as f64) < 0.9 * leader_match as f64 {
+                return Err(errors::LEARNER_NOT_READY);
+            }
+        }
+        Ok(())
+    }
+
+    fn move_leader(&mut self, target: u64, reply: Reply) {
+        if self.raft.role() != Role::Leader {
+            let _ = reply.send(Err(errors::NOT_LEADER));
+        } else if target == self.shared.member_id {
+            let _ = reply.send(Ok(super::writer::Outcome::LeaderMoved));
+        } else if !self.raft.is_voter(target) {
+            let _ = reply.send(Err(errors::BAD_LEADER_TRANSFEREE));
+        } else {
+            self.raft.transfer_leader(target);
+            self.transfers.push((target, reply));
+        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -427,6 +501,13 @@ impl RaftCore {
             for entry in message.entries {
                 let entry_type = EntryType::try_from(entry.entry_type).unwrap_or(EntryType::EntryNormal);
                 if self.raft.role() == Role::Leader {
+                    if entry_type == EntryType::EntryConfChange {
+                        let refused = ConfChange::decode(entry.data.as_slice())
+                            .map_or(true, |change| self.check_conf_change(&change).is_err());
+                        if refused {
+                            continue;
+                        }
+                    }
                     let _ = self.propose_or_forward(entry_type, entry.data);
                 } else {
                     let leader = self.raft.leader_id();
@@ -513,6 +594,13 @@ impl RaftCore {
         let shared = &self.shared;
         let leader = self.raft.leader_id();
         let previous_leader = shared.leader_id.swap(leader, Ordering::AcqRel);
+        if !self.transfers.is_empty() {
+            let moved = |target: &u64| *target == leader;
+            for (_, reply) in self.transfers.extract_if(.., |(target, _)| moved(target)) {
+                let _ = reply.send(Ok(super::writer::Outcome::LeaderMoved));
+            }
+            self.transfers.retain(|(_, reply)| !reply.is_canceled());
+        }
         shared.raft_term.store(self.raft.term(), Ordering::Release);
         shared.raft_index.store(self.raft.log().last_index(), Ordering::Release);
         if previous_leader != leader && leader == crate::raft::NONE {
@@ -545,9 +633,15 @@ impl RaftCore {
         self.attributes_published = true;
     }
 
-    /// Points the transport at every member's first peer URL.
+    /// Points the transport at every member's first peer URL; a peer the membership dropped
+    /// is told so and forgotten.
     fn update_peers(&mut self) {
         let members = self.shared.members.read().unwrap().clone();
+        for id in self.transport.peer_ids() {
+            if !members.iter().any(|m| m.id == id) {
+                self.transport.remove_peer(id);
+            }
+        }
         for member in &members {
             if member.id == self.shared.member_id {
                 continue;

@@ -47,6 +47,10 @@ pub enum Command {
     /// A linearizable read's barrier: answered once this member applied through a
     /// ReadIndex confirmed by a quorum.
     ReadBarrier,
+    /// A membership change (its member: attributes for an add or update).
+    ConfChange(crate::raft::pb::ConfChange, pb::Member),
+    /// Maintenance.MoveLeader to this member id.
+    MoveLeader(u64),
 }
 
 pub enum Outcome {
@@ -61,9 +65,13 @@ pub enum Outcome {
     ReadBarrier,
     /// A configuration change applied: the membership after it.
     Members(Vec<pb::Member>),
+    LeaderMoved,
 }
 
 pub type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
+
+/// The key of the cluster ID in the members aux table (member keys are 8-byte IDs).
+pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 
 /// What the raft core hands the apply task.
 pub enum ApplyWork {
@@ -170,7 +178,7 @@ async fn run_raft_core(
     }
     let (events, events_received) = mpsc::unbounded::<Event>();
     let (incoming, incoming_received) = mpsc::unbounded();
-    let transport = Transport::new(shared.member_id, shared.cluster_id, incoming);
+    let transport = Transport::new(shared.member_id, shared.cluster_id(), incoming);
     for &address in &shared.config.listen_peer_addresses {
         match crate::api::listener::bind(address) {
             Ok(listener) => {
@@ -302,8 +310,10 @@ async fn apply_loop(
         }
         let mut changed = background.busy(&store);
         let mut members_changed = false;
+        let mut removed = false;
         let mut turn = Turn {
             store: &mut store,
+            removed: &mut removed,
             shared: &shared,
             waiters: &waiters,
             replies: &mut replies,
@@ -360,6 +370,12 @@ async fn apply_loop(
         if members_changed {
             let _ = events.unbounded_send(Event::MembersChanged);
         }
+        if removed {
+            // etcd stops a member that the cluster removed; its store says so durably.
+            checkpoint(&mut store, &shared, mvcc::Durability::Durable).await;
+            eprintln!("ringd: the member has been permanently removed from the cluster; stopping");
+            std::process::exit(0);
+        }
         glommio::yield_if_needed().await;
     }
 }
@@ -367,6 +383,8 @@ async fn apply_loop(
 /// One turn of the apply task: what applying an entry touches.
 struct Turn<'a> {
     store: &'a mut mvcc::Store,
+    /// Set when this member applied its own removal.
+    removed: &'a mut bool,
     shared: &'a Shared,
     waiters: &'a RefCell<Waiters>,
     replies: &'a mut Vec<(Reply, Result<Outcome, Status>)>,
@@ -411,6 +429,7 @@ impl Turn<'_> {
                     if let Some(known) = members.iter_mut().find(|m| m.id == member.id) {
                         known.name = member.name;
                         known.client_ur_ls = member.client_ur_ls;
+                        self.store.aux_put(mvcc::AUX_TABLE_MEMBERS, &known.id.to_be_bytes(), &known.encode_to_vec());
                         members_changed = true;
                     }
                     continue;
@@ -458,6 +477,21 @@ impl Turn<'_> {
                 }
             }
             Err(_) => {}
+        }
+        match members.iter().find(|m| m.id == change.node_id) {
+            Some(member) => {
+                self.store.aux_put(mvcc::AUX_TABLE_MEMBERS, &member.id.to_be_bytes(), &member.encode_to_vec())
+            }
+            None => {
+                self.store.aux_delete(mvcc::AUX_TABLE_MEMBERS, &change.node_id.to_be_bytes());
+            }
+        }
+        let cluster_id = self.shared.cluster_id();
+        if cluster_id != 0 {
+            self.store.aux_put(mvcc::AUX_TABLE_MEMBERS, CLUSTER_ID_KEY, &cluster_id.to_be_bytes());
+        }
+        if change.node_id == self.shared.member_id && !members.iter().any(|m| m.id == change.node_id) {
+            *self.removed = true;
         }
         let after = members.clone();
         drop(members);
@@ -611,7 +645,9 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             (result.map(|()| Outcome::Compact(pb::CompactionResponse { header })), true)
         }
         Command::Defragment => unreachable!("the apply loop schedules defragmentation"),
-        Command::ReadBarrier => unreachable!("the raft core answers read barriers"),
+        Command::ReadBarrier | Command::ConfChange(..) | Command::MoveLeader(_) => {
+            unreachable!("the raft core handles reads, membership changes and leader moves")
+        }
         Command::Hash => {
             let header = Some(shared.header(store.current_revision()));
             (Ok(Outcome::Hash(pb::HashResponse { header, hash: store.hash() })), false)

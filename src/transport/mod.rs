@@ -16,7 +16,9 @@
 //!
 //! The dialer sends a hello; the acceptor drops the connection when the magic, the cluster
 //! id or the addressee is not its own (a member of another cluster, or a stale address), and
-//! says why on stderr once per peer. Messages queued while a peer is unreachable are dropped
+//! says why on stderr. A member that joins an existing cluster starts without its cluster ID
+//! (0): its peers accept it if their membership names it, and it adopts the ID of the first
+//! peer that connects to it. Messages queued while a peer is unreachable are dropped
 //! (Raft retransmits) and the peer is reported unreachable, so its leader probes it.
 //!
 //! Batching: a sender task takes every message queued for its peer into one frame and one
@@ -63,6 +65,16 @@ pub struct Hello {
 pub struct Frame {
     #[prost(message, repeated, tag = "1")]
     pub messages: Vec<Message>,
+    /// The sender's membership no longer holds the receiver (the last frame it sends).
+    #[prost(bool, tag = "2")]
+    pub removed: bool,
+}
+
+/// What a sender task sends.
+enum Outgoing {
+    Message(Message),
+    /// Tell the peer it was removed from the cluster, then stop.
+    Removed,
 }
 
 /// What the transport tells its owner.
@@ -71,24 +83,34 @@ pub enum Incoming {
     Messages(Vec<Message>),
     /// A peer could not be reached: messages to it were dropped.
     Unreachable(u64),
+    /// This member joined without knowing its cluster's ID; its first peer told it.
+    ClusterId(u64),
+    /// A peer says this member was removed from the cluster.
+    Removed(u64),
 }
 
 struct Peer {
     address: SocketAddr,
-    queue: mpsc::UnboundedSender<Message>,
+    queue: mpsc::UnboundedSender<Outgoing>,
 }
 
 /// The raft core's handle: send to peers by id; peers come and go with membership.
 pub struct Transport {
     member_id: u64,
-    cluster_id: u64,
+    /// 0 while a joining member does not know it: it adopts the first peer's.
+    cluster_id: std::cell::Cell<u64>,
     peers: RefCell<HashMap<u64, Peer>>,
     incoming: mpsc::UnboundedSender<Incoming>,
 }
 
 impl Transport {
     pub fn new(member_id: u64, cluster_id: u64, incoming: mpsc::UnboundedSender<Incoming>) -> Rc<Transport> {
-        Rc::new(Transport { member_id, cluster_id, peers: RefCell::new(HashMap::new()), incoming })
+        Rc::new(Transport {
+            member_id,
+            cluster_id: std::cell::Cell::new(cluster_id),
+            peers: RefCell::new(HashMap::new()),
+            incoming,
+        })
     }
 
     /// Adds or re-addresses a peer; its sender task starts at once.
@@ -106,12 +128,19 @@ impl Transport {
         glommio::spawn_local(send_loop(self.clone(), id, address, messages)).detach();
     }
 
+    /// Stops sending to a peer the membership dropped, telling it so (best effort).
     pub fn remove_peer(&self, id: u64) {
-        self.peers.borrow_mut().remove(&id);
+        if let Some(peer) = self.peers.borrow_mut().remove(&id) {
+            let _ = peer.queue.unbounded_send(Outgoing::Removed);
+        }
     }
 
     pub fn has_peer(&self, id: u64) -> bool {
         self.peers.borrow().contains_key(&id)
+    }
+
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.peers.borrow().keys().copied().collect()
     }
 
     /// Queues messages; each goes to the peer its `to` names (unknown peers: dropped and
@@ -121,7 +150,7 @@ impl Transport {
         for message in messages {
             match peers.get(&message.to) {
                 Some(peer) => {
-                    let _ = peer.queue.unbounded_send(message);
+                    let _ = peer.queue.unbounded_send(Outgoing::Message(message));
                 }
                 None => {
                     let _ = self.incoming.unbounded_send(Incoming::Unreachable(message.to));
@@ -152,17 +181,26 @@ impl Transport {
         if hello.magic != HELLO_MAGIC {
             return;
         }
-        if hello.cluster_id != self.cluster_id {
-            eprintln!(
-                "ringd: refused a peer connection from member {:x}: cluster ID mismatch (local {:x} != remote {:x})",
-                hello.from, self.cluster_id, hello.cluster_id
-            );
-            return;
-        }
         if hello.to != self.member_id {
             eprintln!(
                 "ringd: refused a peer connection from member {:x} meant for member {:x} (this is {:x})",
                 hello.from, hello.to, self.member_id
+            );
+            return;
+        }
+        if self.cluster_id.get() == 0 && hello.cluster_id != 0 {
+            self.cluster_id.set(hello.cluster_id);
+            let _ = self.incoming.unbounded_send(Incoming::ClusterId(hello.cluster_id));
+        }
+        // A member joining an existing cluster does not know its ID yet (0): it is let in
+        // when the membership already names it.
+        let joining_peer = hello.cluster_id == 0 && self.has_peer(hello.from);
+        if hello.cluster_id != self.cluster_id.get() && !joining_peer {
+            eprintln!(
+                "ringd: refused a peer connection from member {:x}: cluster ID mismatch (local {:x} != remote {:x})",
+                hello.from,
+                self.cluster_id.get(),
+                hello.cluster_id
             );
             return;
         }
@@ -171,6 +209,10 @@ impl Transport {
                 return;
             }
             let Ok(frame) = decode::<Frame>(&buffer) else { return };
+            if frame.removed {
+                let _ = self.incoming.unbounded_send(Incoming::Removed(hello.from));
+                return;
+            }
             let messages: Vec<Message> =
                 frame.messages.into_iter().filter(|m| m.from == hello.from && m.to == self.member_id).collect();
             if !messages.is_empty() && self.incoming.unbounded_send(Incoming::Messages(messages)).is_err() {
@@ -186,11 +228,10 @@ async fn send_loop(
     transport: Rc<Transport>,
     id: u64,
     address: SocketAddr,
-    mut queue: mpsc::UnboundedReceiver<Message>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let hello = Hello { magic: HELLO_MAGIC, cluster_id: transport.cluster_id, from: transport.member_id, to: id };
     let mut backoff = RECONNECT_BACKOFF_MIN;
-    let mut frame = Frame { messages: Vec::new() };
+    let mut frame = Frame::default();
     let mut bytes = Vec::new();
     loop {
         let mut stream = match TcpStream::connect_timeout(address, DIAL_TIMEOUT).await {
@@ -205,6 +246,8 @@ async fn send_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let hello =
+            Hello { magic: HELLO_MAGIC, cluster_id: transport.cluster_id.get(), from: transport.member_id, to: id };
         bytes.clear();
         encode_frame(&hello, &mut bytes);
         if stream.write_all(&bytes).await.is_err() {
@@ -213,31 +256,44 @@ async fn send_loop(
         backoff = RECONNECT_BACKOFF_MIN;
         loop {
             let Some(first) = queue.next().await else { return };
-            let mut size = first.encoded_len();
-            frame.messages.push(first);
-            while size < FRAME_BATCH_BYTES {
-                match queue.try_recv() {
-                    Ok(message) => {
+            let mut size = 0;
+            let mut next = Some(first);
+            while let Some(outgoing) = next.take() {
+                match outgoing {
+                    Outgoing::Message(message) => {
                         size += message.encoded_len();
                         frame.messages.push(message);
                     }
+                    Outgoing::Removed => frame.removed = true,
+                }
+                if size >= FRAME_BATCH_BYTES || frame.removed {
+                    break;
+                }
+                match queue.try_recv() {
+                    Ok(outgoing) => next = Some(outgoing),
                     Err(mpsc::TryRecvError::Closed) => return,
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
+            let last = frame.removed;
             bytes.clear();
             encode_frame(&frame, &mut bytes);
             frame.messages.clear();
+            frame.removed = false;
             if stream.write_all(&bytes).await.is_err() {
                 let _ = transport.incoming.unbounded_send(Incoming::Unreachable(id));
                 break;
+            }
+            if last {
+                let _ = stream.close().await;
+                return;
             }
         }
     }
 }
 
 /// Drops what queued while the peer was unreachable; false when the peer was removed.
-fn drop_queued(transport: &Transport, id: u64, queue: &mut mpsc::UnboundedReceiver<Message>) -> bool {
+fn drop_queued(transport: &Transport, id: u64, queue: &mut mpsc::UnboundedReceiver<Outgoing>) -> bool {
     let mut dropped = false;
     loop {
         match queue.try_recv() {
