@@ -23,6 +23,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    fn start_with(size: usize, extra: &[&str]) -> Cluster {
         let temp = tempfile::tempdir().unwrap();
         let peer_urls: Vec<String> = (0..size).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
         let initial: Vec<String> = peer_urls.iter().enumerate().map(|(i, url)| format!("m{i}={url}")).collect();
@@ -46,6 +50,7 @@ impl Cluster {
                 "500",
             ]
             .iter()
+            .chain(extra.iter())
             .map(|s| s.to_string())
             .collect();
             cluster.dirs.push(cluster._temp.path().join(format!("m{i}")));
@@ -444,4 +449,35 @@ fn move_leader_hands_leadership_to_the_target() {
     assert!(output.status.success(), "{}", support::error_line(&output));
     assert!(stdout(&output).contains("Leadership transferred"), "{}", stdout(&output));
     assert_eq!(cluster.wait_for_leader(), target);
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut cluster =
+        Cluster::start_with(3, &["--snapshot-count", "40", "--experimental-snapshot-catchup-entries", "5"]);
+    let leader = cluster.wait_for_leader();
+    let follower = (leader + 1) % 3;
+    for i in 0..10 {
+        assert!(cluster.member(leader).etcdctl(&["put", &format!("before-{i}"), "x"]).status.success());
+    }
+    cluster.kill(follower);
+    // Enough entries for several durable checkpoints and snapshots past the follower.
+    for i in 0..150 {
+        let output = cluster.member(leader).etcdctl(&["put", &format!("while-down-{i:03}"), &i.to_string()]);
+        assert!(output.status.success(), "{}", support::error_line(&output));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the next durable checkpoint and snapshot
+    assert!(cluster.member(leader).etcdctl(&["put", "last", "y"]).status.success());
+    cluster.restart(follower);
+    cluster.wait_for_leader();
+    cluster.wait_for_same_index();
+    let endpoint = cluster.member(follower).endpoint();
+    assert_eq!(get_value(&endpoint, "while-down-149", true).as_deref(), Some("149"));
+    assert_eq!(get_value(&endpoint, "before-0", true).as_deref(), Some("x"));
+    // And it goes on from there: a write after the install reaches it.
+    assert!(cluster.member(leader).etcdctl(&["put", "after-install", "z"]).status.success());
+    assert_eq!(get_value(&endpoint, "after-install", false).as_deref(), Some("z"));
+    let member = cluster.members[follower].take().unwrap();
+    let stderr = member.kill_and_read_stderr();
+    assert!(stderr.contains("installed a snapshot from the leader"), "{stderr}");
 }

@@ -83,7 +83,7 @@ pub async fn run(core: Rc<Core>, policy: AutoCompaction) {
 }
 
 fn current_revision(core: &Core) -> i64 {
-    core.shared.reader.snapshot().revision()
+    core.shared.snapshot().revision()
 }
 
 async fn compact(core: &Core, revision: i64) -> bool {

@@ -95,6 +95,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100000)]
     pub snapshot_count: u64,
 
+    /// Number of entries for a slow follower to catch up after compacting the raft storage entries.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
+
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
@@ -119,6 +123,7 @@ pub struct Config {
     /// --election-timeout in heartbeat ticks.
     pub election_ticks: u32,
     pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -224,6 +229,7 @@ impl Flags {
             heartbeat_interval: std::time::Duration::from_millis(self.heartbeat_interval),
             election_ticks: (self.election_timeout / self.heartbeat_interval) as u32,
             snapshot_count: self.snapshot_count.max(1),
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,

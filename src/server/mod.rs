@@ -58,7 +58,8 @@ pub struct Shared {
     /// 0 until a member joining an existing cluster learns it from its first peer.
     cluster_id: AtomicU64,
     pub member_id: u64,
-    pub reader: mvcc::Reader,
+    /// Readers of the store; replaced when a member installs a snapshot from its leader.
+    reader: RwLock<mvcc::Reader>,
     pub alarm_no_space: AtomicBool,
     /// The last Raft index applied to the store (and visible to readers).
     pub applied_index: AtomicU64,
@@ -88,6 +89,16 @@ impl Shared {
     /// etcd's request timeout: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.config.heartbeat_interval * self.config.election_ticks
+    }
+
+    /// A consistent read view of the store's latest visible commit.
+    pub fn snapshot(&self) -> mvcc::Snapshot {
+        self.reader.read().unwrap().snapshot()
+    }
+
+    /// After a snapshot from the leader replaced the db file: reads go to the new store.
+    pub fn replace_reader(&self, reader: mvcc::Reader) {
+        *self.reader.write().unwrap() = reader;
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -201,7 +212,7 @@ impl Core {
         if !request.serializable {
             self.read_barrier().await?;
         }
-        let snapshot = self.shared.reader.snapshot();
+        let snapshot = self.shared.snapshot();
         let mut response = kv::range(&snapshot, &request)?;
         response.header = Some(self.shared.header(snapshot.revision()));
         Ok(response)
@@ -222,7 +233,7 @@ impl Core {
         kv::check_txn(&request, self.shared.config.max_txn_ops)?;
         if kv::is_read_only(&request) {
             self.read_barrier().await?;
-            let snapshot = self.shared.reader.snapshot();
+            let snapshot = self.shared.snapshot();
             let mut response = kv::txn_read(&snapshot, &request)?;
             response.header = Some(self.shared.header(snapshot.revision()));
             return Ok(response);
@@ -243,7 +254,7 @@ impl Core {
             errors.push(format!("memberID:{} alarm:NOSPACE ", shared.member_id));
         }
         Ok(pb::StatusResponse {
-            header: Some(shared.header(shared.reader.snapshot().revision())),
+            header: Some(shared.header(shared.snapshot().revision())),
             version: ETCD_API_VERSION.to_owned(),
             db_size: shared.db_size_bytes.load(Ordering::Acquire) as i64,
             leader: shared.leader_id.load(Ordering::Acquire),
@@ -259,7 +270,7 @@ impl Core {
 
     pub fn member_list(&self) -> Result<pb::MemberListResponse, Status> {
         let shared = &self.shared;
-        let mut header = shared.header(shared.reader.snapshot().revision());
+        let mut header = shared.header(shared.snapshot().revision());
         header.revision = 0; // etcd leaves the revision out of MemberList's header
         Ok(pb::MemberListResponse { header: Some(header), members: shared.members.read().unwrap().clone() })
     }
@@ -365,9 +376,9 @@ impl Core {
     /// Maintenance.MoveLeader: only the leader can hand over; answers once the target leads.
     pub async fn move_leader(&self, request: pb::MoveLeaderRequest) -> Result<pb::MoveLeaderResponse, Status> {
         match self.propose(Command::MoveLeader(request.target_id)).await? {
-            writer::Outcome::LeaderMoved => Ok(pb::MoveLeaderResponse {
-                header: Some(self.shared.header(self.shared.reader.snapshot().revision())),
-            }),
+            writer::Outcome::LeaderMoved => {
+                Ok(pb::MoveLeaderResponse { header: Some(self.shared.header(self.shared.snapshot().revision())) })
+            }
             _ => unreachable!("the raft core answers MoveLeader in kind"),
         }
     }
@@ -390,11 +401,7 @@ impl Core {
 
     /// A consistent copy of the db for Maintenance.Snapshot.
     pub fn snapshot_image(&self) -> Result<mvcc::Image, Status> {
-        self.shared
-            .reader
-            .snapshot()
-            .image()
-            .map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
+        self.shared.snapshot().image().map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
     }
 
     /// etcd's /health: unhealthy while an alarm is raised.
@@ -496,7 +503,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let shared = Arc::new(Shared {
         cluster_id: AtomicU64::new(cluster_id),
         member_id,
-        reader: store.reader(),
+        reader: RwLock::new(store.reader()),
         alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),
         applied_index: AtomicU64::new(store.consistent_index()),
         leader_id: AtomicU64::new(crate::raft::NONE),

@@ -85,6 +85,10 @@ pub enum Event {
     Persisted(u64),
     /// The apply task changed the membership: re-address the peers.
     MembersChanged,
+    /// The apply task made a durable store checkpoint through this index.
+    Checkpointed(u64),
+    /// A snapshot stream to a peer ended (delivered or not).
+    SnapshotSent(u64, bool),
 }
 
 /// Readies handed to the WAL whose `messages_after_persist` wait for durability.
@@ -114,6 +118,10 @@ pub struct RaftCore {
     attributes_published: bool,
     /// MoveLeader requests waiting for their target to lead.
     transfers: Vec<(u64, Reply)>,
+    /// The db of the last snapshot received from the leader: (index, file).
+    incoming_snapshot: Option<(u64, std::path::PathBuf)>,
+    /// Index of this member's newest snapshot (log compacted up to a margin below it).
+    snapshot_index: u64,
 }
 
 /// What the raft core starts from.
@@ -237,6 +245,7 @@ impl RaftCore {
     ) -> RaftCore {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        let snapshot_index = started.raft.log().snapshot_index();
         RaftCore {
             shared,
             raft: started.raft,
@@ -256,6 +265,8 @@ impl RaftCore {
             ticks: 0,
             attributes_published: false,
             transfers: Vec::new(),
+            incoming_snapshot: None,
+            snapshot_index,
         }
     }
 
@@ -333,6 +344,15 @@ impl RaftCore {
             }
             Event::Persisted(number) => self.persisted(number),
             Event::MembersChanged => self.update_peers(),
+            Event::Checkpointed(index) => self.maybe_snapshot(index),
+            Event::SnapshotSent(to, delivered) => self.raft.report_snapshot(to, delivered),
+            Event::Peer(Incoming::Snapshot { message, path }) => {
+                let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+                if let Some((_, previous)) = self.incoming_snapshot.replace((index, path)) {
+                    let _ = std::fs::remove_file(previous);
+                }
+                self.raft.step(message);
+            }
         }
     }
 
@@ -530,21 +550,17 @@ impl RaftCore {
         }
         while self.pending_persists.front().is_some_and(|p| p.durable) {
             let pending = self.pending_persists.pop_front().expect("front exists");
-            self.transport.send(pending.messages);
+            self.send(pending.messages);
         }
     }
 
     fn work_off_readies(&mut self) {
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
-            self.transport.send(std::mem::take(&mut ready.messages));
+            let messages = std::mem::take(&mut ready.messages);
+            self.send(messages);
             if let Some(snapshot) = &ready.snapshot {
-                // Members never compact their logs below what every peer holds in this
-                // version (no --snapshot-count log compaction yet), so no leader sends one.
-                unreachable!(
-                    "snapshot at index {:?} received; snapshot transfer is not part of this build",
-                    snapshot.metadata
-                );
+                self.install_snapshot(snapshot);
             }
             if ready.must_persist() {
                 let durable = self.wal.append(&ready.entries, ready.hard_state.clone());
@@ -568,7 +584,7 @@ impl RaftCore {
                     messages: ready.messages_after_persist,
                 });
             } else if self.pending_persists.is_empty() {
-                self.transport.send(ready.messages_after_persist);
+                self.send(ready.messages_after_persist);
             } else {
                 self.pending_persists.push_back(PendingPersist {
                     number: ready.number,
@@ -587,6 +603,103 @@ impl RaftCore {
             }
             self.publish_state();
         }
+    }
+
+    /// Sends messages to peers; a snapshot goes on a stream of its own, with the db.
+    fn send(&mut self, mut messages: Vec<Message>) {
+        if messages.iter().any(|m| m.msg_type == MessageType::MsgSnap as i32) {
+            let snapshots: Vec<Message> =
+                messages.extract_if(.., |m| m.msg_type == MessageType::MsgSnap as i32).collect();
+            for message in snapshots {
+                self.send_snapshot(message);
+            }
+        }
+        self.transport.send(messages);
+    }
+
+    /// Streams the db (a consistent image, at or after the snapshot's index: entries the
+    /// follower then receives at or below the db's applied index are skipped when applied).
+    fn send_snapshot(&mut self, message: Message) {
+        let to = message.to;
+        let image = match self.shared.snapshot().image() {
+            Ok(image) => image,
+            Err(error) => {
+                eprintln!("ringd: cannot take an image of the db for member {to:x}: {error}");
+                self.raft.report_snapshot(to, false);
+                return;
+            }
+        };
+        let transport = self.transport.clone();
+        let events = self.events.clone();
+        glommio::spawn_local(async move {
+            let delivered = transport.send_snapshot(message, Box::new(ImageSource(image))).await;
+            let _ = events.unbounded_send(Event::SnapshotSent(to, delivered));
+        })
+        .detach();
+    }
+
+    /// A follower's Ready holds the leader's snapshot: the WAL records it (before the
+    /// Ready's entries) and the apply task replaces its db with the received one.
+    fn install_snapshot(&mut self, snapshot: &crate::raft::pb::Snapshot) {
+        let metadata = snapshot.metadata.clone().unwrap_or_default();
+        let path = match self.incoming_snapshot.take() {
+            Some((index, path)) if index == metadata.index => path,
+            _ => {
+                eprintln!(
+                    "ringd: Raft installs a snapshot at index {} whose db was not received; stopping",
+                    metadata.index
+                );
+                std::process::exit(1);
+            }
+        };
+        let marker = crate::wal::SnapshotMarker {
+            index: metadata.index,
+            term: metadata.term,
+            conf_state: metadata.conf_state.clone(),
+        };
+        let durable = self.wal.save_snapshot_marker(marker);
+        glommio::spawn_local(async move {
+            if let Err(error) = durable.await {
+                eprintln!("ringd: writing the WAL failed: {error}; stopping");
+                std::process::exit(1);
+            }
+        })
+        .detach();
+        self.snapshot_index = metadata.index;
+        let _ = self.apply.unbounded_send(ApplyWork::Install { index: metadata.index, path });
+    }
+
+    /// After a durable store checkpoint through `index`: every --snapshot-count entries,
+    /// a snapshot there; the log (in memory and in the WAL) is compacted up to a margin of
+    /// entries below it (--experimental-snapshot-catchup-entries, etcd's 5000), which slow
+    /// followers can still fetch without a snapshot.
+    fn maybe_snapshot(&mut self, index: u64) {
+        if index < self.snapshot_index + self.shared.config.snapshot_count || index > self.raft.log().last_index() {
+            return;
+        }
+        if index <= self.raft.log().snapshot_index() {
+            return;
+        }
+        let snapshot = self.raft.create_snapshot(index, Vec::new());
+        let metadata = snapshot.metadata.unwrap_or_default();
+        let compact_to =
+            index.saturating_sub(self.shared.config.snapshot_catchup_entries).max(self.raft.log().snapshot_index());
+        self.raft.compact_log(compact_to);
+        self.snapshot_index = index;
+        let marker = crate::wal::SnapshotMarker { index, term: metadata.term, conf_state: metadata.conf_state.clone() };
+        let durable = self.wal.save_snapshot_marker(marker);
+        let wal = self.wal.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = durable.await {
+                eprintln!("ringd: writing the WAL failed: {error}; stopping");
+                std::process::exit(1);
+            }
+            if let Err(error) = wal.release_below(compact_to).await {
+                eprintln!("ringd: releasing WAL segments failed: {error}; stopping");
+                std::process::exit(1);
+            }
+        })
+        .detach();
     }
 
     /// What Status, headers and the no-leader check read on every core.
@@ -661,5 +774,18 @@ fn propose_status(error: &ProposeError) -> Status {
         ProposeError::TooManyUncommitted => errors::TOO_MANY_REQUESTS,
         ProposeError::ConfChangePending => errors::UNHEALTHY_CLUSTER,
         ProposeError::InvalidConfChange => errors::INVALID_CONF_CHANGE,
+    }
+}
+
+/// The db image a snapshot stream sends.
+struct ImageSource(crate::mvcc::Image);
+
+impl crate::transport::SnapshotSource for ImageSource {
+    fn len_bytes(&self) -> u64 {
+        self.0.len_bytes()
+    }
+
+    fn read_chunk(&self, offset: u64, max_bytes: usize, out: &mut Vec<u8>) {
+        self.0.read_chunk(offset, max_bytes, out)
     }
 }

@@ -53,6 +53,11 @@ impl Publisher {
     }
 
     /// After a checkpoint: every hub looks at the new history.
+    /// The revision watchers may deliver up to.
+    pub fn published(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
     pub fn publish(&self, revision: i64) {
         let previous = self.revision.swap(revision, Ordering::AcqRel);
         debug_assert!(previous <= revision, "the published revision only grows");
@@ -157,7 +162,7 @@ impl Hub {
     /// drains to half, and the writer may have stopped publishing. A pass therefore ends
     /// with every stream either caught up or full.
     fn pass(&self) -> bool {
-        let snapshot = self.shared.reader.snapshot();
+        let snapshot = self.shared.snapshot();
         self.streams.borrow_mut().retain(|stream| stream.strong_count() > 0);
         let streams: Vec<Rc<WatchStream>> = self.streams.borrow().iter().filter_map(|s| s.upgrade()).collect();
         let mut more = false;

@@ -81,6 +81,8 @@ pub enum ApplyWork {
     Local(Proposal),
     /// Reads released once applied >= the index.
     Reads(u64, Vec<Reply>),
+    /// Replace the db with the leader's snapshot at `index`, received into `path`.
+    Install { index: u64, path: std::path::PathBuf },
 }
 
 /// Starts one pinned executor per core, waits until each has bound the client port, then
@@ -178,7 +180,8 @@ async fn run_raft_core(
     }
     let (events, events_received) = mpsc::unbounded::<Event>();
     let (incoming, incoming_received) = mpsc::unbounded();
-    let transport = Transport::new(shared.member_id, shared.cluster_id(), incoming);
+    let snapshot_dir = shared.config.data_dir.join("member").join("snap");
+    let transport = Transport::new(shared.member_id, shared.cluster_id(), snapshot_dir, incoming);
     for &address in &shared.config.listen_peer_addresses {
         match crate::api::listener::bind(address) {
             Ok(listener) => {
@@ -311,15 +314,21 @@ async fn apply_loop(
         let mut changed = background.busy(&store);
         let mut members_changed = false;
         let mut removed = false;
-        let mut turn = Turn {
-            store: &mut store,
-            removed: &mut removed,
-            shared: &shared,
-            waiters: &waiters,
-            replies: &mut replies,
-            background: &mut background,
-        };
         for next in batch.drain(..) {
+            if let ApplyWork::Install { index, path } = next {
+                store = install(store, &shared, index, &path);
+                changed = false;
+                members_changed = true;
+                continue;
+            }
+            let mut turn = Turn {
+                store: &mut store,
+                removed: &mut removed,
+                shared: &shared,
+                waiters: &waiters,
+                replies: &mut replies,
+                background: &mut background,
+            };
             match next {
                 ApplyWork::Entries(entries) => {
                     for entry in entries {
@@ -344,6 +353,7 @@ async fn apply_loop(
                     }
                 },
                 ApplyWork::Reads(index, waiting) => reads.push((index, waiting)),
+                ApplyWork::Install { .. } => unreachable!("handled above"),
             }
         }
         background.step(&mut store);
@@ -351,6 +361,9 @@ async fn apply_loop(
         if changed || durability == mvcc::Durability::Durable {
             checkpoint(&mut store, &shared, durability).await;
             checkpoints.committed(durability);
+            if durability == mvcc::Durability::Durable {
+                let _ = events.unbounded_send(Event::Checkpointed(store.durable_consistent_index()));
+            }
         }
         let applied = store.consistent_index();
         shared.applied_index.store(applied, Ordering::Release);
@@ -378,6 +391,50 @@ async fn apply_loop(
         }
         glommio::yield_if_needed().await;
     }
+}
+
+/// Replaces the store with the db a leader's snapshot brought (DESIGN §5): the file moves
+/// into place, the new store opens, and every core's reads go to it. Readers of the old
+/// file keep their mapping until they finish. A db that cannot be installed stops the
+/// member: its log was already replaced by the snapshot.
+fn install(old: mvcc::Store, shared: &Shared, index: u64, path: &std::path::Path) -> mvcc::Store {
+    let snap_dir = shared.config.data_dir.join("member").join("snap");
+    let db_path = snap_dir.join("db");
+    let fail = |what: String| -> ! {
+        eprintln!("ringd: installing the leader's snapshot at index {index} failed: {what}; stopping");
+        std::process::exit(1);
+    };
+    // Check the received file before it replaces anything.
+    let incoming = mvcc::Store::open(path, mvcc::StoreOptions::default()).unwrap_or_else(|e| fail(e.to_string()));
+    if incoming.consistent_index() < index {
+        fail(format!("the db is at applied index {}", incoming.consistent_index()));
+    }
+    drop(incoming);
+    drop(old);
+    std::fs::rename(path, &db_path).unwrap_or_else(|e| fail(e.to_string()));
+    if let Ok(dir) = std::fs::File::open(&snap_dir) {
+        let _ = dir.sync_all();
+    }
+    let store = mvcc::Store::open(&db_path, mvcc::StoreOptions::default()).unwrap_or_else(|e| fail(e.to_string()));
+    shared.replace_reader(store.reader());
+    let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
+    let members: Vec<pb::Member> = stored
+        .iter()
+        .filter(|(key, _)| key.len() == 8)
+        .filter_map(|(_, value)| pb::Member::decode(value.as_slice()).ok())
+        .collect();
+    if !members.is_empty() {
+        *shared.members.write().unwrap() = members;
+    }
+    shared.applied_index.store(store.consistent_index(), Ordering::Release);
+    shared.db_size_bytes.store(store.size_bytes(), Ordering::Release);
+    shared.db_size_in_use_bytes.store(store.size_in_use_bytes(), Ordering::Release);
+    shared.watch.publish(store.current_revision().max(shared.watch.published()));
+    eprintln!(
+        "ringd: installed a snapshot from the leader at index {index} (db at applied index {})",
+        store.consistent_index()
+    );
+    store
 }
 
 /// One turn of the apply task: what applying an entry touches.

@@ -14,6 +14,10 @@
 //! frame  := Frame { repeated raft Message }        everything queued since the last write
 //! ```
 //!
+//! A snapshot travels on a connection of its own (`Hello.snapshot`): the MsgSnap frame,
+//! the data's length (u64 LE) and the data, written by the receiver to a file in its
+//! snapshot directory and synced before it answers one byte and hands the MsgSnap to Raft.
+//!
 //! The dialer sends a hello; the acceptor drops the connection when the magic, the cluster
 //! id or the addressee is not its own (a member of another cluster, or a stale address), and
 //! says why on stderr. A member that joins an existing cluster starts without its cluster ID
@@ -48,6 +52,8 @@ const FRAME_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of snapshot data per write.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
@@ -59,6 +65,9 @@ pub struct Hello {
     pub from: u64,
     #[prost(uint64, tag = "4")]
     pub to: u64,
+    /// This connection carries one snapshot, not a stream of messages.
+    #[prost(bool, tag = "5")]
+    pub snapshot: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -87,6 +96,16 @@ pub enum Incoming {
     ClusterId(u64),
     /// A peer says this member was removed from the cluster.
     Removed(u64),
+    /// The leader's snapshot: its MsgSnap (metadata only) and the state machine's data,
+    /// written to `path` and synced.
+    Snapshot { message: Message, path: std::path::PathBuf },
+}
+
+/// The state machine's data of a snapshot, read in chunks by the sender.
+pub trait SnapshotSource: 'static {
+    fn len_bytes(&self) -> u64;
+    /// Appends up to `max_bytes` from `offset` to `out`.
+    fn read_chunk(&self, offset: u64, max_bytes: usize, out: &mut Vec<u8>);
 }
 
 struct Peer {
@@ -97,6 +116,8 @@ struct Peer {
 /// The raft core's handle: send to peers by id; peers come and go with membership.
 pub struct Transport {
     member_id: u64,
+    /// Where received snapshots are written.
+    snapshot_dir: std::path::PathBuf,
     /// 0 while a joining member does not know it: it adopts the first peer's.
     cluster_id: std::cell::Cell<u64>,
     peers: RefCell<HashMap<u64, Peer>>,
@@ -104,9 +125,15 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(member_id: u64, cluster_id: u64, incoming: mpsc::UnboundedSender<Incoming>) -> Rc<Transport> {
+    pub fn new(
+        member_id: u64,
+        cluster_id: u64,
+        snapshot_dir: std::path::PathBuf,
+        incoming: mpsc::UnboundedSender<Incoming>,
+    ) -> Rc<Transport> {
         Rc::new(Transport {
             member_id,
+            snapshot_dir,
             cluster_id: std::cell::Cell::new(cluster_id),
             peers: RefCell::new(HashMap::new()),
             incoming,
@@ -204,6 +231,10 @@ impl Transport {
             );
             return;
         }
+        if hello.snapshot {
+            self.receive_snapshot(stream, hello.from, buffer).await;
+            return;
+        }
         loop {
             if read_frame(&mut stream, &mut buffer).await.is_err() {
                 return;
@@ -219,6 +250,78 @@ impl Transport {
                 return;
             }
         }
+    }
+}
+
+impl Transport {
+    /// Streams a snapshot to peer `message.to` on a connection of its own: hello, the MsgSnap
+    /// (metadata), the data's length (u64 LE), the data; the receiver answers one byte once
+    /// the data is on its disk. Returns whether it was delivered.
+    pub async fn send_snapshot(self: Rc<Transport>, message: Message, source: Box<dyn SnapshotSource>) -> bool {
+        let to = message.to;
+        let Some(address) = self.peers.borrow().get(&to).map(|peer| peer.address) else { return false };
+        let Ok(mut stream) = TcpStream::connect_timeout(address, DIAL_TIMEOUT).await else { return false };
+        let hello =
+            Hello { magic: HELLO_MAGIC, cluster_id: self.cluster_id.get(), from: self.member_id, to, snapshot: true };
+        let mut bytes = Vec::new();
+        encode_frame(&hello, &mut bytes);
+        encode_frame(&Frame { messages: vec![message], removed: false }, &mut bytes);
+        let len = source.len_bytes();
+        bytes.extend_from_slice(&len.to_le_bytes());
+        if stream.write_all(&bytes).await.is_err() {
+            return false;
+        }
+        let mut offset = 0;
+        while offset < len {
+            bytes.clear();
+            source.read_chunk(offset, SNAPSHOT_CHUNK_BYTES, &mut bytes);
+            if bytes.is_empty() || stream.write_all(&bytes).await.is_err() {
+                return false;
+            }
+            offset += bytes.len() as u64;
+        }
+        let mut ack = [0u8; 1];
+        stream.read_exact(&mut ack).await.is_ok() && ack[0] == 1
+    }
+
+    async fn receive_snapshot(self: Rc<Transport>, mut stream: TcpStream, from: u64, mut buffer: Vec<u8>) {
+        if read_frame(&mut stream, &mut buffer).await.is_err() {
+            return;
+        }
+        let Ok(frame) = decode::<Frame>(&buffer) else { return };
+        let Some(message) = frame.messages.into_iter().next() else { return };
+        if message.from != from || message.to != self.member_id {
+            return;
+        }
+        let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
+        let mut header = [0u8; 8];
+        if stream.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = u64::from_le_bytes(header);
+        let path = self.snapshot_dir.join(format!("db.incoming-{index:016x}"));
+        let Ok(mut file) = std::fs::File::create(&path) else { return };
+        let mut received = 0u64;
+        buffer.resize(SNAPSHOT_CHUNK_BYTES, 0);
+        while received < len {
+            let want = ((len - received) as usize).min(buffer.len());
+            if stream.read_exact(&mut buffer[..want]).await.is_err() {
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+            if std::io::Write::write_all(&mut file, &buffer[..want]).is_err() {
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+            received += want as u64;
+        }
+        let synced = glommio::executor().spawn_blocking(move || file.sync_all()).await;
+        if synced.is_err() {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let _ = self.incoming.unbounded_send(Incoming::Snapshot { message, path });
+        let _ = stream.write_all(&[1]).await;
     }
 }
 
@@ -246,8 +349,13 @@ async fn send_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let hello =
-            Hello { magic: HELLO_MAGIC, cluster_id: transport.cluster_id.get(), from: transport.member_id, to: id };
+        let hello = Hello {
+            magic: HELLO_MAGIC,
+            cluster_id: transport.cluster_id.get(),
+            from: transport.member_id,
+            to: id,
+            snapshot: false,
+        };
         bytes.clear();
         encode_frame(&hello, &mut bytes);
         if stream.write_all(&bytes).await.is_err() {

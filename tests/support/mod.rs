@@ -93,6 +93,16 @@ impl Ringd {
         etcdctl(&self.endpoint(), args, Some(stdin))
     }
 
+    /// Kills the process (SIGKILL) and returns what it wrote to stderr.
+    pub fn kill_and_read_stderr(mut self) -> String {
+        stop(&mut self.child);
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        stderr
+    }
+
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(mut self) -> PathBuf {
         stop(&mut self.child);
