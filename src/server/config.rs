@@ -102,6 +102,11 @@ pub struct Flags {
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
+
+    /// The CPU that runs the raft core (Raft, the WAL, the store's writer); the other
+    /// executors take the next CPUs.
+    #[arg(long, env = "RINGD_RAFT_CORE", default_value_t = 0)]
+    pub raft_core: usize,
 }
 
 /// The validated configuration the server runs with.
@@ -130,6 +135,8 @@ pub struct Config {
     pub auto_compaction: super::compactor::AutoCompaction,
     pub watch_progress_interval: std::time::Duration,
     pub cores: usize,
+    /// The CPUs the executors are pinned to; the first runs the raft core.
+    pub cpus: Vec<usize>,
 }
 
 /// One member of --initial-cluster.
@@ -204,6 +211,14 @@ impl Flags {
         if cores == 0 || cores > available_cores {
             return Err(format!("--cores must be between 1 and {available_cores}"));
         }
+        if self.raft_core >= available_cores {
+            return Err(format!("--raft-core must be a CPU between 0 and {}", available_cores - 1));
+        }
+        let raft_core = self.raft_core;
+        let cpus: Vec<usize> = std::iter::once(raft_core)
+            .chain((0..available_cores).filter(|cpu| *cpu != raft_core))
+            .take(cores)
+            .collect();
         let quota_backend_bytes =
             if self.quota_backend_bytes == 0 { QUOTA_BACKEND_BYTES_DEFAULT } else { self.quota_backend_bytes };
         let auto_compaction = super::compactor::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
@@ -236,6 +251,7 @@ impl Flags {
             auto_compaction,
             watch_progress_interval,
             cores,
+            cpus,
         })
     }
 }
@@ -355,5 +371,17 @@ mod tests {
         assert!(mismatch.unwrap_err().contains("--initial-advertise-peer-urls"));
         let short = flags(&["--heartbeat-interval", "100", "--election-timeout", "200"]).unwrap().into_config();
         assert!(short.unwrap_err().contains("5 times"));
+    }
+
+    #[test]
+    fn the_raft_core_takes_the_chosen_cpu_first() {
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let config = flags(&["--raft-core", &(available - 1).to_string()]).unwrap().into_config().unwrap();
+        assert_eq!(config.cpus[0], available - 1);
+        assert_eq!(config.cpus.len(), available);
+        let mut sorted = config.cpus.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..available).collect::<Vec<_>>());
+        assert!(flags(&["--raft-core", &available.to_string()]).unwrap().into_config().is_err());
     }
 }

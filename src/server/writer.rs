@@ -101,17 +101,19 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_shared = shared.clone();
     let writer_ready = ready_sender.clone();
     handles.push(
-        builder(0)
+        builder(0, shared.config.cpus[0])
             .spawn(move || async move { run_raft_core(writer_shared, store, receivers, writer_ready).await })
-            .map_err(|e| StartError(format!("cannot start core 0: {e}")))?,
+            .map_err(|e| StartError(format!("cannot start the raft core on CPU {}: {e}", shared.config.cpus[0])))?,
     );
     for (index, sender) in senders.into_iter().enumerate() {
         let core_shared = shared.clone();
         let core_ready = ready_sender.clone();
         handles.push(
-            builder(index + 1)
+            builder(index + 1, shared.config.cpus[index + 1])
                 .spawn(move || async move { run_client_core(core_shared, index + 1, sender, core_ready).await })
-                .map_err(|e| StartError(format!("cannot start core {}: {e}", index + 1)))?,
+                .map_err(|e| {
+                    StartError(format!("cannot start core {} on CPU {}: {e}", index + 1, shared.config.cpus[index + 1]))
+                })?,
         );
     }
     drop(ready_sender);
@@ -135,8 +137,8 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     Ok(())
 }
 
-fn builder(core: usize) -> LocalExecutorBuilder {
-    LocalExecutorBuilder::new(Placement::Fixed(core))
+fn builder(core: usize, cpu: usize) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("ringd-core-{core}"))
         .io_memory(IO_MEMORY_BYTES)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
