@@ -603,3 +603,35 @@ fn stall_a_watcher_then_read(ringd: &Ringd, prefix: &str, value_bytes: usize, fi
     }
     first_revision + rounds as i64
 }
+
+#[test]
+fn debug_latency_breaks_requests_down_by_stage() {
+    let ringd = Ringd::start(&[]);
+    for i in 0..20 {
+        assert!(ringd.etcdctl(&["put", &format!("k{i}"), "v"]).status.success());
+    }
+    assert!(ringd.etcdctl(&["get", "k1"]).status.success());
+    assert!(ringd.etcdctl(&["get", "k1", "--consistency=s"]).status.success());
+    let (status, body) = support::http(ringd.port, "GET", "/debug/latency", "");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["unit"], "us");
+    let stages = json["stages"].as_object().unwrap();
+    for stage in ["queue", "batch", "wal_sync", "commit", "apply", "store_commit", "write_total"] {
+        let count = stages[stage]["count"].as_u64().unwrap();
+        assert!(count >= 20, "{stage}: {count} samples for 20 writes: {body}");
+    }
+    assert_eq!(stages["read_index"]["count"], 1, "one linearizable read");
+    assert_eq!(stages["read_total"]["count"], 2, "two reads");
+    for (stage, numbers) in stages {
+        let p50 = numbers["p50"].as_u64().unwrap();
+        let p99 = numbers["p99"].as_u64().unwrap();
+        let max = numbers["max"].as_u64().unwrap();
+        assert!(p50 <= p99 && p99 <= max, "{stage}: {numbers}");
+        assert!(numbers["histogram"].as_str().is_some_and(|h| !h.is_empty()), "{stage}");
+    }
+    // A write's total is at least its WAL sync: the WAL's floor shows in every write.
+    let wal = stages["wal_sync"]["min"].as_u64().unwrap();
+    let total = stages["write_total"]["min"].as_u64().unwrap();
+    assert!(total >= wal, "write_total min {total} < wal_sync min {wal}");
+}

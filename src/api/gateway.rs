@@ -193,6 +193,7 @@ async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
     match (method, path) {
         ("GET", "/health") => health(core),
         ("GET", "/version") => json_reply(200, core.version_json()),
+        ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
         // A POST was taken over by `serve_watch`; any other method is refused as elsewhere.
         (_, WATCH_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
         (_, path) => match service::route_gateway(path) {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod entry;
 pub mod identity;
 pub mod kv;
+pub mod latency;
 mod raft_core;
 pub mod watch;
 mod writer;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub raft_index: AtomicU64,
     /// The member table, written by the apply task.
     pub members: RwLock<Vec<pb::Member>>,
+    /// Per-stage latency histograms (GET /debug/latency).
+    pub latency: latency::Latency,
     pub db_size_bytes: AtomicU64,
     pub db_size_in_use_bytes: AtomicU64,
     /// The revision watchers may deliver up to, published by the writer after checkpoints.
@@ -118,6 +121,8 @@ impl Shared {
 pub struct Proposal {
     pub command: Command,
     pub reply: oneshot::Sender<Result<writer::Outcome, Status>>,
+    /// When the client core sent it (the `queue` stage starts here).
+    pub created: std::time::Instant,
 }
 
 enum Route {
@@ -140,9 +145,25 @@ macro_rules! propose_as {
     };
 }
 
+/// Records the time since `started` when dropped (a stage that ends on every return path).
+struct RecordOnDrop<'a> {
+    latency: &'a latency::Latency,
+    core: usize,
+    stage: latency::Stage,
+    started: std::time::Instant,
+}
+
+impl Drop for RecordOnDrop<'_> {
+    fn drop(&mut self) {
+        self.latency.record_since(self.core, self.stage, self.started);
+    }
+}
+
 /// One core's handle: what the API layer calls.
 pub struct Core {
     pub shared: Arc<Shared>,
+    /// This core's position (0: the raft core).
+    index: usize,
     route: Route,
     hub: Rc<watch::Hub>,
 }
@@ -172,7 +193,13 @@ impl Core {
     /// Sends a command to the raft core and waits for its answer, at most the request timeout.
     async fn submit(&self, command: Command) -> Result<writer::Outcome, Status> {
         let (reply, answer) = oneshot::channel();
-        let proposal = Proposal { command, reply };
+        let started = std::time::Instant::now();
+        let stage = match command {
+            Command::ReadBarrier => Some(latency::Stage::ReadIndex),
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => Some(latency::Stage::WriteTotal),
+            _ => None,
+        };
+        let proposal = Proposal { command, reply, created: started };
         let sent = match &self.route {
             Route::Local(sender) => {
                 let mut sender = sender.clone();
@@ -185,10 +212,14 @@ impl Core {
         }
         let timeout = glommio::timer::sleep(self.shared.request_timeout());
         futures::pin_mut!(timeout);
-        match futures::future::select(answer, timeout).await {
+        let outcome = match futures::future::select(answer, timeout).await {
             futures::future::Either::Left((answer, _)) => answer.map_err(|_| errors::STOPPED)?,
             futures::future::Either::Right(_) => Err(errors::TIMEOUT),
+        };
+        if let Some(stage) = stage {
+            self.shared.latency.record_since(self.index, stage, started);
         }
+        outcome
     }
 
     /// Waits until this member has applied everything committed when the read began, as a
@@ -208,10 +239,13 @@ impl Core {
     }
 
     pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        let started = std::time::Instant::now();
         kv::check_range(&request)?;
         if !request.serializable {
             self.read_barrier().await?;
         }
+        let _total =
+            RecordOnDrop { latency: &self.shared.latency, core: self.index, stage: latency::Stage::ReadTotal, started };
         let snapshot = self.shared.snapshot();
         let mut response = kv::range(&snapshot, &request)?;
         response.header = Some(self.shared.header(snapshot.revision()));
@@ -415,6 +449,11 @@ impl Core {
         (true, String::new())
     }
 
+    /// GET /debug/latency: the per-stage histograms of every core, merged.
+    pub fn latency_json(&self) -> serde_json::Value {
+        self.shared.latency.json()
+    }
+
     pub fn version_json(&self) -> serde_json::Value {
         serde_json::json!({
             "etcdserver": ETCD_API_VERSION,
@@ -510,6 +549,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         raft_term: AtomicU64::new(0),
         raft_index: AtomicU64::new(0),
         members: RwLock::new(members),
+        latency: latency::Latency::new(config.cores),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
         watch: watch::Publisher::new(config.cores, store.current_revision()),
@@ -521,7 +561,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 /// Builds the per-core handle for core 0 (local route).
 fn local_core(shared: Arc<Shared>, sender: mpsc::Sender<Proposal>) -> Rc<Core> {
     let hub = start_hub(&shared, 0);
-    Rc::new(Core { shared, route: Route::Local(sender), hub })
+    Rc::new(Core { shared, index: 0, route: Route::Local(sender), hub })
 }
 
 /// Builds the per-core handle for another core (remote route).
@@ -531,7 +571,7 @@ fn remote_core(
     sender: glommio::channels::shared_channel::ConnectedSender<Proposal>,
 ) -> Rc<Core> {
     let hub = start_hub(&shared, core);
-    Rc::new(Core { shared, route: Route::Remote(sender), hub })
+    Rc::new(Core { shared, index: core, route: Route::Remote(sender), hub })
 }
 
 fn start_hub(shared: &Arc<Shared>, core: usize) -> Rc<watch::Hub> {

@@ -32,7 +32,10 @@ use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 
+use std::time::Instant;
+
 use super::entry::{self, Batch, ConfContext};
+use super::latency::Stage;
 use super::writer::{ApplyWork, Command, Reply};
 use super::{Proposal, Shared};
 use crate::api::errors::{self, Status};
@@ -122,6 +125,10 @@ pub struct RaftCore {
     incoming_snapshot: Option<(u64, std::path::PathBuf)>,
     /// Index of this member's newest snapshot (log compacted up to a margin below it).
     snapshot_index: u64,
+    /// When the first request of the open batch arrived.
+    batch_started: Instant,
+    /// (last index, when handed to the WAL) of each Ready's entries, until committed.
+    appended: VecDeque<(u64, Instant)>,
 }
 
 /// What the raft core starts from.
@@ -267,6 +274,8 @@ impl RaftCore {
             transfers: Vec::new(),
             incoming_snapshot: None,
             snapshot_index,
+            batch_started: Instant::now(),
+            appended: VecDeque::new(),
         }
     }
 
@@ -357,7 +366,8 @@ impl RaftCore {
     }
 
     fn take_proposal(&mut self, proposal: Proposal) {
-        let Proposal { command, reply } = proposal;
+        let Proposal { command, reply, created } = proposal;
+        self.shared.latency.record_since(0, Stage::Queue, created);
         let op = match command {
             Command::Put(request) => entry::Op::Put(request),
             Command::DeleteRange(request) => entry::Op::DeleteRange(request),
@@ -377,7 +387,7 @@ impl RaftCore {
                 return;
             }
             local @ (Command::Defragment | Command::Hash | Command::HashKv(_)) => {
-                let _ = self.apply.unbounded_send(ApplyWork::Local(Proposal { command: local, reply }));
+                let _ = self.apply.unbounded_send(ApplyWork::Local(Proposal { command: local, reply, created }));
                 return;
             }
         };
@@ -443,6 +453,9 @@ impl RaftCore {
     }
 
     fn push_request(&mut self, request: entry::Request) {
+        if self.batch.is_empty() {
+            self.batch_started = Instant::now();
+        }
         self.batch_bytes += request.encoded_len();
         self.batch.push(request);
         if self.batch_bytes >= ENTRY_BATCH_BYTES_MAX {
@@ -458,6 +471,7 @@ impl RaftCore {
         }
         let requests = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
+        self.shared.latency.record_since(0, Stage::Batch, self.batch_started);
         let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
         let data = Batch { member_id: self.shared.member_id, requests }.encode_to_vec();
         if let Err(status) = self.propose_or_forward(EntryType::EntryNormal, data) {
@@ -563,12 +577,18 @@ impl RaftCore {
                 self.install_snapshot(snapshot);
             }
             if ready.must_persist() {
+                let handed = Instant::now();
+                if let Some(last) = ready.entries.last() {
+                    self.appended.push_back((last.index, handed));
+                }
                 let durable = self.wal.append(&ready.entries, ready.hard_state.clone());
                 let events = self.events.clone();
                 let number = ready.number;
+                let shared = self.shared.clone();
                 glommio::spawn_local(async move {
                     match durable.await {
                         Ok(()) => {
+                            shared.latency.record_since(0, Stage::WalSync, handed);
                             let _ = events.unbounded_send(Event::Persisted(number));
                         }
                         Err(error) => {
@@ -591,6 +611,15 @@ impl RaftCore {
                     durable: true,
                     messages: ready.messages_after_persist,
                 });
+            }
+            if let Some(last) = ready.committed_entries.last() {
+                while let Some(&(index, handed)) = self.appended.front() {
+                    if index > last.index {
+                        break;
+                    }
+                    self.shared.latency.record_since(0, Stage::Commit, handed);
+                    self.appended.pop_front();
+                }
             }
             if !ready.committed_entries.is_empty() {
                 let _ = self.apply.unbounded_send(ApplyWork::Entries(ready.committed_entries));

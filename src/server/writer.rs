@@ -316,6 +316,7 @@ async fn apply_loop(
         let mut changed = background.busy(&store);
         let mut members_changed = false;
         let mut removed = false;
+        let applying = std::time::Instant::now();
         for next in batch.drain(..) {
             if let ApplyWork::Install { index, path } = next {
                 store = install(store, &shared, index, &path);
@@ -358,6 +359,7 @@ async fn apply_loop(
                 ApplyWork::Install { .. } => unreachable!("handled above"),
             }
         }
+        shared.latency.record_since(0, super::latency::Stage::Apply, applying);
         background.step(&mut store);
         let durability = checkpoints.durability(changed, !background.defragmentations.is_empty());
         if changed || durability == mvcc::Durability::Durable {
@@ -640,6 +642,7 @@ async fn next_work(work: &mut mpsc::UnboundedReceiver<ApplyWork>, due_in: Option
 /// written). The job runs on the blocking pool so the executor keeps serving. A failure ends
 /// the process before any reply of the batch is sent.
 async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::Durability) {
+    let started = std::time::Instant::now();
     let job = match store.prepare_commit_with(durability) {
         Ok(job) => job,
         Err(error) => fatal(&error),
@@ -651,6 +654,11 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
     shared.db_size_bytes.store(store.size_bytes(), Ordering::Release);
     shared.db_size_in_use_bytes.store(store.size_in_use_bytes(), Ordering::Release);
     shared.watch.publish(store.current_revision());
+    let stage = match durability {
+        mvcc::Durability::Visible => super::latency::Stage::StoreCommit,
+        mvcc::Durability::Durable => super::latency::Stage::Checkpoint,
+    };
+    shared.latency.record_since(0, stage, started);
 }
 
 fn fatal(error: &dyn std::fmt::Display) -> ! {
