@@ -30,29 +30,9 @@ impl Cluster {
         let temp = tempfile::tempdir().unwrap();
         let peer_urls: Vec<String> = (0..size).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
         let initial: Vec<String> = peer_urls.iter().enumerate().map(|(i, url)| format!("m{i}={url}")).collect();
-        let token = format!("cluster-test-{}", std::process::id());
         let mut cluster = Cluster { members: Vec::new(), dirs: Vec::new(), args: Vec::new(), _temp: temp };
         for (i, url) in peer_urls.iter().enumerate() {
-            let args: Vec<String> = [
-                "--name",
-                &format!("m{i}"),
-                "--initial-advertise-peer-urls",
-                url,
-                "--listen-peer-urls",
-                url,
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-token",
-                &token,
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "500",
-            ]
-            .iter()
-            .chain(extra.iter())
-            .map(|s| s.to_string())
-            .collect();
+            let args = member_args(&format!("m{i}"), url, &initial.join(","), "new", extra);
             cluster.dirs.push(cluster._temp.path().join(format!("m{i}")));
             cluster.args.push(args);
             cluster.members.push(None);
@@ -140,6 +120,33 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// etcd's flags for one member on loopback, with short election timeouts.
+fn member_args(name: &str, peer_url: &str, initial_cluster: &str, state: &str, extra: &[&str]) -> Vec<String> {
+    let token = format!("cluster-test-{}", std::process::id());
+    [
+        "--name",
+        name,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        state,
+        "--initial-cluster-token",
+        &token,
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .chain(extra.iter())
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn get_value(endpoint: &str, key: &str, serializable: bool) -> Option<String> {
@@ -314,28 +321,7 @@ fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
 impl Cluster {
     /// Starts a member that `member add` announced, joining the running cluster.
     fn join(&mut self, name: &str, peer_url: &str, initial_cluster: &str) -> usize {
-        let token = format!("cluster-test-{}", std::process::id());
-        let args: Vec<String> = [
-            "--name",
-            name,
-            "--initial-advertise-peer-urls",
-            peer_url,
-            "--listen-peer-urls",
-            peer_url,
-            "--initial-cluster",
-            initial_cluster,
-            "--initial-cluster-state",
-            "existing",
-            "--initial-cluster-token",
-            &token,
-            "--heartbeat-interval",
-            "50",
-            "--election-timeout",
-            "500",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = member_args(name, peer_url, initial_cluster, "existing", &[]);
         let position = self.members.len();
         self.dirs.push(self._temp.path().join(name));
         self.args.push(args);

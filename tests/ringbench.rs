@@ -470,6 +470,131 @@ fn compare_runs_both_servers_and_prints_one_table() {
     assert!(left.is_empty(), "data dirs are removed after the run, logs kept: {left:?}");
 }
 
+/// Processes whose command line mentions `needle` (a data root), from /proc: what a run
+/// left behind.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn compare_runs_three_member_clusters_of_both_servers() {
+    support::require_tool("etcd");
+    let temp = tempfile::tempdir().unwrap();
+    let data_root = temp.path().join("data");
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/scenarios/etcd-doc-3.toml");
+    // --scale 0.001: 10 requests for one client, 100 for 1000 clients (each takes one).
+    let output = ringbench_within(
+        &[
+            "compare",
+            "--scenario",
+            scenario,
+            "--scale=0.001",
+            "--ringd",
+            env!("CARGO_BIN_EXE_ringd"),
+            "--data-root",
+            data_root.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let table = success(&output);
+    assert!(table.starts_with("### etcd performance doc, 3 members\n"), "{table}");
+    let header = table.lines().find(|line| line.starts_with("| scenario |")).expect("a header row");
+    for column in ["etcd req/s", "etcd p99 ms", "ringd req/s", "ringd p99 ms", "ringd/etcd req/s", "ringd/etcd p99"] {
+        assert!(header.contains(&format!("| {column} |")), "missing {column:?}: {header}");
+    }
+    let rows: Vec<&str> =
+        table.lines().filter(|line| line.starts_with("| put") || line.starts_with("| range")).collect();
+    assert_eq!(rows.len(), 7, "the doc's seven scenarios: {table}");
+    for row in &rows {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 1 + 2 * 6 + 2, "{row}");
+        assert!(cells[13].ends_with('x') && cells[13] != "0.00x", "a req/s ratio: {row}");
+        assert_eq!((cells[4], cells[10]), ("0", "0"), "no errors on either server: {row}");
+    }
+    assert!(table.contains("members per server: 3; load average before: etcd "), "{table}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("--target-leader: the leader is 127.0.0.1:").count(), 4, "{stderr}");
+    let mut logs: Vec<String> = std::fs::read_dir(&data_root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    logs.sort();
+    let expected = ["etcd-m0.log", "etcd-m1.log", "etcd-m2.log", "ringd-m0.log", "ringd-m1.log", "ringd-m2.log"];
+    assert_eq!(logs, expected, "data dirs are removed after the run, one log per member kept");
+    let left = processes_mentioning(data_root.to_str().unwrap());
+    assert!(left.is_empty(), "every member is stopped: {left:?}");
+}
+
+/// A 3-member ringd cluster started as tests/cluster.rs starts one; members in order.
+fn ringd_cluster(dir: &std::path::Path) -> Vec<support::Ringd> {
+    let peer_urls: Vec<String> = (0..3).map(|_| format!("http://127.0.0.1:{}", support::free_port())).collect();
+    let initial: Vec<String> = peer_urls.iter().enumerate().map(|(i, url)| format!("m{i}={url}")).collect();
+    let initial = initial.join(",");
+    let token = format!("ringbench-test-{}", std::process::id());
+    let members: Vec<support::Ringd> = peer_urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let name = format!("m{i}");
+            let args = ["--name", &name, "--initial-advertise-peer-urls", url, "--listen-peer-urls", url];
+            let args = [&args[..], &["--initial-cluster", &initial, "--initial-cluster-token", &token]].concat();
+            support::Ringd::start_in(&dir.join(&name), &args)
+        })
+        .collect();
+    assert_eq!(members.len(), 3);
+    members
+}
+
+/// The endpoint (host:port) of the member that etcdctl's `endpoint status` shows as leader,
+/// once all three agree on one.
+fn ringd_leader(members: &[support::Ringd]) -> String {
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = support::etcdctl(&endpoints.join(","), &["endpoint", "status", "-w", "json"], None);
+        let json: serde_json::Value = serde_json::from_str(&support::stdout(&output)).unwrap_or_default();
+        let statuses = json.as_array().cloned().unwrap_or_default();
+        let leaders: Vec<u64> = statuses.iter().filter_map(|s| s["Status"]["leader"].as_u64()).collect();
+        let leader = statuses.iter().find(|s| {
+            s["Status"]["leader"].as_u64().is_some_and(|leader| leader != 0)
+                && s["Status"]["leader"] == s["Status"]["header"]["member_id"]
+        });
+        if let (Some(leader), true) = (leader, leaders.len() == 3 && leaders.windows(2).all(|w| w[0] == w[1])) {
+            return leader["Endpoint"].as_str().unwrap().trim_start_matches("http://").to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no agreed leader: {json}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn target_leader_finds_the_leader_of_a_ringd_cluster() {
+    let temp = tempfile::tempdir().unwrap();
+    let members = ringd_cluster(temp.path());
+    let leader = ringd_leader(&members);
+    // Every order of the endpoints, so the leader is first, in the middle and last.
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    for rotation in 0..3 {
+        let mut order = endpoints.clone();
+        order.rotate_left(rotation);
+        let output = ringbench_within(
+            &["--endpoints", &order.join(","), "--target-leader", "--clients=4", "put", "--total=40"],
+            Duration::from_secs(60),
+        );
+        success(&output);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("--target-leader: the leader is {leader}\n")), "{leader}: {stderr}");
+    }
+}
+
 /// The client module by itself: every unary call it offers, and etcd's error (code and
 /// message) surfaced as etcd's client surfaces it.
 fn client_calls(endpoint: String) {

@@ -526,18 +526,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // A member that has run before knows its cluster from its store (what it applied),
     // not from the flags, which describe only how the cluster began.
     if config.data_dir.join("member").join("wal").is_dir() {
-        let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
-        let known: Vec<pb::Member> = stored
-            .iter()
-            .filter(|(key, _)| key.len() == 8)
-            .filter_map(|(_, value)| prost::Message::decode(value.as_slice()).ok())
-            .collect();
+        let (known, stored_cluster_id) = writer::stored_membership(&store);
         if !known.is_empty() {
             members = known;
         }
-        if let Some((_, value)) = stored.iter().find(|(key, _)| key.as_slice() == writer::CLUSTER_ID_KEY) {
-            cluster_id = value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(cluster_id);
-        }
+        cluster_id = stored_cluster_id.unwrap_or(cluster_id);
     }
     let shared = Arc::new(Shared {
         cluster_id: AtomicU64::new(cluster_id),

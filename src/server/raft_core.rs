@@ -49,6 +49,10 @@ use crate::wal::Wal;
 const ENTRY_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Events handled before the loop works off a Ready, so a flood cannot starve Raft.
 const EVENTS_PER_TURN_MAX: usize = 8192;
+/// A snapshot is also due after this many bytes of entries, however few the entries: one
+/// entry carries many requests, and a restart replays the WAL after the last snapshot, so
+/// this bounds the restart time whatever the number of keys.
+const SNAPSHOT_WAL_BYTES: u64 = 64 * 1024 * 1024;
 /// Ticks between sweeps of waiters whose clients gave up.
 const WAITER_SWEEP_TICKS: u64 = 50;
 
@@ -125,6 +129,8 @@ pub struct RaftCore {
     incoming_snapshot: Option<(u64, std::path::PathBuf)>,
     /// Index of this member's newest snapshot (log compacted up to a margin below it).
     snapshot_index: u64,
+    /// Bytes of entries written to the WAL since the last snapshot.
+    bytes_since_snapshot: u64,
     /// When the first request of the open batch arrived.
     batch_started: Instant,
     /// (last index, when handed to the WAL) of each Ready's entries, until committed.
@@ -274,6 +280,7 @@ impl RaftCore {
             transfers: Vec::new(),
             incoming_snapshot: None,
             snapshot_index,
+            bytes_since_snapshot: 0,
             batch_started: Instant::now(),
             appended: VecDeque::new(),
         }
@@ -581,6 +588,7 @@ impl RaftCore {
                 if let Some(last) = ready.entries.last() {
                     self.appended.push_back((last.index, handed));
                 }
+                self.bytes_since_snapshot += ready.entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
                 let durable = self.wal.append(&ready.entries, ready.hard_state.clone());
                 let events = self.events.clone();
                 let number = ready.number;
@@ -698,12 +706,14 @@ impl RaftCore {
         let _ = self.apply.unbounded_send(ApplyWork::Install { index: metadata.index, path });
     }
 
-    /// After a durable store checkpoint through `index`: every --snapshot-count entries,
-    /// a snapshot there; the log (in memory and in the WAL) is compacted up to a margin of
+    /// After a durable store checkpoint through `index`: every --snapshot-count entries (or
+    /// `SNAPSHOT_WAL_BYTES` of them), a snapshot there; the log (in memory and in the WAL) is compacted up to a margin of
     /// entries below it (--experimental-snapshot-catchup-entries, etcd's 5000), which slow
     /// followers can still fetch without a snapshot.
     fn maybe_snapshot(&mut self, index: u64) {
-        if index < self.snapshot_index + self.shared.config.snapshot_count || index > self.raft.log().last_index() {
+        let due = index >= self.snapshot_index + self.shared.config.snapshot_count
+            || self.bytes_since_snapshot >= SNAPSHOT_WAL_BYTES;
+        if !due || index > self.raft.log().last_index() {
             return;
         }
         if index <= self.raft.log().snapshot_index() {
@@ -715,6 +725,7 @@ impl RaftCore {
             index.saturating_sub(self.shared.config.snapshot_catchup_entries).max(self.raft.log().snapshot_index());
         self.raft.compact_log(compact_to);
         self.snapshot_index = index;
+        self.bytes_since_snapshot = 0;
         let marker = crate::wal::SnapshotMarker { index, term: metadata.term, conf_state: metadata.conf_state.clone() };
         let durable = self.wal.save_snapshot_marker(marker);
         let wal = self.wal.clone();

@@ -73,6 +73,21 @@ pub type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
 /// The key of the cluster ID in the members aux table (member keys are 8-byte IDs).
 pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 
+/// The members and the cluster ID the store holds (what this member applied).
+pub fn stored_membership(store: &mvcc::Store) -> (Vec<pb::Member>, Option<u64>) {
+    let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
+    let members = stored
+        .iter()
+        .filter(|(key, _)| key.len() == 8)
+        .filter_map(|(_, value)| pb::Member::decode(value.as_slice()).ok())
+        .collect();
+    let cluster_id = stored
+        .iter()
+        .find(|(key, _)| key.as_slice() == CLUSTER_ID_KEY)
+        .and_then(|(_, value)| value.as_slice().try_into().ok().map(u64::from_be_bytes));
+    (members, cluster_id)
+}
+
 /// What the raft core hands the apply task.
 pub enum ApplyWork {
     /// Committed entries, in index order.
@@ -421,12 +436,7 @@ fn install(old: mvcc::Store, shared: &Shared, index: u64, path: &std::path::Path
     }
     let store = mvcc::Store::open(&db_path, mvcc::StoreOptions::default()).unwrap_or_else(|e| fail(e.to_string()));
     shared.replace_reader(store.reader());
-    let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
-    let members: Vec<pb::Member> = stored
-        .iter()
-        .filter(|(key, _)| key.len() == 8)
-        .filter_map(|(_, value)| pb::Member::decode(value.as_slice()).ok())
-        .collect();
+    let (members, _) = stored_membership(&store);
     if !members.is_empty() {
         *shared.members.write().unwrap() = members;
     }

@@ -64,7 +64,9 @@ pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Opti
 }
 
 /// The endpoints the load goes to: all of them, or with --target-leader only the leader
-/// (found with Maintenance Status, as etcd's benchmark does).
+/// (found with Maintenance Status, as etcd's benchmark does: the member whose own ID is the
+/// leader it reports; etcd and ringd both answer so). An election in progress has no such
+/// member yet, so the search is repeated until LEADER_SEARCH_TIMEOUT.
 pub fn target_endpoints(cli: &Cli) -> Result<Vec<Endpoint>, String> {
     let endpoints: Vec<Endpoint> = cli.global.endpoints.iter().map(|e| Endpoint::parse(e)).collect::<Result<_, _>>()?;
     if endpoints.is_empty() {
@@ -73,19 +75,43 @@ pub fn target_endpoints(cli: &Cli) -> Result<Vec<Endpoint>, String> {
     if !cli.global.target_leader || endpoints.len() == 1 {
         return Ok(endpoints);
     }
-    let dial_timeout = cli.global.dial_timeout;
+    let dial_timeout = if cli.global.dial_timeout.is_zero() { LEADER_DIAL_TIMEOUT } else { cli.global.dial_timeout };
     let candidates = endpoints.clone();
     let leader = block_on(move || async move {
-        for endpoint in candidates {
-            let Ok(channel) = Channel::connect(&endpoint, dial_timeout).await else { continue };
-            let Ok(status) = channel.status().await else { continue };
-            if status.header.is_some_and(|header| header.member_id == status.leader) {
-                return Some(endpoint);
+        let deadline = Instant::now() + LEADER_SEARCH_TIMEOUT;
+        loop {
+            if let Some(leader) = find_leader(&candidates, dial_timeout).await {
+                return Some(leader);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            glommio::timer::sleep(Duration::from_millis(100)).await;
         }
-        None
     })?;
-    leader.map(|leader| vec![leader]).ok_or_else(|| "no leader found among --endpoints".into())
+    let Some(leader) = leader else {
+        return Err(format!("no leader found among --endpoints {}", cli.global.endpoints.join(",")));
+    };
+    // stderr, beside the progress bar: the report on stdout stays etcd's.
+    eprintln!("--target-leader: the leader is {}", leader.authority());
+    Ok(vec![leader])
+}
+
+/// How long --target-leader looks for a leader before giving up.
+const LEADER_SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound on each connect of the leader search when --dial-timeout is 0 (none).
+const LEADER_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first endpoint whose member says it is the leader, in one pass over them.
+async fn find_leader(endpoints: &[Endpoint], dial_timeout: Duration) -> Option<Endpoint> {
+    for endpoint in endpoints {
+        let Ok(channel) = Channel::connect(endpoint, dial_timeout).await else { continue };
+        let Some(Ok(status)) = within(dial_timeout, channel.status()).await else { continue };
+        if status.leader != 0 && status.header.is_some_and(|header| header.member_id == status.leader) {
+            return Some(endpoint.clone());
+        }
+    }
+    None
 }
 
 fn workload_of(command: &Command) -> Result<(Arc<dyn Workload>, usize), String> {
