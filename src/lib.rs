@@ -10,11 +10,13 @@
 //! - `wal`: the segmented write-ahead log with group commit on direct I/O.
 //! - `io`: the storage traits the WAL is generic over, and their glommio implementation.
 //! - `transport`: Raft messages between members over TCP.
+//! - `lease`: the lessor: leases, their keys and expiry, as a clock-free state machine.
 //! - `testing`: the simulated disk and the linearizability checker used by the test suites.
 
 pub mod api;
 pub mod client;
 pub mod io;
+pub mod lease;
 pub mod mvcc;
 pub mod raft;
 pub mod server;

@@ -53,6 +53,8 @@ const EVENTS_PER_TURN_MAX: usize = 8192;
 /// entry carries many requests, and a restart replays the WAL after the last snapshot, so
 /// this bounds the restart time whatever the number of keys.
 const SNAPSHOT_WAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of entries kept below a snapshot for followers slightly behind.
+const SNAPSHOT_CATCH_UP_BYTES: u64 = 16 * 1024 * 1024;
 /// Ticks between sweeps of waiters whose clients gave up.
 const WAITER_SWEEP_TICKS: u64 = 50;
 
@@ -721,8 +723,7 @@ impl RaftCore {
         }
         let snapshot = self.raft.create_snapshot(index, Vec::new());
         let metadata = snapshot.metadata.unwrap_or_default();
-        let compact_to =
-            index.saturating_sub(self.shared.config.snapshot_catchup_entries).max(self.raft.log().snapshot_index());
+        let compact_to = self.catch_up_floor(index);
         self.raft.compact_log(compact_to);
         self.snapshot_index = index;
         self.bytes_since_snapshot = 0;
@@ -740,6 +741,24 @@ impl RaftCore {
             }
         })
         .detach();
+    }
+
+    /// Where the log may be compacted after a snapshot at `index`: keep up to
+    /// --experimental-snapshot-catchup-entries entries below it, and at most
+    /// `SNAPSHOT_CATCH_UP_BYTES` of them (an entry carries many requests).
+    fn catch_up_floor(&self, index: u64) -> u64 {
+        let log = self.raft.log();
+        let floor = index.saturating_sub(self.shared.config.snapshot_catchup_entries).max(log.snapshot_index());
+        let mut bytes = 0u64;
+        let mut at = index;
+        while at > floor {
+            bytes += log.entry(at).map_or(0, |entry| entry.data.len() as u64);
+            if bytes > SNAPSHOT_CATCH_UP_BYTES {
+                return at;
+            }
+            at -= 1;
+        }
+        floor
     }
 
     /// What Status, headers and the no-leader check read on every core.
