@@ -1,7 +1,7 @@
 //! One benchmark run of a subcommand: for put, range, txn-put and txn-mixed builds the
 //! workload and runs the load; the watch and lease subcommands run in modules of their own.
-//! Then prints etcd's report (or JSON / CSV), the client's CPU, and the optional .hgrm and
-//! SVG files.
+//! Then prints etcd's report (or JSON / CSV), the client's CPU, ringd's server-side latency
+//! by stage for the load subcommands (server_stages.rs), and the optional .hgrm and SVG files.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use ringd::client::{Channel, Endpoint};
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::load::{self, LoadOptions};
 use crate::report::{self, ClientCpu, Outcome, Precision, Recorder, Stats};
+use crate::server_stages::{self, ServerStages};
 use crate::workload::{self, Random, Workload};
 
 /// One report of a run (txn-mixed has two: reads and writes).
@@ -173,14 +174,14 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         let kind = if args.consistency == "l" { "linearizable" } else { "serializable" };
         println!("bench with {kind} range");
     }
-    let runs = match &cli.command {
-        Command::WatchLatency(args) => vec![crate::watch_latency::run(cli, args)?],
-        Command::Watch(args) => crate::watch::run(cli, args)?,
-        Command::WatchGet(args) => vec![crate::watch_get::run(cli, args)?],
-        Command::LeaseKeepalive(args) => vec![crate::lease_keepalive::run(cli, args)?],
-        _ => run(cli, true)?,
+    let (runs, stages) = match &cli.command {
+        Command::WatchLatency(args) => (vec![crate::watch_latency::run(cli, args)?], None),
+        Command::Watch(args) => (crate::watch::run(cli, args)?, None),
+        Command::WatchGet(args) => (vec![crate::watch_get::run(cli, args)?], None),
+        Command::LeaseKeepalive(args) => (vec![crate::lease_keepalive::run(cli, args)?], None),
+        _ => run_with_server_stages(cli)?,
     };
-    print_runs(cli, &runs);
+    print_runs(cli, &runs, stages.as_ref());
     if let Some(path) = &cli.global.hgrm {
         write_hgrm(path, &runs)?;
     }
@@ -197,11 +198,39 @@ pub fn main(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
-pub fn print_runs(cli: &Cli, runs: &[Run]) {
+/// `run`, with ringd's /debug/latency read from every endpoint before and after it; the
+/// stages are None against a server that is not ringd, or when a read fails (then a note
+/// goes to stderr: the benchmark itself stands).
+fn run_with_server_stages(cli: &Cli) -> Result<(Vec<Run>, Option<ServerStages>), String> {
+    let endpoints = server_stages::endpoints_of(&cli.global.endpoints);
+    let before = server_stages::capture(&endpoints);
+    let runs = run(cli, true)?;
+    let stages = match before {
+        Ok(Some(before)) => server_stages::capture(&endpoints).and_then(|after| match after {
+            Some(after) => server_stages::difference(before, after).map(Some),
+            None => Ok(None),
+        }),
+        other => other.map(|_| None),
+    };
+    let stages = stages.unwrap_or_else(|message| {
+        eprintln!("ringbench: no server-side latency by stage: {message}");
+        None
+    });
+    Ok((runs, stages))
+}
+
+pub fn print_runs(cli: &Cli, runs: &[Run], stages: Option<&ServerStages>) {
     let precision = if cli.global.precise { Precision::Full } else { Precision::Fixed };
     match cli.global.output {
         OutputFormat::Json => {
-            let outcomes: Vec<Outcome> = runs.iter().map(outcome).collect();
+            let mut outcomes: Vec<serde_json::Value> =
+                runs.iter().map(|run| serde_json::to_value(outcome(run)).expect("plain data serialises")).collect();
+            // The stages cover the whole run: txn-mixed's reads and writes carry the same.
+            if let Some(stages) = stages {
+                for outcome in &mut outcomes {
+                    outcome["server_stages"] = stages.json();
+                }
+            }
             let json = if outcomes.len() == 1 {
                 serde_json::to_string_pretty(&outcomes[0])
             } else {
@@ -236,6 +265,9 @@ pub fn print_runs(cli: &Cli, runs: &[Run]) {
             }
             if let Some(run) = runs.first() {
                 print!("{}", run.cpu.render());
+            }
+            if let Some(stages) = stages {
+                print!("{}", stages.render());
             }
         }
     }

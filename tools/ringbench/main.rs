@@ -11,6 +11,7 @@ mod load;
 mod mvcc_put;
 mod plot;
 mod report;
+mod server_stages;
 mod watch;
 mod watch_get;
 mod watch_latency;
