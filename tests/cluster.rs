@@ -531,3 +531,31 @@ fn no_acknowledged_write_is_lost_across_rounds_of_kill_9() {
         }
     }
 }
+
+#[test]
+fn a_lease_expires_after_its_leader_is_killed_and_its_keys_go_on_every_member() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let output = cluster.member(leader).etcdctl(&["lease", "grant", "3"]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let lease = stdout(&output).split_whitespace().nth(1).unwrap().to_owned();
+    let output = cluster.member(leader).etcdctl(&["put", "leased", "v", &format!("--lease={lease}")]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let kept = cluster.member(leader).etcdctl(&["put", "unleased", "v"]);
+    assert!(kept.status.success());
+    cluster.wait_for_same_index();
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader();
+    // The new leader's lessor gives the lease its remaining TTL plus an election timeout,
+    // then revokes it through Raft: the key goes on every member.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    for i in cluster.running() {
+        while get_value(&cluster.member(i).endpoint(), "leased", true).is_some() {
+            assert!(Instant::now() < deadline, "member {i} still has the expired lease's key");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(get_value(&cluster.member(i).endpoint(), "unleased", true).as_deref(), Some("v"));
+    }
+    let ttl = stdout(&cluster.member(new_leader).etcdctl(&["lease", "timetolive", &lease]));
+    assert_eq!(ttl.trim(), format!("lease {lease} already expired"));
+}

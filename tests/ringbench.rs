@@ -857,7 +857,17 @@ fn watch_get_against_ringd_and_real_etcd() {
 #[test]
 fn lease_keepalive_against_real_etcd() {
     let etcd = support::Etcd::start();
-    let endpoint = etcd.endpoint();
+    check_lease_keepalive(&etcd.endpoint());
+}
+
+#[test]
+fn lease_keepalive_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    check_lease_keepalive(&ringd.endpoint());
+}
+
+fn check_lease_keepalive(endpoint: &str) {
+    let endpoint = endpoint.to_owned();
     let args =
         ["--endpoints", &endpoint, "--conns=2", "--clients=4", "--output=json", "lease-keepalive", "--total=200"];
     let output = success(&ringbench_within(&args, Duration::from_secs(60)));
@@ -869,24 +879,10 @@ fn lease_keepalive_against_real_etcd() {
         &["--endpoints", &endpoint, "lease-keepalive", "--total=50"],
         Duration::from_secs(60),
     ));
-    assert!(text.starts_with("\nSummary:\n  Total:\t"), "etcd prints the report alone: {text}");
+    assert!(text.starts_with("\nSummary:\n  Total:\t"), "the report alone, as etcd's: {text}");
     assert!(!text.contains("Error distribution"), "{text}");
     let leases = support::etcdctl(&endpoint, &["lease", "list"], None);
     assert_eq!(support::stdout(&leases).trim(), "found 0 leases", "the granted leases are revoked at the end");
-}
-
-#[test]
-fn lease_keepalive_against_ringd_counts_unimplemented() {
-    let ringd = support::Ringd::start(&[]);
-    let endpoint = ringd.endpoint();
-    let args = ["--endpoints", &endpoint, "--clients=3", "lease-keepalive", "--total=50"];
-    let output = ringbench_within(&args, Duration::from_secs(30));
-    let text = success(&output);
-    let line = "\nError distribution:\n  [50]\tlease grant failed: rpc error: code = Unimplemented desc = ";
-    assert!(text.starts_with(line), "every request is an error, by its gRPC status: {text}");
-    assert!(!text.contains("Summary:"), "no request succeeded: {text}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.matches("lease grant failed").count(), 1, "said once on stderr: {stderr}");
 }
 
 /// Fails the test if `future` has not finished within 10 seconds.
@@ -901,9 +897,19 @@ async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
 
 #[test]
 fn client_lease_calls_against_real_etcd() {
-    use ringd::api::errors::Code;
     let etcd = support::Etcd::start();
-    let endpoint = ringd::client::Endpoint::parse(&etcd.endpoint()).unwrap();
+    check_client_lease_calls(&etcd.endpoint());
+}
+
+#[test]
+fn client_lease_calls_against_ringd() {
+    let ringd = support::Ringd::start(&[]);
+    check_client_lease_calls(&ringd.endpoint());
+}
+
+fn check_client_lease_calls(endpoint: &str) {
+    use ringd::api::errors::Code;
+    let endpoint = ringd::client::Endpoint::parse(endpoint).unwrap();
     let executor =
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
     executor.run(async move {
@@ -930,26 +936,59 @@ fn client_lease_calls_against_real_etcd() {
     });
 }
 
+/// The rows of the server-side section of a text report: (stage, count).
+fn server_stage_rows(report: &str) -> Option<Vec<(String, u64)>> {
+    let (_, section) = report.split_once("Server-side latency by stage (ringd /debug/latency, this run only):\n")?;
+    let mut lines = section.lines();
+    assert!(lines.next().is_some_and(|header| header.contains("count") && header.ends_with("(µs)")), "{report}");
+    let rows = lines
+        .take_while(|line| line.starts_with("  "))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 7, "stage, count, p50, p90, p99, p99.9, max: {line}");
+            (fields[0].to_owned(), fields[1].parse().expect("a count"))
+        })
+        .collect();
+    Some(rows)
+}
+
+/// Issue 8: ringbench reads ringd's /debug/latency before and after the run and prints
+/// this run's share per stage; the counts cannot be lower than the requests it sent.
 #[test]
-fn client_lease_calls_against_ringd_end_with_unimplemented() {
-    use ringd::api::errors::Code;
+fn put_prints_ringds_server_side_stages_of_this_run_only() {
     let ringd = support::Ringd::start(&[]);
-    let endpoint = ringd::client::Endpoint::parse(&ringd.endpoint()).unwrap();
-    let executor =
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(256 * 1024).make().unwrap();
-    executor.run(async move {
-        let channel = ringd::client::Channel::connect(&endpoint, Duration::from_secs(5)).await.expect("connect");
-        let grant = bounded(channel.lease_grant(30, 0)).await.unwrap_err();
-        assert_eq!(grant.code, Code::Unimplemented, "{grant}");
-        assert!(grant.to_string().starts_with("rpc error: code = Unimplemented desc = "), "{grant}");
-        let once = bounded(channel.keep_alive_once(1)).await.unwrap_err();
-        assert_eq!(once.code, Code::Unimplemented, "{once}");
-        let mut stream = bounded(channel.lease_keep_alive()).await.expect("a stream opens before the server answers");
-        stream.send(1).unwrap();
-        let ended = bounded(stream.next()).await.unwrap_err();
-        assert_eq!(ended.code, Code::Unimplemented, "{ended}");
-        assert_eq!(bounded(channel.lease_revoke(1)).await.unwrap_err().code, Code::Unimplemented);
-        // The connection still serves other calls.
-        bounded(channel.status()).await.expect("status after the refused lease calls");
-    });
+    let endpoint = ringd.endpoint();
+    let put = |total: &str| ringbench(&["--endpoints", &endpoint, "--clients=4", "put", total]);
+    // A first run, so that the second one's share differs from the server's totals.
+    success(&put("--total=30"));
+    let report = success(&put("--total=80"));
+    let rows = server_stage_rows(&report).unwrap_or_else(|| panic!("no server-side section in:\n{report}"));
+    let count_of = |stage: &str| rows.iter().find(|(name, _)| name == stage).map(|(_, count)| *count);
+    for stage in ["queue", "wal_sync", "commit", "write_total"] {
+        assert!(count_of(stage).is_some_and(|count| count > 0), "no {stage} row in:\n{report}");
+    }
+    assert_eq!(count_of("write_total"), Some(80), "this run's puts only, not the first run's:\n{report}");
+    assert!(count_of("queue").is_some_and(|count| count >= 80), "every put crosses the queue:\n{report}");
+    assert!(rows.iter().all(|(_, count)| *count > 0), "only stages with events: {report}");
+    let json = success(&ringbench(&["--endpoints", &endpoint, "--output=json", "put", "--total=40"]));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let stages = &json["server_stages"];
+    assert_eq!(stages["unit"], "us", "{json}");
+    assert!(stages["stages"]["write_total"]["count"].as_u64().is_some_and(|count| count >= 40), "{json}");
+    let write_total = &stages["stages"]["write_total"];
+    assert!(write_total["p50"].as_u64() <= write_total["max"].as_u64() && write_total["max"].as_u64() > Some(0));
+}
+
+#[test]
+fn put_against_real_etcd_prints_no_server_side_stages() {
+    let etcd = support::Etcd::start();
+    let endpoint = etcd.endpoint();
+    let output = ringbench(&["--endpoints", &endpoint, "--clients=4", "put", "--total=50"]);
+    let report = success(&output);
+    assert!(report.contains("Summary:") && !report.contains("Server-side latency"), "{report}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("server-side"), "a 404 is no error");
+    let json = success(&ringbench(&["--endpoints", &endpoint, "--output=json", "put", "--total=20"]));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(json["stats"]["count"], 20);
+    assert!(json.get("server_stages").is_none(), "{json}");
 }

@@ -324,7 +324,7 @@ fn bad_grpc_input_gets_etcds_codes_and_the_server_keeps_serving() {
     let answer = grpc_call(port, "/etcdserverpb.KV/Range", &backwards, None);
     assert_eq!(answer.status, 0, "{answer:?}");
 
-    // A put with a lease before the lease service exists.
+    // A put with a lease that does not exist.
     let lease_put = ringd.etcdctl(&["put", "k", "v", "--lease", "1234"]);
     assert_eq!(error_line(&lease_put), "Error: etcdserver: requested lease not found");
 
@@ -634,4 +634,68 @@ fn debug_latency_breaks_requests_down_by_stage() {
     let wal = stages["wal_sync"]["min"].as_u64().unwrap();
     let total = stages["write_total"]["min"].as_u64().unwrap();
     assert!(total >= wal, "write_total min {total} < wal_sync min {wal}");
+}
+
+#[test]
+fn leases_with_the_real_etcdctl_grant_attach_keep_alive_expire_and_revoke() {
+    use support::EtcdctlWatch;
+    let ringd = Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let lease_of = |output: &std::process::Output| -> String {
+        let line = stdout(output);
+        assert!(line.starts_with("lease ") && line.contains("granted with TTL"), "{line}");
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let short = lease_of(&ringd.etcdctl(&["lease", "grant", "3"]));
+    let long = lease_of(&ringd.etcdctl(&["lease", "grant", "100"]));
+    assert_ne!(short, long);
+    for key in ["short-a", "short-b"] {
+        assert!(ringd.etcdctl(&["put", key, "v", &format!("--lease={short}")]).status.success());
+    }
+    assert!(ringd.etcdctl(&["put", "long-a", "v", &format!("--lease={long}")]).status.success());
+    let ttl = stdout(&ringd.etcdctl(&["lease", "timetolive", &short, "--keys"]));
+    assert!(ttl.contains("granted with TTL(3s)") && ttl.contains("attached keys([short-a short-b])"), "{ttl}");
+    let list = stdout(&ringd.etcdctl(&["lease", "list"]));
+    assert!(list.starts_with("found 2 leases") && list.contains(&short) && list.contains(&long), "{list}");
+    let kept = stdout(&ringd.etcdctl(&["lease", "keep-alive", "--once", &long]));
+    assert_eq!(kept.trim(), format!("lease {long} keepalived with TTL(100)"));
+    let output = ringd.etcdctl(&["put", "k", "v", "--lease=1234"]);
+    assert_eq!(error_line(&output), "Error: etcdserver: requested lease not found");
+
+    // Expiry: the leader's lessor revokes the lease through Raft; its keys are deleted,
+    // and watchers see the deletes.
+    let watch = EtcdctlWatch::start(&endpoint, &["--prefix", "short-"]);
+    EtcdctlWatch::settle();
+    let lines = watch.lines(6, std::time::Duration::from_secs(15));
+    assert_eq!(lines, vec!["DELETE", "short-a", "", "DELETE", "short-b", ""], "{lines:?}");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "short-", "--prefix", "--keys-only"])), "");
+    let expired = stdout(&ringd.etcdctl(&["lease", "timetolive", &short]));
+    assert_eq!(expired.trim(), format!("lease {short} already expired"));
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "long-a", "--print-value-only"])), "v\n");
+
+    // Revoke deletes the keys at once; a second revoke is etcd's not-found error.
+    let revoked = stdout(&ringd.etcdctl(&["lease", "revoke", &long]));
+    assert_eq!(revoked.trim(), format!("lease {long} revoked"));
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "long-a"])), "");
+    let again = ringd.etcdctl(&["lease", "revoke", &long]);
+    assert_eq!(error_line(&again), "Error: failed to revoke lease (etcdserver: requested lease not found)");
+    let list = stdout(&ringd.etcdctl(&["lease", "list"]));
+    assert!(list.starts_with("found 0 leases"), "{list}");
+}
+
+#[test]
+fn leases_survive_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let ringd = Ringd::start_in(&data_dir, &[]);
+    let output = ringd.etcdctl(&["lease", "grant", "600", "--command-timeout=5s"]);
+    let lease = stdout(&output).split_whitespace().nth(1).unwrap().to_owned();
+    assert!(ringd.etcdctl(&["put", "kept", "v", &format!("--lease={lease}")]).status.success());
+    ringd.kill();
+    let ringd = Ringd::start_in(&data_dir, &[]);
+    let ttl = stdout(&ringd.etcdctl(&["lease", "timetolive", &lease, "--keys"]));
+    assert!(ttl.contains("granted with TTL(600s)") && ttl.contains("attached keys([kept])"), "{ttl}");
+    let revoked = stdout(&ringd.etcdctl(&["lease", "revoke", &lease]));
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "kept"])), "");
 }

@@ -81,6 +81,9 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
     if path == WATCH_PATH {
         return serve_watch(core, body, respond).await;
     }
+    if path == LEASE_KEEP_ALIVE_PATH {
+        return serve_keep_alive(core, body, respond).await;
+    }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
         Err(status) => return send_status(&mut respond, &status),
@@ -101,6 +104,47 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
 
 const SNAPSHOT_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
 const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
+const LEASE_KEEP_ALIVE_PATH: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+
+/// Lease.LeaseKeepAlive: one response per request, in order (etcd answers a lease that
+/// does not exist with TTL 0).
+async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let mut buffer = BytesMut::new();
+    let mut ended = Ok(());
+    while let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await {
+        let request = match message
+            .and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::LeaseKeepAliveRequest>(&bytes))
+        {
+            Ok(request) => request,
+            Err(status) => {
+                ended = Err(status);
+                break;
+            }
+        };
+        match core.lease_keep_alive(request.id).await {
+            Ok(response) => {
+                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
+                    return;
+                }
+            }
+            Err(status) => {
+                ended = Err(status);
+                break;
+            }
+        }
+    }
+    let mut trailers = HeaderMap::new();
+    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
+    trailers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
+    if status.code != errors::Code::Ok {
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
+            trailers.insert("grpc-message", message);
+        }
+    }
+    let _ = stream.send_trailers(trailers);
+}
 
 /// Reads the next length-prefixed message of a streaming request; None at the end of the
 /// client's side of the stream.

@@ -25,7 +25,7 @@ pub struct Batch {
 pub struct Request {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -44,6 +44,29 @@ pub enum Op {
     /// A member publishes its name and client URLs once it has joined (etcd's publish).
     #[prost(message, tag = "7")]
     Attributes(pb::Member),
+    /// The proposing member picked the id if the client left it 0.
+    #[prost(message, tag = "8")]
+    LeaseGrant(pb::LeaseGrantRequest),
+    /// A client's revoke, or the leader's of an expired lease.
+    #[prost(message, tag = "9")]
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    /// The leader's checkpoints of remaining TTLs.
+    #[prost(message, tag = "10")]
+    LeaseCheckpoints(LeaseCheckpoints),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoints {
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseCheckpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// `ConfChange.context`.

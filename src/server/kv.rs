@@ -254,11 +254,20 @@ fn current(view: &impl View, key: &[u8]) -> Result<Option<KeyValue>, Status> {
     Ok(result.kvs.into_iter().next())
 }
 
+/// What the KV operations tell the lessor, so that each lease knows its keys (the apply
+/// task implements it with the lessor; every member applies the same).
+pub trait Leases {
+    fn exists(&self, lease: i64) -> bool;
+    /// `key` was written with `lease` (0: none); before, it had `previous` (0: none or new).
+    fn written(&mut self, key: &[u8], previous: i64, lease: i64);
+    /// `key`, attached to `lease` (0: none), was deleted.
+    fn deleted(&mut self, key: &[u8], lease: i64);
+}
+
 /// The checks etcd makes before any op of a txn runs, so that a txn applies whole or not at
-/// all: leases exist (no lease service yet: any nonzero lease is unknown) and keys that
-/// ignore_value / ignore_lease need are there.
-fn check_put_preconditions(view: &impl View, request: &pb::PutRequest) -> Result<(), Status> {
-    if request.lease != 0 {
+/// all: leases exist and keys that ignore_value / ignore_lease need are there.
+fn check_put_preconditions(view: &impl View, leases: &dyn Leases, request: &pb::PutRequest) -> Result<(), Status> {
+    if request.lease != 0 && !leases.exists(request.lease) {
         return Err(errors::LEASE_NOT_FOUND);
     }
     if (request.ignore_value || request.ignore_lease) && current(view, &request.key)?.is_none() {
@@ -267,12 +276,20 @@ fn check_put_preconditions(view: &impl View, request: &pb::PutRequest) -> Result
     Ok(())
 }
 
-pub fn put(txn: &mut mvcc::WriteTxn<'_>, request: &pb::PutRequest) -> Result<pb::PutResponse, Status> {
-    check_put_preconditions(txn, request)?;
-    put_unchecked(txn, request)
+pub fn put(
+    txn: &mut mvcc::WriteTxn<'_>,
+    leases: &mut dyn Leases,
+    request: &pb::PutRequest,
+) -> Result<pb::PutResponse, Status> {
+    check_put_preconditions(txn, leases, request)?;
+    put_unchecked(txn, leases, request)
 }
 
-fn put_unchecked(txn: &mut mvcc::WriteTxn<'_>, request: &pb::PutRequest) -> Result<pb::PutResponse, Status> {
+fn put_unchecked(
+    txn: &mut mvcc::WriteTxn<'_>,
+    leases: &mut dyn Leases,
+    request: &pb::PutRequest,
+) -> Result<pb::PutResponse, Status> {
     let (value, lease) = if request.ignore_value || request.ignore_lease {
         let previous = current(txn, &request.key)?.ok_or(errors::KEY_NOT_FOUND)?;
         let value = if request.ignore_value { previous.value } else { request.value.clone() };
@@ -282,14 +299,22 @@ fn put_unchecked(txn: &mut mvcc::WriteTxn<'_>, request: &pb::PutRequest) -> Resu
         (request.value.clone(), request.lease)
     };
     let previous = txn.put(&request.key, &value, lease);
+    leases.written(&request.key, previous.as_ref().map_or(0, |kv| kv.lease), lease);
     Ok(pb::PutResponse {
         header: Some(pb::ResponseHeader::default()),
         prev_kv: if request.prev_kv { previous.map(to_pb) } else { None },
     })
 }
 
-pub fn delete_range(txn: &mut mvcc::WriteTxn<'_>, request: &pb::DeleteRangeRequest) -> pb::DeleteRangeResponse {
+pub fn delete_range(
+    txn: &mut mvcc::WriteTxn<'_>,
+    leases: &mut dyn Leases,
+    request: &pb::DeleteRangeRequest,
+) -> pb::DeleteRangeResponse {
     let deleted = txn.delete_range(&request.key, &request.range_end);
+    for kv in &deleted {
+        leases.deleted(&kv.key, kv.lease);
+    }
     pb::DeleteRangeResponse {
         header: Some(pb::ResponseHeader::default()),
         deleted: deleted.len() as i64,
@@ -379,6 +404,7 @@ fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
 /// Walks the taken branches and checks every put's preconditions before anything runs.
 fn check_txn_preconditions(
     view: &impl View,
+    leases: &dyn Leases,
     request: &pb::TxnRequest,
     path: &[bool],
     position: &mut usize,
@@ -387,8 +413,10 @@ fn check_txn_preconditions(
     *position += 1;
     for op in ops {
         match &op.request {
-            Some(request_op::Request::RequestPut(put)) => check_put_preconditions(view, put)?,
-            Some(request_op::Request::RequestTxn(nested)) => check_txn_preconditions(view, nested, path, position)?,
+            Some(request_op::Request::RequestPut(put)) => check_put_preconditions(view, leases, put)?,
+            Some(request_op::Request::RequestTxn(nested)) => {
+                check_txn_preconditions(view, leases, nested, path, position)?
+            }
             _ => {}
         }
     }
@@ -440,17 +468,22 @@ fn nested_header(mut response: pb::RangeResponse) -> pb::RangeResponse {
 }
 
 /// A txn that may write, inside the batch's write txn.
-pub fn txn_write(txn: &mut mvcc::WriteTxn<'_>, request: &pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+pub fn txn_write(
+    txn: &mut mvcc::WriteTxn<'_>,
+    leases: &mut dyn Leases,
+    request: &pb::TxnRequest,
+) -> Result<pb::TxnResponse, Status> {
     let mut path = Vec::new();
     branch_path(txn, request, &mut path)?;
     let mut position = 0;
-    check_txn_preconditions(txn, request, &path, &mut position)?;
+    check_txn_preconditions(txn, leases, request, &path, &mut position)?;
     let mut position = 0;
-    write_ops(txn, request, &path, &mut position)
+    write_ops(txn, leases, request, &path, &mut position)
 }
 
 fn write_ops(
     txn: &mut mvcc::WriteTxn<'_>,
+    leases: &mut dyn Leases,
     request: &pb::TxnRequest,
     path: &[bool],
     position: &mut usize,
@@ -464,12 +497,14 @@ fn write_ops(
             Some(request_op::Request::RequestRange(r)) => {
                 response_op::Response::ResponseRange(nested_header(range(&*txn, r)?))
             }
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put_unchecked(txn, p)?),
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(put_unchecked(txn, leases, p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                response_op::Response::ResponseDeleteRange(delete_range(txn, d))
+                response_op::Response::ResponseDeleteRange(delete_range(txn, leases, d))
             }
             Some(request_op::Request::RequestTxn(nested)) => {
-                let mut inner = write_ops(txn, nested, path, position)?;
+                let mut inner = write_ops(txn, leases, nested, path, position)?;
                 inner.header = Some(pb::ResponseHeader::default());
                 response_op::Response::ResponseTxn(inner)
             }

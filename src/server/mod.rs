@@ -73,6 +73,8 @@ pub struct Shared {
     pub members: RwLock<Vec<pb::Member>>,
     /// Per-stage latency histograms (GET /debug/latency).
     pub latency: latency::Latency,
+    /// The origin of the lessor's clock (monotonic).
+    pub started: std::time::Instant,
     pub db_size_bytes: AtomicU64,
     pub db_size_in_use_bytes: AtomicU64,
     /// The revision watchers may deliver up to, published by the writer after checkpoints.
@@ -417,6 +419,29 @@ impl Core {
         }
     }
 
+    pub async fn lease_grant(&self, request: pb::LeaseGrantRequest) -> Result<pb::LeaseGrantResponse, Status> {
+        propose_as!(self, Command::LeaseGrant(request), LeaseGrant)
+    }
+
+    pub async fn lease_revoke(&self, request: pb::LeaseRevokeRequest) -> Result<pb::LeaseRevokeResponse, Status> {
+        propose_as!(self, Command::LeaseRevoke(request), LeaseRevoke)
+    }
+
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+        propose_as!(self, Command::LeaseRenew(id), LeaseKeepAlive)
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        request: pb::LeaseTimeToLiveRequest,
+    ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
+        propose_as!(self, Command::LeaseTimeToLive(request), LeaseTimeToLive)
+    }
+
+    pub async fn lease_leases(&self) -> Result<pb::LeaseLeasesResponse, Status> {
+        propose_as!(submit, self, Command::LeaseLeases, LeaseLeases)
+    }
+
     pub async fn hash(&self) -> Result<pb::HashResponse, Status> {
         propose_as!(submit, self, Command::Hash, Hash)
     }
@@ -543,6 +568,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         raft_index: AtomicU64::new(0),
         members: RwLock::new(members),
         latency: latency::Latency::new(config.cores),
+        started: std::time::Instant::now(),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
         watch: watch::Publisher::new(config.cores, store.current_revision()),

@@ -36,10 +36,12 @@ use std::time::Instant;
 
 use super::entry::{self, Batch, ConfContext};
 use super::latency::Stage;
-use super::writer::{ApplyWork, Command, Reply};
+use super::writer::{ApplyWork, Command, Outcome, Reply};
 use super::{Proposal, Shared};
 use crate::api::errors::{self, Status};
+use crate::api::pb::etcdserverpb as pb;
 use crate::io::glommio_storage::GlommioStorage;
+use crate::lease::{LeaseId, LeaseIdGenerator, Lessor, RenewError, TimeToLiveError};
 use crate::raft::pb::{ConfChange, Entry, EntryType, Message, MessageType};
 use crate::raft::{ProposeError, Raft, RestartState, Role};
 use crate::transport::{Incoming, Transport};
@@ -127,6 +129,9 @@ pub struct RaftCore {
     attributes_published: bool,
     /// MoveLeader requests waiting for their target to lead.
     transfers: Vec<(u64, Reply)>,
+    /// Shared with the apply task: the replicated lease state and, here, the leader's timing.
+    lessor: Rc<RefCell<Lessor>>,
+    lease_ids: LeaseIdGenerator,
     /// The db of the last snapshot received from the leader: (index, file).
     incoming_snapshot: Option<(u64, std::path::PathBuf)>,
     /// Index of this member's newest snapshot (log compacted up to a margin below it).
@@ -255,12 +260,14 @@ impl RaftCore {
         started: Started,
         transport: Rc<Transport>,
         waiters: Rc<RefCell<Waiters>>,
+        lessor: Rc<RefCell<Lessor>>,
         apply: mpsc::UnboundedSender<ApplyWork>,
         events: mpsc::UnboundedSender<Event>,
     ) -> RaftCore {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
         let snapshot_index = started.raft.log().snapshot_index();
+        let lease_ids = LeaseIdGenerator::new(shared.member_id, now);
         RaftCore {
             shared,
             raft: started.raft,
@@ -280,6 +287,8 @@ impl RaftCore {
             ticks: 0,
             attributes_published: false,
             transfers: Vec::new(),
+            lease_ids,
+            lessor,
             incoming_snapshot: None,
             snapshot_index,
             bytes_since_snapshot: 0,
@@ -359,6 +368,7 @@ impl RaftCore {
                     self.waiters.borrow_mut().sweep();
                 }
                 self.maybe_publish_attributes();
+                self.lease_tick();
             }
             Event::Persisted(number) => self.persisted(number),
             Event::MembersChanged => self.update_peers(),
@@ -393,6 +403,27 @@ impl RaftCore {
             }
             Command::MoveLeader(target) => {
                 self.move_leader(target, reply);
+                return;
+            }
+            Command::LeaseGrant(mut request) => {
+                if request.id == 0 {
+                    request.id = self.lease_ids.next_id().0;
+                }
+                entry::Op::LeaseGrant(request)
+            }
+            Command::LeaseRevoke(request) => entry::Op::LeaseRevoke(request),
+            Command::LeaseRenew(id) => {
+                let _ = reply.send(self.renew(id));
+                return;
+            }
+            Command::LeaseTimeToLive(request) => {
+                let _ = reply.send(self.time_to_live(request));
+                return;
+            }
+            Command::LeaseLeases => {
+                let leases = self.lessor.borrow().leases().map(|id| pb::LeaseStatus { id: id.0 }).collect();
+                let header = Some(self.shared.header(self.shared.snapshot().revision()));
+                let _ = reply.send(Ok(Outcome::LeaseLeases(pb::LeaseLeasesResponse { header, leases })));
                 return;
             }
             local @ (Command::Defragment | Command::Hash | Command::HashKv(_)) => {
@@ -453,6 +484,84 @@ impl RaftCore {
         } else {
             self.raft.transfer_leader(target);
             self.transfers.push((target, reply));
+        }
+    }
+
+    /// A keepalive: only the leader's lessor knows expiries (a follower's clients get
+    /// `etcdserver: not leader`); a lease that is gone or expiring answers TTL 0, as etcd's.
+    fn renew(&mut self, id: i64) -> Result<Outcome, Status> {
+        let now = self.shared.started.elapsed();
+        let renewed = self.lessor.borrow_mut().renew(LeaseId(id), now);
+        let ttl = match renewed {
+            Ok(renewed) => {
+                if renewed.clear_checkpoint {
+                    let checkpoints =
+                        entry::LeaseCheckpoints { checkpoints: vec![entry::LeaseCheckpoint { id, remaining_ttl: 0 }] };
+                    let request_id = self.next_id();
+                    self.push_request(entry::Request {
+                        id: request_id,
+                        op: Some(entry::Op::LeaseCheckpoints(checkpoints)),
+                    });
+                }
+                renewed.ttl_seconds
+            }
+            Err(RenewError::NotPrimary) => return Err(errors::NOT_LEADER),
+            Err(RenewError::NotFound) | Err(RenewError::Expired) => 0,
+        };
+        let header = Some(self.shared.header(self.shared.snapshot().revision()));
+        Ok(Outcome::LeaseKeepAlive(pb::LeaseKeepAliveResponse { header, id, ttl }))
+    }
+
+    fn time_to_live(&self, request: pb::LeaseTimeToLiveRequest) -> Result<Outcome, Status> {
+        let now = self.shared.started.elapsed();
+        let header = Some(self.shared.header(self.shared.snapshot().revision()));
+        let response = match self.lessor.borrow().time_to_live(LeaseId(request.id), now, request.keys) {
+            Ok(ttl) => pb::LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: ttl.ttl_seconds,
+                granted_ttl: ttl.granted_ttl_seconds,
+                keys: ttl.keys,
+            },
+            Err(TimeToLiveError::NotFound) => {
+                pb::LeaseTimeToLiveResponse { header, id: request.id, ttl: -1, granted_ttl: 0, keys: Vec::new() }
+            }
+            Err(TimeToLiveError::NotPrimary) => return Err(errors::NOT_LEADER),
+        };
+        Ok(Outcome::LeaseTimeToLive(response))
+    }
+
+    /// The leader's lessor, each tick: revokes of expired leases and checkpoints of remaining
+    /// TTLs go through Raft like client requests (nobody waits for them).
+    fn lease_tick(&mut self) {
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let now = self.shared.started.elapsed();
+        let expired = self.lessor.borrow_mut().expired(now);
+        for id in expired {
+            let request_id = self.next_id();
+            let revoke = pb::LeaseRevokeRequest { id: id.0 };
+            self.push_request(entry::Request { id: request_id, op: Some(entry::Op::LeaseRevoke(revoke)) });
+        }
+        loop {
+            let due = self.lessor.borrow_mut().checkpoints_due(now);
+            if due.is_empty() {
+                break;
+            }
+            let full = due.len() >= crate::lease::CHECKPOINT_BATCH_MAX;
+            let checkpoints = due
+                .into_iter()
+                .map(|c| entry::LeaseCheckpoint { id: c.id.0, remaining_ttl: c.remaining_ttl_seconds })
+                .collect();
+            let request_id = self.next_id();
+            self.push_request(entry::Request {
+                id: request_id,
+                op: Some(entry::Op::LeaseCheckpoints(entry::LeaseCheckpoints { checkpoints })),
+            });
+            if !full {
+                break;
+            }
         }
     }
 
@@ -766,6 +875,16 @@ impl RaftCore {
         let shared = &self.shared;
         let leader = self.raft.leader_id();
         let previous_leader = shared.leader_id.swap(leader, Ordering::AcqRel);
+        let leading = self.raft.role() == Role::Leader;
+        if leading != self.lessor.borrow().is_primary() {
+            // etcd promotes its lessor when it starts leading (every lease gets its remaining
+            // TTL plus an election timeout) and demotes it when it stops.
+            if leading {
+                self.lessor.borrow_mut().promote(shared.started.elapsed());
+            } else {
+                self.lessor.borrow_mut().demote();
+            }
+        }
         if !self.transfers.is_empty() {
             let moved = |target: &u64| *target == leader;
             for (_, reply) in self.transfers.extract_if(.., |(target, _)| moved(target)) {

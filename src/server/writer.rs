@@ -24,6 +24,7 @@ use super::raft_core::{self, Event, RaftCore, Waiters};
 use super::{kv, Proposal, Shared, StartError, BATCH_REQUESTS_MAX, QUEUE_REQUESTS_MAX};
 use crate::api::errors::{self, Status};
 use crate::api::pb::etcdserverpb::{self as pb, alarm_request};
+use crate::lease::{GrantError, LeaseId, Lessor};
 use crate::mvcc;
 use crate::raft::pb::{ConfChange, ConfChangeType, Entry, EntryType};
 use crate::transport::Transport;
@@ -51,6 +52,12 @@ pub enum Command {
     ConfChange(crate::raft::pb::ConfChange, pb::Member),
     /// Maintenance.MoveLeader to this member id.
     MoveLeader(u64),
+    LeaseGrant(pb::LeaseGrantRequest),
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    /// A keepalive of this lease (the leader's lessor answers).
+    LeaseRenew(i64),
+    LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
+    LeaseLeases,
 }
 
 pub enum Outcome {
@@ -66,6 +73,11 @@ pub enum Outcome {
     /// A configuration change applied: the membership after it.
     Members(Vec<pb::Member>),
     LeaderMoved,
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    LeaseKeepAlive(pb::LeaseKeepAliveResponse),
+    LeaseTimeToLive(pb::LeaseTimeToLiveResponse),
+    LeaseLeases(pb::LeaseLeasesResponse),
 }
 
 pub type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
@@ -212,7 +224,17 @@ async fn run_raft_core(
     }
     let waiters = Rc::new(RefCell::new(Waiters::default()));
     let (apply, work) = mpsc::unbounded::<ApplyWork>();
-    glommio::spawn_local(apply_loop(store, work, shared.clone(), waiters.clone(), events.clone())).detach();
+    let config = crate::lease::LessorConfig::new(shared.config.heartbeat_interval, shared.config.election_ticks);
+    let mut store = store;
+    let lessor = match Lessor::load(&mut store, config) {
+        Ok(lessor) => Rc::new(RefCell::new(lessor)),
+        Err(error) => {
+            let _ = ready.send(Err(format!("cannot load the leases from the store: {error}")));
+            return;
+        }
+    };
+    glommio::spawn_local(apply_loop(store, lessor.clone(), work, shared.clone(), waiters.clone(), events.clone()))
+        .detach();
     let ticks = events.clone();
     let interval = shared.config.heartbeat_interval;
     glommio::spawn_local(async move {
@@ -224,7 +246,7 @@ async fn run_raft_core(
         }
     })
     .detach();
-    let mut raft = RaftCore::new(shared.clone(), started, transport, waiters, apply, events);
+    let mut raft = RaftCore::new(shared.clone(), started, transport, waiters, lessor, apply, events);
     raft.start();
     let core = super::local_core(shared.clone(), sender);
     glommio::spawn_local(super::compactor::run(core.clone(), shared.config.auto_compaction)).detach();
@@ -304,6 +326,7 @@ impl Background {
 
 async fn apply_loop(
     mut store: mvcc::Store,
+    lessor: Rc<RefCell<Lessor>>,
     mut work: mpsc::UnboundedReceiver<ApplyWork>,
     shared: Arc<Shared>,
     waiters: Rc<RefCell<Waiters>>,
@@ -335,12 +358,18 @@ async fn apply_loop(
         for next in batch.drain(..) {
             if let ApplyWork::Install { index, path } = next {
                 store = install(store, &shared, index, &path);
+                let config = lessor.borrow().config().clone();
+                match Lessor::load(&mut store, config) {
+                    Ok(loaded) => *lessor.borrow_mut() = loaded,
+                    Err(error) => fatal(&format!("loading the leases of the installed snapshot: {error}")),
+                }
                 changed = false;
                 members_changed = true;
                 continue;
             }
             let mut turn = Turn {
                 store: &mut store,
+                lessor: &lessor,
                 removed: &mut removed,
                 shared: &shared,
                 waiters: &waiters,
@@ -365,7 +394,7 @@ async fn apply_loop(
                         changed = true;
                     }
                     command => {
-                        let (result, dirty) = apply(turn.store, &shared, command);
+                        let (result, dirty) = apply(turn.store, &mut turn.lessor.borrow_mut(), &shared, command);
                         changed |= dirty;
                         turn.replies.push((proposal.reply, result));
                     }
@@ -451,9 +480,27 @@ fn install(old: mvcc::Store, shared: &Shared, index: u64, path: &std::path::Path
     store
 }
 
+/// The lessor as the KV operations see it.
+struct LessorHook<'a>(&'a mut Lessor);
+
+impl kv::Leases for LessorHook<'_> {
+    fn exists(&self, lease: i64) -> bool {
+        self.0.contains(LeaseId(lease))
+    }
+
+    fn written(&mut self, key: &[u8], previous: i64, lease: i64) {
+        self.0.key_written(key, LeaseId(previous), LeaseId(lease));
+    }
+
+    fn deleted(&mut self, key: &[u8], lease: i64) {
+        self.0.key_deleted(key, LeaseId(lease));
+    }
+}
+
 /// One turn of the apply task: what applying an entry touches.
 struct Turn<'a> {
     store: &'a mut mvcc::Store,
+    lessor: &'a RefCell<Lessor>,
     /// Set when this member applied its own removal.
     removed: &'a mut bool,
     shared: &'a Shared,
@@ -495,6 +542,15 @@ impl Turn<'_> {
                 Some(entry::Op::Txn(request)) => Command::Txn(request),
                 Some(entry::Op::Compact(request)) => Command::Compact(request),
                 Some(entry::Op::Alarm(request)) => Command::Alarm(request),
+                Some(entry::Op::LeaseGrant(request)) => Command::LeaseGrant(request),
+                Some(entry::Op::LeaseRevoke(request)) => Command::LeaseRevoke(request),
+                Some(entry::Op::LeaseCheckpoints(checkpoints)) => {
+                    let mut lessor = self.lessor.borrow_mut();
+                    for checkpoint in checkpoints.checkpoints {
+                        lessor.checkpoint(self.store, LeaseId(checkpoint.id), checkpoint.remaining_ttl);
+                    }
+                    continue;
+                }
                 Some(entry::Op::Attributes(member)) => {
                     let mut members = self.shared.members.write().unwrap();
                     if let Some(known) = members.iter_mut().find(|m| m.id == member.id) {
@@ -508,7 +564,7 @@ impl Turn<'_> {
                 None => continue,
             };
             let physical = matches!(&command, Command::Compact(request) if request.physical);
-            let (result, _) = apply(self.store, self.shared, command);
+            let (result, _) = apply(self.store, &mut self.lessor.borrow_mut(), self.shared, command);
             match (reply, result) {
                 (Some(reply), Ok(_)) if physical => self.background.physical_compactions.push(reply),
                 (Some(reply), result) => self.replies.push((reply, result)),
@@ -677,14 +733,20 @@ fn fatal(error: &dyn std::fmt::Display) -> ! {
 }
 
 /// Applies one command; returns its outcome and whether it changed the store.
-fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<Outcome, Status>, bool) {
+fn apply(
+    store: &mut mvcc::Store,
+    lessor: &mut Lessor,
+    shared: &Shared,
+    command: Command,
+) -> (Result<Outcome, Status>, bool) {
+    let mut leases = LessorHook(lessor);
     match command {
         Command::Put(request) => {
             if let Err(status) = check_quota(store, shared, (request.key.len() + request.value.len()) as u64) {
                 return (Err(status), false);
             }
             let mut txn = store.write();
-            let result = kv::put(&mut txn, &request);
+            let result = kv::put(&mut txn, &mut leases, &request);
             let revision = txn.end();
             (
                 result.map(|mut r| {
@@ -696,7 +758,7 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
         }
         Command::DeleteRange(request) => {
             let mut txn = store.write();
-            let mut response = kv::delete_range(&mut txn, &request);
+            let mut response = kv::delete_range(&mut txn, &mut leases, &request);
             let revision = txn.end();
             response.header = Some(shared.header(revision));
             (Ok(Outcome::DeleteRange(response)), true)
@@ -706,7 +768,7 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
                 return (Err(status), false);
             }
             let mut txn = store.write();
-            let result = kv::txn_write(&mut txn, &request);
+            let result = kv::txn_write(&mut txn, &mut leases, &request);
             let revision = txn.end();
             (
                 result.map(|mut r| {
@@ -722,8 +784,45 @@ fn apply(store: &mut mvcc::Store, shared: &Shared, command: Command) -> (Result<
             (result.map(|()| Outcome::Compact(pb::CompactionResponse { header })), true)
         }
         Command::Defragment => unreachable!("the apply loop schedules defragmentation"),
-        Command::ReadBarrier | Command::ConfChange(..) | Command::MoveLeader(_) => {
-            unreachable!("the raft core handles reads, membership changes and leader moves")
+        Command::LeaseGrant(request) => {
+            let now = shared.started.elapsed();
+            let result = match leases.0.grant(store, LeaseId(request.id), request.ttl, now) {
+                Ok(granted) => Ok(Outcome::LeaseGrant(pb::LeaseGrantResponse {
+                    header: Some(shared.header(store.current_revision())),
+                    id: granted.id.0,
+                    ttl: granted.ttl_seconds,
+                    error: String::new(),
+                })),
+                Err(GrantError::Exists) => Err(errors::LEASE_EXIST),
+                Err(GrantError::TtlTooLarge) => Err(errors::LEASE_TTL_TOO_LARGE),
+                Err(GrantError::NotFound) => Err(errors::LEASE_NOT_FOUND),
+            };
+            (result, true)
+        }
+        Command::LeaseRevoke(request) => {
+            let mut txn = store.write();
+            let keys = match leases.0.revoke(&mut txn, LeaseId(request.id)) {
+                Ok(keys) => keys,
+                Err(_) => {
+                    txn.end();
+                    return (Err(errors::LEASE_NOT_FOUND), false);
+                }
+            };
+            for key in keys {
+                for kv in txn.delete_range(&key, &[]) {
+                    kv::Leases::deleted(&mut leases, &kv.key, kv.lease);
+                }
+            }
+            let revision = txn.end();
+            (Ok(Outcome::LeaseRevoke(pb::LeaseRevokeResponse { header: Some(shared.header(revision)) })), true)
+        }
+        Command::ReadBarrier
+        | Command::ConfChange(..)
+        | Command::MoveLeader(_)
+        | Command::LeaseRenew(_)
+        | Command::LeaseTimeToLive(_)
+        | Command::LeaseLeases => {
+            unreachable!("the raft core handles reads, membership changes, leader moves and lease reads")
         }
         Command::Hash => {
             let header = Some(shared.header(store.current_revision()));
