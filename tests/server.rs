@@ -306,7 +306,7 @@ fn bad_grpc_input_gets_etcds_codes_and_the_server_keeps_serving() {
     );
     let answer = grpc_call(port, "/nosuch.Service/Method", &[], None);
     assert_eq!((answer.status, answer.message.as_str()), (12, "unknown service nosuch.Service"));
-    let answer = grpc_call(port, "/etcdserverpb.Lease/LeaseGrant", &[], None);
+    let answer = grpc_call(port, "/v3lockpb.Lock/Lock", &[], None);
     assert_eq!(answer.status, 12, "{answer:?}");
 
     // Over --max-request-bytes: etcd's own error; far over it: grpc's transport limit.

@@ -106,6 +106,19 @@ const SNAPSHOT_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
 const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
 const LEASE_KEEP_ALIVE_PATH: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 
+/// Ends a server stream with the grpc-status (and grpc-message) trailers of how it ended.
+fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) {
+    let mut trailers = HeaderMap::new();
+    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
+    trailers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
+    if status.code != errors::Code::Ok {
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
+            trailers.insert("grpc-message", message);
+        }
+    }
+    let _ = stream.send_trailers(trailers);
+}
+
 /// Lease.LeaseKeepAlive: one response per request, in order (etcd answers a lease that
 /// does not exist with TTL 0).
 async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
@@ -135,15 +148,7 @@ async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendRe
             }
         }
     }
-    let mut trailers = HeaderMap::new();
-    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
-    trailers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
-    if status.code != errors::Code::Ok {
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
-            trailers.insert("grpc-message", message);
-        }
-    }
-    let _ = stream.send_trailers(trailers);
+    end_stream(&mut stream, ended);
 }
 
 /// Reads the next length-prefixed message of a streaming request; None at the end of the
@@ -223,15 +228,7 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
         }
     };
     drop(ticker);
-    let mut trailers = HeaderMap::new();
-    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
-    trailers.insert("grpc-status", HeaderValue::from(status.code as u8 as u16));
-    if status.code != errors::Code::Ok {
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
-            trailers.insert("grpc-message", message);
-        }
-    }
-    let _ = stream.send_trailers(trailers);
+    end_stream(&mut stream, ended);
 }
 /// Bytes of the db per SnapshotResponse (etcd's snapshotSendBufferSize).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
