@@ -329,6 +329,11 @@ pub struct CommitDone {
 }
 
 impl CommitJob {
+    /// Pages the job writes (0 for a commit with nothing to write).
+    pub fn page_count(&self) -> usize {
+        self.work.as_ref().map_or(0, |work| work.page_ids.len())
+    }
+
     /// Whether the job waits for the disk (fdatasync): run a durable job off the executor.
     pub fn is_durable(&self) -> bool {
         self.work.as_ref().is_some_and(|work| work.meta.is_some())

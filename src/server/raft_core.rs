@@ -136,6 +136,10 @@ pub struct RaftCore {
     incoming_snapshot: Option<(u64, std::path::PathBuf)>,
     /// Index of this member's newest snapshot (log compacted up to a margin below it).
     snapshot_index: u64,
+    /// The term and vote of the last hard state handed to the WAL.
+    synced_term_vote: (u64, u64),
+    /// A hard state whose only change is the commit index, written with the next append.
+    lazy_hard_state: Option<crate::raft::pb::HardState>,
     /// Bytes of entries written to the WAL since the last snapshot.
     bytes_since_snapshot: u64,
     /// When the first request of the open batch arrived.
@@ -268,6 +272,7 @@ impl RaftCore {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
         let snapshot_index = started.raft.log().snapshot_index();
         let lease_ids = LeaseIdGenerator::new(shared.member_id, now);
+        let on_disk = started.raft.hard_state();
         RaftCore {
             shared,
             raft: started.raft,
@@ -291,6 +296,8 @@ impl RaftCore {
             lessor,
             incoming_snapshot: None,
             snapshot_index,
+            synced_term_vote: (on_disk.term, on_disk.vote),
+            lazy_hard_state: None,
             bytes_since_snapshot: 0,
             batch_started: Instant::now(),
             appended: VecDeque::new(),
@@ -694,13 +701,30 @@ impl RaftCore {
             if let Some(snapshot) = &ready.snapshot {
                 self.install_snapshot(snapshot);
             }
-            if ready.must_persist() {
+            // Only entries, a snapshot, or a new term or vote must be on disk before Raft goes
+            // on. A hard state that only moved the commit index rides along with the next
+            // append instead of costing an fdatasync of its own (etcd's MustSync rule): a
+            // commit index lost in a crash is learnt again from the leader.
+            let term_or_vote_changed =
+                ready.hard_state.as_ref().is_some_and(|hs| (hs.term, hs.vote) != self.synced_term_vote);
+            let must_sync = !ready.entries.is_empty() || ready.snapshot.is_some() || term_or_vote_changed;
+            if !must_sync {
+                if let Some(hard_state) = ready.hard_state.take() {
+                    self.lazy_hard_state = Some(hard_state);
+                }
+            }
+            if must_sync {
+                let hard_state = ready.hard_state.clone().or_else(|| self.lazy_hard_state.take());
+                self.lazy_hard_state = None;
+                if let Some(hard_state) = &hard_state {
+                    self.synced_term_vote = (hard_state.term, hard_state.vote);
+                }
                 let handed = Instant::now();
                 if let Some(last) = ready.entries.last() {
                     self.appended.push_back((last.index, handed));
                 }
                 self.bytes_since_snapshot += ready.entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
-                let durable = self.wal.append(&ready.entries, ready.hard_state.clone());
+                let durable = self.wal.append(&ready.entries, hard_state);
                 let events = self.events.clone();
                 let number = ready.number;
                 let shared = self.shared.clone();

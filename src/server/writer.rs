@@ -405,11 +405,16 @@ async fn apply_loop(
         }
         shared.latency.record_since(0, super::latency::Stage::Apply, applying);
         background.step(&mut store);
-        let durability = checkpoints.durability(changed, !background.defragmentations.is_empty());
+        let defragmenting = !background.defragmentations.is_empty();
+        let durability = checkpoints.durability(changed, defragmenting);
+        // When a durable checkpoint falls due with new changes, the batch is first made
+        // visible and answered; the checkpoint (two fdatasyncs) follows, off its path.
+        let deferred_durable = durability == mvcc::Durability::Durable && changed && !defragmenting;
         if changed || durability == mvcc::Durability::Durable {
-            checkpoint(&mut store, &shared, durability).await;
-            checkpoints.committed(durability);
-            if durability == mvcc::Durability::Durable {
+            let first = if deferred_durable { mvcc::Durability::Visible } else { durability };
+            checkpoint(&mut store, &shared, first).await;
+            checkpoints.committed(first);
+            if first == mvcc::Durability::Durable {
                 let _ = events.unbounded_send(Event::Checkpointed(store.durable_consistent_index()));
             }
         }
@@ -428,6 +433,11 @@ async fn apply_loop(
             false
         });
         background.answer_finished(&store, &shared);
+        if deferred_durable {
+            checkpoint(&mut store, &shared, mvcc::Durability::Durable).await;
+            checkpoints.committed(mvcc::Durability::Durable);
+            let _ = events.unbounded_send(Event::Checkpointed(store.durable_consistent_index()));
+        }
         if members_changed {
             let _ = events.unbounded_send(Event::MembersChanged);
         }
@@ -645,6 +655,8 @@ struct Checkpoints {
     visible_since: u64,
 }
 
+/// Pages a visible commit may pwrite on the executor itself (1 MiB).
+const INLINE_COMMIT_PAGES_MAX: usize = 256;
 /// A durable checkpoint at least this often while there are visible commits...
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// ...and after at most this many visible commits.
@@ -713,7 +725,13 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
         Ok(job) => job,
         Err(error) => fatal(&error),
     };
-    let done = glommio::executor().spawn_blocking(move || job.run()).await;
+    // A small visible commit (pwrites into the page cache) runs inline: cheaper than the
+    // hand-off to the blocking pool. Anything that syncs, or many pages, goes there.
+    let done = if !job.is_durable() && job.page_count() <= INLINE_COMMIT_PAGES_MAX {
+        job.run()
+    } else {
+        glommio::executor().spawn_blocking(move || job.run()).await
+    };
     if let Err(error) = store.finish_commit(done) {
         fatal(&error);
     }
