@@ -429,7 +429,7 @@ impl RaftCore {
             }
             Command::LeaseLeases => {
                 let leases = self.lessor.borrow().leases().map(|id| pb::LeaseStatus { id: id.0 }).collect();
-                let header = Some(self.shared.header(self.shared.snapshot().revision()));
+                let header = Some(self.shared.header(self.shared.watch.published()));
                 let _ = reply.send(Ok(Outcome::LeaseLeases(pb::LeaseLeasesResponse { header, leases })));
                 return;
             }
@@ -515,13 +515,13 @@ impl RaftCore {
             Err(RenewError::NotPrimary) => return Err(errors::NOT_LEADER),
             Err(RenewError::NotFound) | Err(RenewError::Expired) => 0,
         };
-        let header = Some(self.shared.header(self.shared.snapshot().revision()));
+        let header = Some(self.shared.header(self.shared.watch.published()));
         Ok(Outcome::LeaseKeepAlive(pb::LeaseKeepAliveResponse { header, id, ttl }))
     }
 
     fn time_to_live(&self, request: pb::LeaseTimeToLiveRequest) -> Result<Outcome, Status> {
         let now = self.shared.started.elapsed();
-        let header = Some(self.shared.header(self.shared.snapshot().revision()));
+        let header = Some(self.shared.header(self.shared.watch.published()));
         let response = match self.lessor.borrow().time_to_live(LeaseId(request.id), now, request.keys) {
             Ok(ttl) => pb::LeaseTimeToLiveResponse {
                 header,

@@ -226,30 +226,10 @@ pub struct GrpcAnswer {
 /// `declared_length` lets a test lie about the length prefix.
 pub fn grpc_call(port: u16, path: &str, message: &[u8], declared_length: Option<u32>) -> GrpcAnswer {
     let path = path.to_owned();
-    let mut frame = Vec::with_capacity(message.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(&declared_length.unwrap_or(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(message);
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(256 * 1024)
-        .make()
-        .expect("a glommio executor for the test client");
-    executor.run(async move {
-        use tokio_util::compat::FuturesAsyncReadCompatExt;
-        let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
-        glommio::spawn_local(async move {
-            let _ = connection.await;
-        })
-        .detach();
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(request, false).unwrap();
-        send.send_data(bytes::Bytes::from(frame), true).unwrap();
+    let frame = grpc_frame_declaring(message, declared_length.unwrap_or(message.len() as u32));
+    test_executor().run(async move {
+        let (response, mut send) = open_grpc_stream(port, &path).await;
+        send.send_data(frame, true).unwrap();
         let response = response.await.unwrap();
         let headers = response.headers().clone();
         let mut body_stream = response.into_body();
@@ -336,28 +316,12 @@ pub struct RawWatch {
 impl RawWatch {
     /// Opens a Watch stream and sends `create` (an encoded WatchRequest).
     pub fn open(port: u16, create: &[u8]) -> RawWatch {
-        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(256 * 1024)
-            .make()
-            .expect("a glommio executor for the test client");
+        let executor = test_executor();
         let state = std::rc::Rc::new(std::cell::RefCell::new(None));
         let slot = state.clone();
         let create = grpc_frame(create);
         executor.run(async move {
-            use tokio_util::compat::FuturesAsyncReadCompatExt;
-            let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
-            glommio::spawn_local(async move {
-                let _ = connection.await;
-            })
-            .detach();
-            let mut client = client.ready().await.unwrap();
-            let request = http::Request::post(format!("http://127.0.0.1:{port}/etcdserverpb.Watch/Watch"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            let (response, mut send) = client.send_request(request, false).unwrap();
+            let (response, mut send) = open_grpc_stream(port, "/etcdserverpb.Watch/Watch").await;
             send.send_data(create, false).unwrap();
             let body = response.await.unwrap().into_body();
             *slot.borrow_mut() = Some((body, send, Vec::new()));
@@ -407,9 +371,41 @@ impl RawWatch {
 pub const RAW_WATCH_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    grpc_frame_declaring(message, message.len() as u32)
+}
+
+/// A gRPC message frame whose length prefix says `declared_length`.
+fn grpc_frame_declaring(message: &[u8], declared_length: u32) -> bytes::Bytes {
     let mut frame = Vec::with_capacity(message.len() + 5);
     frame.push(0);
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&declared_length.to_be_bytes());
     frame.extend_from_slice(message);
     bytes::Bytes::from(frame)
+}
+
+/// A glommio executor for a test's client side (no tokio runtime).
+fn test_executor() -> glommio::LocalExecutor {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 * 1024)
+        .make()
+        .expect("a glommio executor for the test client")
+}
+
+/// Connects over h2 and opens a gRPC call on `path`; the connection is driven by a task of
+/// the current executor.
+async fn open_grpc_stream(port: u16, path: &str) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
+    glommio::spawn_local(async move {
+        let _ = connection.await;
+    })
+    .detach();
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    client.send_request(request, false).unwrap()
 }

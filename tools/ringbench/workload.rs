@@ -28,19 +28,15 @@ pub trait Workload: Send + Sync {
 }
 
 /// splitmix64: a small, fast, seedable generator; quality is ample for picking keys.
-pub struct Random(u64);
+pub struct Random(ringd::raft::SplitMix64);
 
 impl Random {
     pub fn new(seed: u64) -> Random {
-        Random(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Random(ringd::raft::SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        ringd::raft::RandomSource::next_u64(&mut self.0)
     }
 
     /// Uniform in [0, bound).
