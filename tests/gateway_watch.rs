@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{etcdctl, http, Etcd, Ringd};
+use support::{b64, etcdctl, http, Etcd, Ringd};
 
 /// Bound of every wait for something the server should send.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -231,22 +231,6 @@ fn gateway_put(port: u16, key: &str, value: &str) {
 fn put(endpoint: &str, key: &str, value: &str) {
     let output = etcdctl(endpoint, &["put", key, value], None);
     assert!(output.status.success(), "{output:?}");
-}
-
-fn b64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for group in text.as_bytes().chunks(3) {
-        let bits = group.iter().enumerate().fold(0u32, |bits, (i, &byte)| bits | (byte as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn put_event(key: &str, value: &str, create_revision: u64, mod_revision: u64, version: u64) -> Value {

@@ -306,7 +306,7 @@ fn bad_grpc_input_gets_etcds_codes_and_the_server_keeps_serving() {
     );
     let answer = grpc_call(port, "/nosuch.Service/Method", &[], None);
     assert_eq!((answer.status, answer.message.as_str()), (12, "unknown service nosuch.Service"));
-    let answer = grpc_call(port, "/v3lockpb.Lock/Lock", &[], None);
+    let answer = grpc_call(port, "/etcdserverpb.Auth/AuthStatus", &[], None);
     assert_eq!(answer.status, 12, "{answer:?}");
 
     // Over --max-request-bytes: etcd's own error; far over it: grpc's transport limit.
@@ -481,12 +481,12 @@ fn a_snapshot_saved_by_etcdctl_restores_as_a_data_dir() {
 
 #[test]
 fn etcdctl_watch_sees_puts_and_deletes_live() {
-    use support::EtcdctlWatch;
+    use support::EtcdctlProcess;
     let ringd = Ringd::start(&[]);
     let endpoint = ringd.endpoint();
-    let prefix = EtcdctlWatch::start(&endpoint, &["--prefix", "a", "--prev-kv"]);
-    let single = EtcdctlWatch::start(&endpoint, &["foo"]);
-    EtcdctlWatch::settle();
+    let prefix = EtcdctlProcess::watch(&endpoint, &["--prefix", "a", "--prev-kv"]);
+    let single = EtcdctlProcess::watch(&endpoint, &["foo"]);
+    EtcdctlProcess::settle();
     ringd.etcdctl(&["put", "a1", "x"]);
     ringd.etcdctl(&["put", "foo", "bar"]);
     ringd.etcdctl(&["put", "a1", "y"]);
@@ -504,7 +504,7 @@ fn etcdctl_watch_sees_puts_and_deletes_live() {
 /// A watch from an old revision replays the history exactly as real etcd does.
 #[test]
 fn historical_watch_matches_real_etcd() {
-    use support::EtcdctlWatch;
+    use support::EtcdctlProcess;
     let ringd = Ringd::start(&[]);
     let etcd = Etcd::start();
     let script: &[&[&str]] = &[
@@ -522,7 +522,7 @@ fn historical_watch_matches_real_etcd() {
     }
     let timeout = std::time::Duration::from_secs(10);
     let replay =
-        |endpoint: &str, args: &[&str], lines: usize| EtcdctlWatch::start(endpoint, args).lines(lines, timeout);
+        |endpoint: &str, args: &[&str], lines: usize| EtcdctlProcess::watch(endpoint, args).lines(lines, timeout);
     for (args, lines) in [
         (&["--rev", "2", "--prefix", "k", "--prev-kv"][..], 19),
         (&["--rev", "4", "k1"][..], 5),
@@ -638,7 +638,7 @@ fn debug_latency_breaks_requests_down_by_stage() {
 
 #[test]
 fn leases_with_the_real_etcdctl_grant_attach_keep_alive_expire_and_revoke() {
-    use support::EtcdctlWatch;
+    use support::EtcdctlProcess;
     let ringd = Ringd::start(&[]);
     let endpoint = ringd.endpoint();
     let lease_of = |output: &std::process::Output| -> String {
@@ -664,8 +664,8 @@ fn leases_with_the_real_etcdctl_grant_attach_keep_alive_expire_and_revoke() {
 
     // Expiry: the leader's lessor revokes the lease through Raft; its keys are deleted,
     // and watchers see the deletes.
-    let watch = EtcdctlWatch::start(&endpoint, &["--prefix", "short-"]);
-    EtcdctlWatch::settle();
+    let watch = EtcdctlProcess::watch(&endpoint, &["--prefix", "short-"]);
+    EtcdctlProcess::settle();
     let lines = watch.lines(6, std::time::Duration::from_secs(15));
     assert_eq!(lines, vec!["DELETE", "short-a", "", "DELETE", "short-b", ""], "{lines:?}");
     assert_eq!(stdout(&ringd.etcdctl(&["get", "short-", "--prefix", "--keys-only"])), "");

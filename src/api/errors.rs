@@ -142,6 +142,16 @@ pub const LEARNER_NOT_READY: Status =
 /// A change Raft refuses (it would leave no voter): etcd answers such with this message.
 pub const INVALID_CONF_CHANGE: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
+/// Go's `context.Canceled`: the client gave up on its request.
+pub const CONTEXT_CANCELED: Status = Status::new(Code::Canceled, "context canceled");
+
+// The Lock and Election services' own errors: etcd returns them as plain Go errors, which
+// gRPC sends as `Unknown` (v3election and clientv3/concurrency).
+pub const MISSING_LEADER_KEY: Status = Status::new(Code::Unknown, "\"leader\" field must be provided");
+pub const ELECTION_NO_LEADER: Status = Status::new(Code::Unknown, "election: no leader");
+pub const ELECTION_NOT_LEADER: Status = Status::new(Code::Unknown, "election: not leader");
+pub const LOST_WATCHER: Status = Status::new(Code::Unknown, "lost watcher waiting for delete");
+
 pub const BAD_LEADER_TRANSFEREE: Status = Status::new(Code::FailedPrecondition, "etcdserver: bad leader transferee");
 
 const _: () = assert!(crate::mvcc::KEY_SIZE_MAX_BYTES == 2000, "KEY_TOO_LARGE's message names the limit");

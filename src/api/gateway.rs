@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::errors::{Code, Status};
-use crate::api::pb::etcdserverpb::{WatchRequest, WatchResponse};
+use crate::api::pb::etcdserverpb::WatchRequest;
 use crate::api::service::{self, Codec};
 use crate::server::watch::WatchStream;
 use crate::server::Core;
@@ -35,9 +35,7 @@ const HEADERS_MAX: usize = 64;
 const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
 
 const WATCH_PATH: &str = "/v3/watch";
-/// grpc-gateway's answer when the client goes away during a stream: the stream's context is
-/// canceled (Go's `context.Canceled`).
-const CONTEXT_CANCELED: Status = Status::new(Code::Canceled, "context canceled");
+const OBSERVE_PATH: &str = "/v3/election/observe";
 
 /// The protobuf JSON mapping, as etcd's gateway reads and writes it.
 pub struct JsonCodec;
@@ -93,6 +91,9 @@ where
         buffer.drain(..body_start);
         if head.method == "POST" && head.path == WATCH_PATH {
             return serve_watch(stream, buffer, &head, &core).await;
+        }
+        if head.method == "POST" && head.path == OBSERVE_PATH {
+            return serve_observe(stream, buffer, &head, &core).await;
         }
         let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
         let mut reader = Body::new(&mut stream, std::mem::take(&mut buffer), head.framing);
@@ -194,13 +195,16 @@ async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
         ("GET", "/health") => health(core),
         ("GET", "/version") => json_reply(200, core.version_json()),
         ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
-        // A POST was taken over by `serve_watch`; any other method is refused as elsewhere.
-        (_, WATCH_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
+        // A POST was taken over by `serve_watch` or `serve_observe`; any other method is
+        // refused as elsewhere.
+        (_, WATCH_PATH | OBSERVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
         (_, path) => match service::route_gateway(path) {
-            Some(api_method) if method == "POST" => match service::call(core, api_method, body, &JsonCodec).await {
-                Ok(body) => Reply { status_code: 200, body },
-                Err(status) => Reply::error(&status),
-            },
+            Some(api_method) if method == "POST" => {
+                match service::call(core, api_method, body, &JsonCodec, futures::future::pending()).await {
+                    Ok(body) => Reply { status_code: 200, body },
+                    Err(status) => Reply::error(&status),
+                }
+            }
             Some(_) => Reply::error(&METHOD_NOT_ALLOWED),
             None if service::is_known_gateway_path(path) => {
                 Reply::error(&Status::not_implemented(path.rsplit('/').next().unwrap_or(path)))
@@ -551,7 +555,7 @@ where
     let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
     let ended = {
         let receive = receive_requests(&mut requests, &watch).fuse();
-        let send = send_responses(&mut writer, &mut responses, &watch, &reply).fuse();
+        let send = send_responses(&mut writer, &mut responses, || watch.response_sent(), &reply).fuse();
         let progress = notify_progress(&watch, core.watch_progress_interval()).fuse();
         futures::pin_mut!(receive, send, progress);
         futures::select! {
@@ -588,19 +592,21 @@ where
     Ended::ClientClosed
 }
 
-/// Writes each response of the stream's outbox as one line `{"result": ...}`.
-async fn send_responses<W>(
+/// Writes each response of a stream as one line `{"result": ...}`, calling `sent` after
+/// taking each one.
+async fn send_responses<W, T>(
     writer: &mut W,
-    responses: &mut futures::channel::mpsc::UnboundedReceiver<WatchResponse>,
-    watch: &WatchStream,
+    responses: &mut (impl futures::Stream<Item = T> + Unpin),
+    sent: impl Fn(),
     reply: &StreamReply,
 ) -> Ended
 where
     W: futures_lite::AsyncWrite + Unpin,
+    T: serde::Serialize,
 {
     use futures::StreamExt;
     while let Some(response) = responses.next().await {
-        watch.response_sent();
+        sent();
         let mut line = Vec::with_capacity(256);
         line.extend_from_slice(b"{\"result\":");
         serde_json::to_writer(&mut line, &response).expect("generated serde impls never fail");
@@ -610,6 +616,54 @@ where
         }
     }
     Ended::NoMoreResponses
+}
+
+/// POST /v3/election/observe: grpc-gateway's server stream. The body is one LeaderRequest;
+/// each leader and proclaimed value goes out as one chunk until the client closes the
+/// connection, which drops the observer and its watchers.
+async fn serve_observe<S>(stream: S, buffer: Vec<u8>, head: &Head, core: &Rc<Core>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    use futures::FutureExt;
+    let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
+    let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
+    let mut body = Body::new(reader, buffer, head.framing);
+    let request = match body.read_to_end(limit_bytes).await {
+        Ok(bytes) => JsonCodec.decode::<crate::api::pb::v3electionpb::LeaderRequest>(&bytes),
+        Err(BodyError::TooLarge) => Err(crate::api::errors::REQUEST_TOO_LARGE),
+        Err(BodyError::Closed | BodyError::Malformed) => return,
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(status) => {
+            let _ = write_reply(&mut writer, &Reply::error(&status), false).await;
+            return;
+        }
+    };
+    let (sender, mut responses) = futures::channel::mpsc::channel(0);
+    let observing = core.clone();
+    let observer = glommio::spawn_local(async move { observing.observe(request, sender).await });
+    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
+    let ended = {
+        let send = send_responses(&mut writer, &mut responses, || {}, &reply).fuse();
+        let closed = async {
+            body.wait_closed().await;
+            Ended::ClientClosed
+        }
+        .fuse();
+        futures::pin_mut!(send, closed);
+        futures::select! {
+            ended = send => ended,
+            ended = closed => ended,
+        }
+    };
+    drop(observer);
+    let _ = match ended {
+        Ended::ClientClosed => reply.cancel(&mut writer).await,
+        Ended::NoMoreResponses => reply.finish(&mut writer).await,
+        Ended::WriteFailed => Ok(()),
+    };
 }
 
 /// etcd's progress_notify, on the same interval as the gRPC Watch.
@@ -671,9 +725,9 @@ impl StreamReply {
     /// newline after it), then the end of the reply.
     async fn cancel<W: futures_lite::AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<()> {
         if !self.head_written.get() {
-            return write_reply(writer, &Reply::error(&CONTEXT_CANCELED), false).await;
+            return write_reply(writer, &Reply::error(&crate::api::errors::CONTEXT_CANCELED), false).await;
         }
-        self.write(writer, &stream_error(&CONTEXT_CANCELED)).await?;
+        self.write(writer, &stream_error(&crate::api::errors::CONTEXT_CANCELED)).await?;
         self.finish(writer).await
     }
 }
@@ -797,7 +851,7 @@ mod tests {
 
     #[test]
     fn a_stream_error_has_grpc_gateways_field_order() {
-        let error = String::from_utf8(stream_error(&CONTEXT_CANCELED)).unwrap();
+        let error = String::from_utf8(stream_error(&crate::api::errors::CONTEXT_CANCELED)).unwrap();
         let expected = format!(
             r#"{{"error":{{"grpc_code":1,"http_code":{code},"message":"context canceled","http_status":"{reason}"}}}}"#,
             code = Code::Canceled.http_status(),

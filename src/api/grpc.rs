@@ -73,7 +73,7 @@ where
     }
 }
 
-async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
+async fn serve_stream(core: &Rc<Core>, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
     if path == SNAPSHOT_PATH {
         drop(body);
         return stream_snapshot(core, respond).await;
@@ -83,6 +83,9 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
     }
     if path == LEASE_KEEP_ALIVE_PATH {
         return serve_keep_alive(core, body, respond).await;
+    }
+    if path == OBSERVE_PATH {
+        return serve_observe(core, body, respond).await;
     }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
@@ -96,7 +99,9 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
     if message.len() > core.max_request_bytes() {
         return send_status(&mut respond, &errors::REQUEST_TOO_LARGE);
     }
-    match service::call(core, method, &message, &ProtobufCodec).await {
+    let client_reset = futures::FutureExt::map(futures::future::poll_fn(|cx| respond.poll_reset(cx)), |_| ());
+    let called = service::call(core, method, &message, &ProtobufCodec, client_reset).await;
+    match called {
         Ok(reply) => send_reply(&mut respond, reply),
         Err(status) => send_status(&mut respond, &status),
     }
@@ -105,6 +110,7 @@ async fn serve_stream(core: &Core, path: &str, body: RecvStream, mut respond: Se
 const SNAPSHOT_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
 const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
 const LEASE_KEEP_ALIVE_PATH: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+const OBSERVE_PATH: &str = "/v3electionpb.Election/Observe";
 
 /// Ends a server stream with the grpc-status (and grpc-message) trailers of how it ended.
 fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) {
@@ -149,6 +155,40 @@ async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendRe
         }
     }
     end_stream(&mut stream, ended);
+}
+
+/// Election.Observe: one request, then a response per leader and per proclaimed value until
+/// the client resets the stream (which drops the observer and its watchers).
+async fn serve_observe(core: &Rc<Core>, body: RecvStream, mut respond: SendResponse<Bytes>) {
+    use futures::StreamExt;
+    let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let request = match read_unary(body, limit_bytes)
+        .await
+        .and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::v3electionpb::LeaderRequest>(&bytes))
+    {
+        Ok(request) => request,
+        Err(status) => return send_status(&mut respond, &status),
+    };
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let (sender, mut responses) = futures::channel::mpsc::channel(0);
+    let observing = core.clone();
+    let observer = glommio::spawn_local(async move { observing.observe(request, sender).await });
+    loop {
+        let next = responses.next();
+        let reset = futures::future::poll_fn(|cx| stream.poll_reset(cx));
+        futures::pin_mut!(reset);
+        match futures::future::select(next, reset).await {
+            futures::future::Either::Left((Some(response), _)) => {
+                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
+                    return;
+                }
+            }
+            futures::future::Either::Left((None, _)) => break,
+            futures::future::Either::Right(_) => return,
+        }
+    }
+    drop(observer);
+    end_stream(&mut stream, Ok(()));
 }
 
 /// Reads the next length-prefixed message of a streaming request; None at the end of the

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::api::errors::Status;
 use crate::api::pb::etcdserverpb as pb;
+use crate::api::pb::{v3electionpb as election, v3lockpb as lock};
 use crate::server::Core;
 
 /// How a request body becomes a message and a response message becomes bytes.
@@ -41,6 +42,12 @@ pub enum Method {
     HashKv,
     Defragment,
     Alarm,
+    Lock,
+    Unlock,
+    Campaign,
+    Proclaim,
+    Leader,
+    Resign,
 }
 
 /// (gRPC path, gateway path, method). Gateway paths are etcd's (`google.api.http` bindings).
@@ -65,6 +72,12 @@ const ROUTES: &[(&str, &str, Method)] = &[
     ("/etcdserverpb.Maintenance/HashKV", "/v3/maintenance/hashkv", Method::HashKv),
     ("/etcdserverpb.Maintenance/Defragment", "/v3/maintenance/defragment", Method::Defragment),
     ("/etcdserverpb.Maintenance/Alarm", "/v3/maintenance/alarm", Method::Alarm),
+    ("/v3lockpb.Lock/Lock", "/v3/lock/lock", Method::Lock),
+    ("/v3lockpb.Lock/Unlock", "/v3/lock/unlock", Method::Unlock),
+    ("/v3electionpb.Election/Campaign", "/v3/election/campaign", Method::Campaign),
+    ("/v3electionpb.Election/Proclaim", "/v3/election/proclaim", Method::Proclaim),
+    ("/v3electionpb.Election/Leader", "/v3/election/leader", Method::Leader),
+    ("/v3electionpb.Election/Resign", "/v3/election/resign", Method::Resign),
 ];
 
 /// Every method of etcd's API (services and the methods of each) that clients may call.
@@ -133,19 +146,19 @@ pub fn is_known_gateway_path(path: &str) -> bool {
         "/v3/kv/lease/leases",
         "/v3/maintenance/snapshot",
         "/v3/maintenance/downgrade",
-        "/v3/lock/lock",
-        "/v3/lock/unlock",
-        "/v3/election/campaign",
-        "/v3/election/proclaim",
-        "/v3/election/leader",
-        "/v3/election/observe",
-        "/v3/election/resign",
     ];
     path.starts_with("/v3/auth/") || LATER.contains(&path)
 }
 
-/// Decodes the request, calls the server, encodes the response.
-pub async fn call<C: Codec>(core: &Core, method: Method, body: &Bytes, codec: &C) -> Result<Bytes, Status> {
+/// Decodes the request, calls the server, encodes the response. `cancelled` resolves if the
+/// client gives up on the request; the calls that wait (Lock, Campaign) then clean up.
+pub async fn call<C: Codec>(
+    core: &Core,
+    method: Method,
+    body: &Bytes,
+    codec: &C,
+    cancelled: impl std::future::Future<Output = ()>,
+) -> Result<Bytes, Status> {
     macro_rules! unary {
         ($request:ty, |$req:ident| $call:expr) => {{
             let $req: $request = codec.decode(body)?;
@@ -174,5 +187,11 @@ pub async fn call<C: Codec>(core: &Core, method: Method, body: &Bytes, codec: &C
         Method::HashKv => unary!(pb::HashKvRequest, |req| core.hash_kv(req).await),
         Method::Defragment => unary!(pb::DefragmentRequest, |_req| core.defragment().await),
         Method::Alarm => unary!(pb::AlarmRequest, |req| core.alarm(req).await),
+        Method::Lock => unary!(lock::LockRequest, |req| core.lock(req, cancelled).await),
+        Method::Unlock => unary!(lock::UnlockRequest, |req| core.unlock(req).await),
+        Method::Campaign => unary!(election::CampaignRequest, |req| core.campaign(req, cancelled).await),
+        Method::Proclaim => unary!(election::ProclaimRequest, |req| core.proclaim(req).await),
+        Method::Leader => unary!(election::LeaderRequest, |req| core.election_leader(req).await),
+        Method::Resign => unary!(election::ResignRequest, |req| core.resign(req).await),
     }
 }

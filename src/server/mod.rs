@@ -19,6 +19,7 @@
 //! timeout (5 s + 2 election timeouts, as etcd's).
 
 pub mod compactor;
+mod concurrency;
 pub mod config;
 pub mod entry;
 pub mod identity;

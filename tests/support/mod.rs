@@ -251,23 +251,36 @@ pub fn grpc_call(port: u16, path: &str, message: &[u8], declared_length: Option<
     })
 }
 
-/// A background `etcdctl watch ...`, whose stdout lines are collected by a thread.
-pub struct EtcdctlWatch {
+/// Sends one gRPC request, waits `patience` without reading the answer, then gives up: the
+/// connection is closed, as a client whose deadline passed or that was killed closes it.
+pub fn grpc_call_and_give_up(port: u16, path: &str, message: &[u8], patience: Duration) {
+    let path = path.to_owned();
+    let frame = grpc_frame(message);
+    test_executor().run(async move {
+        let (_response, mut send) = open_grpc_stream(port, &path).await;
+        send.send_data(frame, true).unwrap();
+        glommio::timer::sleep(patience).await;
+    });
+}
+
+/// A background etcdctl (`watch`, `lock`, `elect`...), whose stdout lines are collected by a
+/// thread; stopped by PID when dropped.
+pub struct EtcdctlProcess {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
-impl EtcdctlWatch {
-    pub fn start(endpoint: &str, args: &[&str]) -> EtcdctlWatch {
+impl EtcdctlProcess {
+    pub fn start(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
         use std::io::BufRead;
         let mut child = Command::new(require_tool("etcdctl"))
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint, "watch"])
+            .args(["--endpoints", endpoint])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run etcdctl watch");
+            .expect("run etcdctl");
         let stdout = child.stdout.take().unwrap();
         let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -278,7 +291,14 @@ impl EtcdctlWatch {
                 }
             }
         });
-        EtcdctlWatch { child, lines }
+        EtcdctlProcess { child, lines }
+    }
+
+    /// `etcdctl watch <args>`.
+    pub fn watch(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        EtcdctlProcess::start(endpoint, &all)
     }
 
     /// The next `count` lines, or panics after `timeout`.
@@ -289,19 +309,50 @@ impl EtcdctlWatch {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => lines.push(line),
-                Err(_) => panic!("watch printed {} of {count} lines within {timeout:?}: {lines:?}", lines.len()),
+                Err(_) => panic!("etcdctl printed {} of {count} lines within {timeout:?}: {lines:?}", lines.len()),
             }
         }
         lines
     }
 
-    /// Waits until the watch has had time to be created (etcdctl prints nothing for it).
+    /// Lines printed so far that were not taken yet.
+    pub fn printed(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM (etcdctl unlocks, resigns or stops watching on it) and waits at most
+    /// `timeout` for the exit; returns whether it exited successfully.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.wait(timeout)
+    }
+
+    /// Waits at most `timeout` for the exit; returns whether it exited successfully.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "etcdctl did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a background command has had time to set itself up (etcdctl prints
+    /// nothing when a watch is created or while a lock is awaited).
     pub fn settle() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-impl Drop for EtcdctlWatch {
+impl Drop for EtcdctlProcess {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
@@ -316,13 +367,20 @@ pub struct RawWatch {
 impl RawWatch {
     /// Opens a Watch stream and sends `create` (an encoded WatchRequest).
     pub fn open(port: u16, create: &[u8]) -> RawWatch {
+        RawWatch::open_path(port, "/etcdserverpb.Watch/Watch", create, false)
+    }
+
+    /// Opens a stream of any streaming method (Observe...) and sends `message`, closing the
+    /// client's side after it if `end_stream`.
+    pub fn open_path(port: u16, path: &str, message: &[u8], end_stream: bool) -> RawWatch {
         let executor = test_executor();
         let state = std::rc::Rc::new(std::cell::RefCell::new(None));
         let slot = state.clone();
-        let create = grpc_frame(create);
+        let message = grpc_frame(message);
+        let path = path.to_owned();
         executor.run(async move {
-            let (response, mut send) = open_grpc_stream(port, "/etcdserverpb.Watch/Watch").await;
-            send.send_data(create, false).unwrap();
+            let (response, mut send) = open_grpc_stream(port, &path).await;
+            send.send_data(message, end_stream).unwrap();
             let body = response.await.unwrap().into_body();
             *slot.borrow_mut() = Some((body, send, Vec::new()));
         });
@@ -408,4 +466,21 @@ async fn open_grpc_stream(port: u16, path: &str) -> (h2::client::ResponseFuture,
         .body(())
         .unwrap();
     client.send_request(request, false).unwrap()
+}
+
+/// Standard base64 with padding, as the gateway's JSON carries bytes.
+pub fn b64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in text.as_bytes().chunks(3) {
+        let bits = group.iter().enumerate().fold(0u32, |bits, (i, &byte)| bits | (byte as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
