@@ -559,3 +559,32 @@ fn a_lease_expires_after_its_leader_is_killed_and_its_keys_go_on_every_member() 
     let ttl = stdout(&cluster.member(new_leader).etcdctl(&["lease", "timetolive", &lease]));
     assert_eq!(ttl.trim(), format!("lease {lease} already expired"));
 }
+
+/// KeepAlive and TimeToLive are answered by the leader's lessor; a follower forwards them
+/// (etcd does the same), so a client of any member can keep its leases alive.
+#[test]
+fn a_follower_forwards_keepalive_and_timetolive_to_the_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let follower = cluster.member((leader + 1) % 3);
+    let output = follower.etcdctl(&["lease", "grant", "30"]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let lease = stdout(&output).split_whitespace().nth(1).unwrap().to_owned();
+    let output = follower.etcdctl(&["put", "held", "v", &format!("--lease={lease}")]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let output = follower.etcdctl(&["lease", "keep-alive", "--once", &lease]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    assert_eq!(stdout(&output).trim(), format!("lease {lease} keepalived with TTL(30)"));
+    let output = follower.etcdctl(&["lease", "timetolive", "--keys", &lease]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let answer = stdout(&output);
+    assert!(answer.starts_with(&format!("lease {lease} granted with TTL(30s), remaining(")), "{answer}");
+    assert!(answer.trim_end().ends_with("attached keys([held])"), "{answer}");
+    let gone = stdout(&follower.etcdctl(&["lease", "timetolive", "123456"]));
+    assert_eq!(gone.trim(), "lease 0000000000123456 already expired");
+    let output = follower.etcdctl(&["lease", "keep-alive", "--once", "123456"]);
+    assert_eq!(support::error_line(&output), "Error: etcdserver: requested lease not found");
+    // etcdctl lock on a follower: a session lease kept alive through the leader.
+    let output = follower.etcdctl(&["lock", "on-follower", "--", "echo", "locked"]);
+    assert_eq!((output.status.success(), stdout(&output).trim()), (true, "locked"), "{}", support::error_line(&output));
+}

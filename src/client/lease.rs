@@ -39,6 +39,13 @@ impl Channel {
         self.unary(path::LEASE_REVOKE, &pb::LeaseRevokeRequest { id: lease_id }).await
     }
 
+    pub async fn lease_time_to_live(
+        &self,
+        request: &pb::LeaseTimeToLiveRequest,
+    ) -> Result<pb::LeaseTimeToLiveResponse, Error> {
+        self.unary(path::LEASE_TIME_TO_LIVE, request).await
+    }
+
     /// Opens a LeaseKeepAlive stream on this connection.
     pub async fn lease_keep_alive(&self) -> Result<LeaseKeepAliveStream, Error> {
         let stream = self.bidi(path::LEASE_KEEP_ALIVE, "lease keepalive", KEEP_ALIVE_REPLY_BYTES_MAX).await?;

@@ -22,6 +22,7 @@ pub mod compactor;
 mod concurrency;
 pub mod config;
 pub mod entry;
+mod forward;
 pub mod identity;
 pub mod kv;
 pub mod latency;
@@ -169,6 +170,8 @@ pub struct Core {
     index: usize,
     route: Route,
     hub: Rc<watch::Hub>,
+    /// A follower's connection to the leader, for the lease calls only it answers.
+    leader_link: forward::LeaderLink,
 }
 
 impl Core {
@@ -428,15 +431,27 @@ impl Core {
         propose_as!(self, Command::LeaseRevoke(request), LeaseRevoke)
     }
 
+    /// Answered by the leader's lessor: here if this member is the leader, else forwarded.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-        propose_as!(self, Command::LeaseRenew(id), LeaseKeepAlive)
+        match self.propose(Command::LeaseRenew(id)).await {
+            Ok(writer::Outcome::LeaseKeepAlive(response)) => Ok(response),
+            Ok(_) => unreachable!("the raft core answers a keepalive in kind"),
+            Err(status) if status == errors::NOT_LEADER => self.forward_keep_alive(id).await,
+            Err(status) => Err(status),
+        }
     }
 
+    /// Answered by the leader's lessor: here if this member is the leader, else forwarded.
     pub async fn lease_time_to_live(
         &self,
         request: pb::LeaseTimeToLiveRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
-        propose_as!(self, Command::LeaseTimeToLive(request), LeaseTimeToLive)
+        match self.propose(Command::LeaseTimeToLive(request.clone())).await {
+            Ok(writer::Outcome::LeaseTimeToLive(response)) => Ok(response),
+            Ok(_) => unreachable!("the raft core answers TimeToLive in kind"),
+            Err(status) if status == errors::NOT_LEADER => self.forward_time_to_live(request).await,
+            Err(status) => Err(status),
+        }
     }
 
     pub async fn lease_leases(&self) -> Result<pb::LeaseLeasesResponse, Status> {
@@ -581,7 +596,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 /// Builds the per-core handle for core 0 (local route).
 fn local_core(shared: Arc<Shared>, sender: mpsc::Sender<Proposal>) -> Rc<Core> {
     let hub = start_hub(&shared, 0);
-    Rc::new(Core { shared, index: 0, route: Route::Local(sender), hub })
+    Rc::new(Core { shared, index: 0, route: Route::Local(sender), hub, leader_link: Default::default() })
 }
 
 /// Builds the per-core handle for another core (remote route).
@@ -591,7 +606,7 @@ fn remote_core(
     sender: glommio::channels::shared_channel::ConnectedSender<Proposal>,
 ) -> Rc<Core> {
     let hub = start_hub(&shared, core);
-    Rc::new(Core { shared, index: core, route: Route::Remote(sender), hub })
+    Rc::new(Core { shared, index: core, route: Route::Remote(sender), hub, leader_link: Default::default() })
 }
 
 fn start_hub(shared: &Arc<Shared>, core: usize) -> Rc<watch::Hub> {
