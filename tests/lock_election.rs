@@ -206,22 +206,6 @@ fn observe_streams_each_leader_and_value() {
     assert_eq!((seen.key, seen.value), (now.leader.unwrap().key, b"three".to_vec()));
 }
 
-/// The first line `POST /v3/election/observe` streams (grpc-gateway's `{"result": ...}`).
-fn observe_over_gateway(port: u16, request: &str) -> serde_json::Value {
-    use std::io::{BufRead, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let head = format!("POST /v3/election/observe HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", request.len());
-    stream.write_all(format!("{head}{request}").as_bytes()).unwrap();
-    let mut reader = std::io::BufReader::new(stream);
-    let mut line = String::new();
-    while !line.starts_with("{\"result\"") {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the observe stream ended");
-    }
-    serde_json::from_str(&line).unwrap()
-}
-
 /// A gateway reply's status and JSON object (etcd's reply is chunked, ringd's is not).
 fn json_reply((status, body): (u16, String)) -> (u16, serde_json::Value) {
     let object = &body[body.find('{').expect("a JSON object")..=body.rfind('}').expect("a JSON object")];
@@ -245,7 +229,8 @@ fn the_gateway_serves_lock_and_election() {
     let now: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, &now["kv"]["key"]), (200, &campaigned["leader"]["key"]));
     assert_eq!(now["kv"]["value"], b64("gv"));
-    let observed = observe_over_gateway(ringd.port, &leader);
+    let observed = support::gateway_stream_results(ringd.port, "/v3/election/observe", &leader, 1);
+    let observed: serde_json::Value = serde_json::from_str(&observed[0]).unwrap();
     assert_eq!(observed["result"]["kv"], now["kv"], "the gateway's Observe streams the leader");
     let lock = format!("{{\"name\":\"{}\"}}", b64("gl"));
     let (status, body) = http(ringd.port, "POST", "/v3/lock/lock", &lock);

@@ -683,6 +683,23 @@ fn leases_with_the_real_etcdctl_grant_attach_keep_alive_expire_and_revoke() {
     assert!(list.starts_with("found 0 leases"), "{list}");
 }
 
+/// POST /v3/lease/keepalive: one line per request, in order, as etcd's gateway streams them
+/// (a lease that does not exist answers without a TTL).
+#[test]
+fn the_gateway_keeps_leases_alive_as_etcd_does() {
+    let ringd = Ringd::start(&[]);
+    let etcd = Etcd::start();
+    let run = |port: u16| {
+        let (status, body) = http(port, "POST", "/v3/lease/grant", r#"{"TTL":"30","ID":"7"}"#);
+        assert_eq!(status, 200, "{body}");
+        let lines = support::gateway_stream_results(port, "/v3/lease/keepalive", r#"{"ID":"8"} {"ID":"7"}"#, 2);
+        lines.iter().map(|line| normalize(line)).collect::<Vec<_>>()
+    };
+    let ours = run(ringd.port);
+    assert_eq!(ours, run(etcd.port));
+    assert!(ours[0].contains(r#""ID":"8"}"#) && ours[1].contains(r#""ID":"7","TTL":"30"}"#), "{ours:?}");
+}
+
 #[test]
 fn leases_survive_a_restart() {
     let temp = tempfile::tempdir().unwrap();

@@ -36,6 +36,7 @@ const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
 
 const WATCH_PATH: &str = "/v3/watch";
 const OBSERVE_PATH: &str = "/v3/election/observe";
+const KEEP_ALIVE_PATH: &str = "/v3/lease/keepalive";
 
 /// The protobuf JSON mapping, as etcd's gateway reads and writes it.
 pub struct JsonCodec;
@@ -94,6 +95,9 @@ where
         }
         if head.method == "POST" && head.path == OBSERVE_PATH {
             return serve_observe(stream, buffer, &head, &core).await;
+        }
+        if head.method == "POST" && head.path == KEEP_ALIVE_PATH {
+            return serve_keep_alive(stream, buffer, &head, &core).await;
         }
         let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
         let mut reader = Body::new(&mut stream, std::mem::take(&mut buffer), head.framing);
@@ -197,7 +201,7 @@ async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
         ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
         // A POST was taken over by `serve_watch` or `serve_observe`; any other method is
         // refused as elsewhere.
-        (_, WATCH_PATH | OBSERVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
+        (_, WATCH_PATH | OBSERVE_PATH | KEEP_ALIVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
         (_, path) => match service::route_gateway(path) {
             Some(api_method) if method == "POST" => {
                 match service::call(core, api_method, body, &JsonCodec, futures::future::pending()).await {
@@ -449,18 +453,24 @@ enum RequestError {
     Invalid(Status),
 }
 
-/// The WatchRequests of a body: JSON values one after another, as Go's `json.Decoder`
-/// reads them (whitespace between them, none needed after a `}`).
-struct WatchRequests<R> {
+/// The requests (WatchRequests, LeaseKeepAliveRequests) of a streaming body: JSON values
+/// one after another, as Go's `json.Decoder` reads them (whitespace between them, none
+/// needed after a `}`).
+struct JsonRequests<R, M> {
     body: Body<R>,
     /// Body bytes of a request not complete yet, at most `limit_bytes`.
     pending: Vec<u8>,
     limit_bytes: usize,
+    _message: std::marker::PhantomData<M>,
 }
 
-impl<R: futures_lite::AsyncRead + Unpin> WatchRequests<R> {
+impl<R: futures_lite::AsyncRead + Unpin, M: serde::de::DeserializeOwned> JsonRequests<R, M> {
+    fn new(body: Body<R>, limit_bytes: usize) -> JsonRequests<R, M> {
+        JsonRequests { body, pending: Vec::new(), limit_bytes, _message: std::marker::PhantomData }
+    }
+
     /// The next request; None once the body has ended.
-    async fn next(&mut self) -> Result<Option<WatchRequest>, RequestError> {
+    async fn next(&mut self) -> Result<Option<M>, RequestError> {
         loop {
             if let Some(request) = self.take_request()? {
                 return Ok(Some(request));
@@ -473,7 +483,7 @@ impl<R: futures_lite::AsyncRead + Unpin> WatchRequests<R> {
                 Ok(None) if self.pending.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 // The body ended inside a value: the decoder's own error says where.
                 Ok(None) => {
-                    return match serde_json::from_slice::<WatchRequest>(&std::mem::take(&mut self.pending)) {
+                    return match serde_json::from_slice::<M>(&std::mem::take(&mut self.pending)) {
                         Ok(request) => Ok(Some(request)),
                         Err(error) => Err(invalid_request(&error)),
                     };
@@ -491,8 +501,8 @@ impl<R: futures_lite::AsyncRead + Unpin> WatchRequests<R> {
     }
 
     /// Splits the first complete request off `pending`, if it holds one.
-    fn take_request(&mut self) -> Result<Option<WatchRequest>, RequestError> {
-        let mut values = serde_json::Deserializer::from_slice(&self.pending).into_iter::<WatchRequest>();
+    fn take_request(&mut self) -> Result<Option<M>, RequestError> {
+        let mut values = serde_json::Deserializer::from_slice(&self.pending).into_iter::<M>();
         match values.next() {
             Some(Ok(request)) => {
                 let used_bytes = values.byte_offset();
@@ -539,7 +549,7 @@ where
     let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
     let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
     let body = Body::new(reader, buffer, head.framing);
-    let mut requests = WatchRequests { body, pending: Vec::new(), limit_bytes };
+    let mut requests = JsonRequests::<_, WatchRequest>::new(body, limit_bytes);
     let first = match requests.next().await {
         Ok(first) => first,
         Err(RequestError::Closed) => return,
@@ -575,7 +585,7 @@ where
 /// Hands each request to the watch stream until the body ends or holds something that is
 /// not a WatchRequest (grpc-gateway then stops sending, the stream goes on), then waits
 /// for the client to close the connection.
-async fn receive_requests<R>(requests: &mut WatchRequests<R>, watch: &WatchStream) -> Ended
+async fn receive_requests<R>(requests: &mut JsonRequests<R, WatchRequest>, watch: &WatchStream) -> Ended
 where
     R: futures_lite::AsyncRead + Unpin,
 {
@@ -607,15 +617,59 @@ where
     use futures::StreamExt;
     while let Some(response) = responses.next().await {
         sent();
-        let mut line = Vec::with_capacity(256);
-        line.extend_from_slice(b"{\"result\":");
-        serde_json::to_writer(&mut line, &response).expect("generated serde impls never fail");
-        line.extend_from_slice(b"}\n");
-        if reply.write(writer, &line).await.is_err() {
+        if reply.write(writer, &result_line(&response)).await.is_err() {
             return Ended::WriteFailed;
         }
     }
     Ended::NoMoreResponses
+}
+
+/// One response of a stream as grpc-gateway writes it: `{"result": ...}` and a newline.
+fn result_line<T: serde::Serialize>(response: &T) -> Vec<u8> {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"result\":");
+    serde_json::to_writer(&mut line, response).expect("generated serde impls never fail");
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// POST /v3/lease/keepalive: grpc-gateway's bidirectional stream, as the watch's: each
+/// LeaseKeepAliveRequest of the body is answered by one line, in order. A failed keepalive
+/// (no leader...) ends the stream with the error; a body that does not decode stops the
+/// reading of requests, and the stream lasts until the client closes the connection.
+async fn serve_keep_alive<S>(stream: S, buffer: Vec<u8>, head: &Head, core: &Core)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
+    let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
+    let body = Body::new(reader, buffer, head.framing);
+    let mut requests = JsonRequests::<_, crate::api::pb::etcdserverpb::LeaseKeepAliveRequest>::new(body, limit_bytes);
+    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
+    let ended = loop {
+        let request = match requests.next().await {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(RequestError::Invalid(_)) if reply.head_written.get() => {
+                requests.body.wait_closed().await;
+                break Err(crate::api::errors::CONTEXT_CANCELED);
+            }
+            Ok(None) => break Ok(()),
+            Err(RequestError::Invalid(status)) => break Err(status),
+            Err(RequestError::Closed) => break Err(crate::api::errors::CONTEXT_CANCELED),
+        };
+        match core.lease_keep_alive(request.id).await {
+            Ok(response) => {
+                if reply.write(&mut writer, &result_line(&response)).await.is_err() {
+                    return;
+                }
+            }
+            Err(status) => break Err(status),
+        }
+    };
+    let _ = match ended {
+        Ok(()) => reply.finish(&mut writer).await,
+        Err(status) => reply.fail(&mut writer, &status).await,
+    };
 }
 
 /// POST /v3/election/observe: grpc-gateway's server stream. The body is one LeaderRequest;
@@ -712,22 +766,30 @@ impl StreamReply {
         Ok(())
     }
 
-    /// The last chunk, which ends a chunked reply.
+    /// The end of the reply: its head if nothing went out yet, and the last chunk.
     async fn finish<W: futures_lite::AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<()> {
-        if self.chunked && self.head_written.get() {
+        if !self.head_written.replace(true) {
+            writer.write_all(self.head()).await?;
+        }
+        if self.chunked {
             writer.write_all(b"0\r\n\r\n").await?;
         }
         writer.flush().await
     }
 
-    /// grpc-gateway's end of a stream whose client went away: a plain error reply if no
-    /// response went out yet, otherwise one last chunk with its stream-error object (no
-    /// newline after it), then the end of the reply.
+    /// grpc-gateway's end of a stream whose client went away: see `fail`.
     async fn cancel<W: futures_lite::AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<()> {
+        self.fail(writer, &crate::api::errors::CONTEXT_CANCELED).await
+    }
+
+    /// grpc-gateway's end of a stream with an error: a plain error reply if no response
+    /// went out yet, otherwise one last chunk with its stream-error object (no newline
+    /// after it), then the end of the reply.
+    async fn fail<W: futures_lite::AsyncWrite + Unpin>(&self, writer: &mut W, status: &Status) -> std::io::Result<()> {
         if !self.head_written.get() {
-            return write_reply(writer, &Reply::error(&crate::api::errors::CONTEXT_CANCELED), false).await;
+            return write_reply(writer, &Reply::error(status), false).await;
         }
-        self.write(writer, &stream_error(&crate::api::errors::CONTEXT_CANCELED)).await?;
+        self.write(writer, &stream_error(status)).await?;
         self.finish(writer).await
     }
 }
@@ -809,7 +871,7 @@ mod tests {
 
     fn requests(input: &str) -> Vec<Result<Option<WatchRequest>, String>> {
         let framing = Framing::Length(input.len());
-        let mut requests = WatchRequests { body: body(input, framing), pending: Vec::new(), limit_bytes: 64 };
+        let mut requests = JsonRequests::<_, WatchRequest>::new(body(input, framing), 64);
         let mut seen = Vec::new();
         futures_lite::future::block_on(async {
             loop {

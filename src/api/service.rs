@@ -141,7 +141,6 @@ pub fn route_gateway(path: &str) -> Option<Method> {
 pub fn is_known_gateway_path(path: &str) -> bool {
     const LATER: &[&str] = &[
         "/v3/kv/lease/revoke",
-        "/v3/lease/keepalive",
         "/v3/kv/lease/timetolive",
         "/v3/kv/lease/leases",
         "/v3/maintenance/snapshot",

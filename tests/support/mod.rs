@@ -213,6 +213,26 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// POSTs `body` to a streaming gateway path and returns its first `count` result lines
+/// (grpc-gateway's `{"result": ...}`), reading at most START_TIMEOUT per line.
+pub fn gateway_stream_results(port: u16, path: &str, body: &str, count: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream.write_all(format!("{head}{body}").as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut results = Vec::with_capacity(count);
+    while results.len() < count {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended after {results:?}");
+        if line.starts_with("{\"result\"") {
+            results.push(line.trim_end().to_owned());
+        }
+    }
+    results
+}
+
 /// The answer to one raw gRPC call.
 #[derive(Debug)]
 pub struct GrpcAnswer {
