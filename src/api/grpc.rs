@@ -230,7 +230,7 @@ async fn next_message(
 /// sent as flow control allows. The stream ends when the client closes its side.
 async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
     use futures::{FutureExt, StreamExt};
-    let (watch, mut responses) = core.watch_hub().open_stream();
+    let (watch, mut responses) = core.watch_hub().open_encoded_stream();
     let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let receiver = watch.clone();
@@ -260,7 +260,11 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
             response = responses.next() => {
                 let Some(response) = response else { break Ok(()) };
                 watch.response_sent();
-                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
+                let message = match response {
+                    crate::server::watch::Outgoing::Response(response) => ProtobufCodec.encode(&response),
+                    crate::server::watch::Outgoing::Encoded(message) => message,
+                };
+                if !send_when_room(&mut stream, message).await {
                     break Ok(());
                 }
             }

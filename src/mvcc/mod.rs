@@ -118,7 +118,7 @@ mod tree;
 pub use error::{CheckError, MvccError, OpenError, StoreError};
 pub use file::{CrashMode, MmapFile, SimFile, StoreFile};
 pub use page::{AUX_KEY_SIZE_MAX_BYTES, KEY_SIZE_MAX_BYTES};
-pub use read::HistoryEvent;
+pub use read::{Bounds, HistoryEvent};
 pub use store::{CommitDone, CommitJob, Durability, Image, Reader, Snapshot, Store, StoreOptions, WriteTxn};
 
 /// An etcd revision (main revision of a write transaction).

@@ -220,7 +220,7 @@ pub struct HistoryEvent {
 }
 
 impl Bounds<'_> {
-    fn contains(&self, user_key: &[u8]) -> bool {
+    pub fn contains(&self, user_key: &[u8]) -> bool {
         match self {
             Bounds::Single(key) => user_key == *key,
             Bounds::Interval(start, _) => user_key >= *start && !self.is_past(user_key),

@@ -270,7 +270,7 @@ impl Core {
 /// One watcher's responses, without the created response.
 struct InternalWatch {
     stream: std::rc::Rc<super::watch::WatchStream>,
-    responses: mpsc::UnboundedReceiver<pb::WatchResponse>,
+    responses: super::watch::Responses,
     created: bool,
 }
 

@@ -31,8 +31,14 @@ use super::Shared;
 
 /// Events read for one watcher per pass (a revision's events are never split).
 const EVENTS_PER_PASS_MAX: usize = 1000;
-/// Responses queued for a stream before its watchers stop advancing (backpressure).
-pub const OUTBOX_RESPONSES_MAX: usize = 64;
+/// Watchers at one position from which a pass reads the history of every key once and
+/// gives each its share, instead of one read per watcher (etcd's synced group).
+const SHARED_READ_WATCHERS_MIN: usize = 4;
+/// Encoded bytes of responses queued for a stream before its watchers stop advancing
+/// (backpressure). Bytes, not responses: a stream of 1000 watchers of one key queues 1000
+/// small responses per revision, and each pass that stops early costs a walk of every
+/// watcher of the core.
+pub const OUTBOX_BYTES_MAX: usize = 1 << 20;
 /// etcd's default progress notification interval.
 pub const PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// etcd's clientv3.InvalidWatchID.
@@ -80,13 +86,38 @@ struct Watcher {
     sent_since_progress: Cell<bool>,
 }
 
+/// What a stream's outbox carries: a response, or (on a stream opened for gRPC) the events
+/// responses of a pass already encoded as gRPC messages, whose events were encoded once for
+/// every watcher that gets the same ones.
+pub enum Outgoing {
+    Response(pb::WatchResponse),
+    Encoded(bytes::Bytes),
+}
+
+impl Outgoing {
+    /// The response of a stream opened with `open_stream`, which never gets encoded ones.
+    fn into_response(self) -> pb::WatchResponse {
+        match self {
+            Outgoing::Response(response) => response,
+            Outgoing::Encoded(_) => unreachable!("only a stream opened encoded gets encoded responses"),
+        }
+    }
+}
+
+/// The responses of a stream opened with `open_stream`.
+pub type Responses = futures::stream::Map<mpsc::UnboundedReceiver<Outgoing>, fn(Outgoing) -> pb::WatchResponse>;
+
 /// One Watch gRPC stream: its watchers and its outbox toward the client.
 pub struct WatchStream {
     hub: Rc<Hub>,
     watchers: RefCell<BTreeMap<i64, Rc<Watcher>>>,
     next_auto_id: Cell<i64>,
-    outbox: mpsc::UnboundedSender<pb::WatchResponse>,
-    queued: Cell<usize>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Events responses go out encoded (gRPC) rather than as messages (gateway, server).
+    encoded: bool,
+    /// Encoded bytes in the outbox, and each queued response's share, in order.
+    queued_bytes: Cell<usize>,
+    queued_sizes: RefCell<std::collections::VecDeque<usize>>,
 }
 
 /// One core's watchers.
@@ -117,14 +148,27 @@ impl Hub {
     }
 
     /// Opens a stream; responses for it arrive on the returned receiver.
-    pub fn open_stream(self: &Rc<Hub>) -> (Rc<WatchStream>, mpsc::UnboundedReceiver<pb::WatchResponse>) {
+    pub fn open_stream(self: &Rc<Hub>) -> (Rc<WatchStream>, Responses) {
+        use futures::StreamExt;
+        let (stream, outgoing) = self.open(false);
+        (stream, outgoing.map(Outgoing::into_response as fn(Outgoing) -> pb::WatchResponse))
+    }
+
+    /// Opens a stream whose events responses arrive encoded as gRPC messages.
+    pub fn open_encoded_stream(self: &Rc<Hub>) -> (Rc<WatchStream>, mpsc::UnboundedReceiver<Outgoing>) {
+        self.open(true)
+    }
+
+    fn open(self: &Rc<Hub>, encoded: bool) -> (Rc<WatchStream>, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbox, responses) = mpsc::unbounded();
         let stream = Rc::new(WatchStream {
             hub: self.clone(),
             watchers: RefCell::new(BTreeMap::new()),
             next_auto_id: Cell::new(0),
             outbox,
-            queued: Cell::new(0),
+            encoded,
+            queued_bytes: Cell::new(0),
+            queued_sizes: RefCell::new(std::collections::VecDeque::new()),
         });
         self.streams.borrow_mut().push(Rc::downgrade(&stream));
         (stream, responses)
@@ -165,6 +209,8 @@ impl Hub {
         let snapshot = self.shared.snapshot();
         self.streams.borrow_mut().retain(|stream| stream.strong_count() > 0);
         let streams: Vec<Rc<WatchStream>> = self.streams.borrow().iter().filter_map(|s| s.upgrade()).collect();
+        let shared = shared_reads(&streams, &snapshot);
+        let mut encoded = EncodedPass::new(&self.header(snapshot.revision()));
         let mut more = false;
         for stream in streams {
             let watchers: Vec<Rc<Watcher>> = stream.watchers.borrow().values().cloned().collect();
@@ -172,7 +218,7 @@ impl Hub {
                 if stream.outbox_full() {
                     break; // this stream's client is slow: `response_sent` wakes the hub later
                 }
-                stream.deliver(&watcher, &snapshot);
+                stream.deliver(&watcher, &snapshot, &shared, &mut encoded);
             }
             more |= !stream.outbox_full() && stream.behind(snapshot.revision());
         }
@@ -182,7 +228,7 @@ impl Hub {
 
 impl WatchStream {
     fn outbox_full(&self) -> bool {
-        self.queued.get() >= OUTBOX_RESPONSES_MAX
+        self.queued_bytes.get() >= OUTBOX_BYTES_MAX
     }
 
     /// Whether one of this stream's watchers has revisions up to `revision` left to deliver.
@@ -191,16 +237,22 @@ impl WatchStream {
     }
 
     fn send(&self, response: pb::WatchResponse) {
-        self.queued.set(self.queued.get() + 1);
-        let _ = self.outbox.unbounded_send(response);
+        self.queue(prost::Message::encoded_len(&response), Outgoing::Response(response));
+    }
+
+    fn queue(&self, bytes: usize, outgoing: Outgoing) {
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        self.queued_sizes.borrow_mut().push_back(bytes);
+        let _ = self.outbox.unbounded_send(outgoing);
     }
 
     /// The send side took one response off the outbox.
     pub fn response_sent(&self) {
-        let queued = self.queued.get();
-        assert!(queued > 0, "a response left that was never queued");
-        self.queued.set(queued - 1);
-        if queued == OUTBOX_RESPONSES_MAX / 2 {
+        let bytes = self.queued_sizes.borrow_mut().pop_front().expect("a response left that was never queued");
+        let queued_bytes = self.queued_bytes.get();
+        assert!(queued_bytes >= bytes, "the outbox's bytes are the sum of its responses'");
+        self.queued_bytes.set(queued_bytes - bytes);
+        if queued_bytes >= OUTBOX_BYTES_MAX / 2 && queued_bytes - bytes < OUTBOX_BYTES_MAX / 2 {
             self.hub.poke();
         }
     }
@@ -297,24 +349,33 @@ impl WatchStream {
         }
     }
 
-    /// Delivers what the snapshot holds after the watcher's position.
-    fn deliver(&self, watcher: &Watcher, snapshot: &mvcc::Snapshot) {
+    /// Delivers what the snapshot holds after the watcher's position: its share of the
+    /// pass's shared read from that position, if there is one, else a read of its own. On
+    /// an encoded stream, the events are encoded once per pass for all watchers that get
+    /// the same ones (same position, range and options).
+    fn deliver(&self, watcher: &Watcher, snapshot: &mvcc::Snapshot, shared: &SharedReads, encoded: &mut EncodedPass) {
         let position = watcher.position.get();
         if position > snapshot.revision() {
             return;
         }
-        let read = snapshot.history(position - 1, &watcher.key, &watcher.range_end, EVENTS_PER_PASS_MAX);
-        let (history, covered) = match read {
-            Ok(read) => read,
-            Err(_) => return self.compacted(watcher, snapshot),
+        if self.encoded && !watcher.fragment {
+            let Some(events) = encoded.events(watcher, || self.read_events(watcher, snapshot, shared)) else {
+                return self.compacted(watcher, snapshot);
+            };
+            assert!(events.covered >= position - 1, "history covers at least what it was asked from");
+            watcher.position.set(events.covered + 1);
+            if !events.bytes.is_empty() {
+                watcher.sent_since_progress.set(true);
+                let message = encoded.message(watcher.id, &events.bytes);
+                self.queue(message.len(), Outgoing::Encoded(message));
+            }
+            return;
+        }
+        let Some((events, covered)) = self.read_events(watcher, snapshot, shared) else {
+            return self.compacted(watcher, snapshot);
         };
         assert!(covered >= position - 1, "history covers at least what it was asked from");
         watcher.position.set(covered + 1);
-        let events: Vec<mvccpb::Event> = history
-            .into_iter()
-            .filter(|event| !(event.deleted && watcher.no_delete) && !(!event.deleted && watcher.no_put))
-            .map(|event| self.event(watcher, snapshot, event))
-            .collect();
         if events.is_empty() {
             return;
         }
@@ -330,6 +391,33 @@ impl WatchStream {
         } else {
             self.send(response);
         }
+    }
+
+    /// The events after the watcher's position it must get (filters applied, prev_kv
+    /// filled in) and the last revision they cover; None if that history is compacted.
+    fn read_events(
+        &self,
+        watcher: &Watcher,
+        snapshot: &mvcc::Snapshot,
+        shared: &SharedReads,
+    ) -> Option<(Vec<mvccpb::Event>, i64)> {
+        let position = watcher.position.get();
+        let (history, covered) = match shared.get(&position) {
+            Some(Ok((events, covered))) => {
+                let bounds = mvcc::Bounds::new(&watcher.key, &watcher.range_end);
+                (events.iter().filter(|event| bounds.contains(&event.kv.key)).cloned().collect(), *covered)
+            }
+            Some(Err(())) => return None,
+            None => snapshot.history(position - 1, &watcher.key, &watcher.range_end, EVENTS_PER_PASS_MAX).ok()?,
+        };
+        let events: Vec<mvccpb::Event> = history
+            .into_iter()
+            .filter(|event: &mvcc::HistoryEvent| {
+                !(event.deleted && watcher.no_delete) && !(!event.deleted && watcher.no_put)
+            })
+            .map(|event| self.event(watcher, snapshot, event))
+            .collect();
+        Some((events, covered))
     }
 
     fn event(&self, watcher: &Watcher, snapshot: &mvcc::Snapshot, event: mvcc::HistoryEvent) -> mvccpb::Event {
@@ -380,9 +468,174 @@ impl Drop for WatchStream {
     }
 }
 
+/// A pass's encodings for encoded streams: the header once, and each distinct set of events
+/// (position, range, options) once, as a run of WatchResponse `events` fields.
+struct EncodedPass {
+    /// WatchResponse field 1 (the header), encoded.
+    header: Vec<u8>,
+    events: std::collections::HashMap<u64, Vec<(EventsKey, Rc<EncodedEvents>)>>,
+    /// The last events handed out: the next watcher (of a stream of like watchers) most
+    /// often wants the same, and is then served without hashing.
+    last: Option<(EventsKey, Rc<EncodedEvents>)>,
+}
+
+/// What decides a watcher's events in a pass.
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct EventsKey {
+    position: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+}
+
+struct EncodedEvents {
+    /// WatchResponse field 11 (events), repeated, encoded; empty if there are none.
+    bytes: Vec<u8>,
+    covered: i64,
+}
+
+impl EncodedPass {
+    fn new(header: &pb::ResponseHeader) -> EncodedPass {
+        let mut encoded = Vec::with_capacity(64);
+        prost::encoding::message::encode(1, header, &mut encoded);
+        EncodedPass { header: encoded, events: std::collections::HashMap::new(), last: None }
+    }
+
+    /// The watcher's events, encoded by `read` the first time they are asked for in this
+    /// pass; None if that history is compacted (never cached: the watcher is cancelled).
+    fn events(
+        &mut self,
+        watcher: &Watcher,
+        read: impl FnOnce() -> Option<(Vec<mvccpb::Event>, i64)>,
+    ) -> Option<Rc<EncodedEvents>> {
+        use std::hash::{Hash, Hasher};
+        let w = watcher;
+        let wanted = (w.position.get(), &w.key[..], &w.range_end[..], w.prev_kv, w.no_put, w.no_delete);
+        let same =
+            |k: &EventsKey| (k.position, &k.key[..], &k.range_end[..], k.prev_kv, k.no_put, k.no_delete) == wanted;
+        if let Some((_, events)) = self.last.as_ref().filter(|(k, _)| same(k)) {
+            return Some(events.clone());
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        wanted.hash(&mut hasher);
+        let bucket = self.events.entry(hasher.finish()).or_default();
+        if let Some((key, events)) = bucket.iter().find(|(k, _)| same(k)) {
+            let (key, events) = (key.clone(), events.clone());
+            self.last = Some((key, events.clone()));
+            return Some(events);
+        }
+        let (events, covered) = read()?;
+        let mut bytes = Vec::new();
+        for event in &events {
+            prost::encoding::message::encode(11, event, &mut bytes);
+        }
+        let encoded = Rc::new(EncodedEvents { bytes, covered });
+        let (position, key, range_end, prev_kv, no_put, no_delete) = wanted;
+        let owned =
+            EventsKey { position, key: key.to_vec(), range_end: range_end.to_vec(), prev_kv, no_put, no_delete };
+        bucket.push((owned.clone(), encoded.clone()));
+        self.last = Some((owned, encoded.clone()));
+        Some(encoded)
+    }
+
+    /// One gRPC message (length prefix included): the WatchResponse with this pass's header,
+    /// `watch_id` and `events`, byte for byte what prost encodes for it.
+    fn message(&self, watch_id: i64, events: &[u8]) -> bytes::Bytes {
+        let mut id = Vec::with_capacity(11);
+        if watch_id != 0 {
+            prost::encoding::int64::encode(2, &watch_id, &mut id);
+        }
+        let length = self.header.len() + id.len() + events.len();
+        let mut message = bytes::BytesMut::with_capacity(5 + length);
+        message.extend_from_slice(&[0]);
+        message.extend_from_slice(&(length as u32).to_be_bytes());
+        message.extend_from_slice(&self.header);
+        message.extend_from_slice(&id);
+        message.extend_from_slice(events);
+        message.freeze()
+    }
+}
+
+/// A pass's reads of every key's history, by the position they start at (Err: compacted).
+type SharedReads = std::collections::HashMap<i64, Result<(Vec<mvcc::HistoryEvent>, i64), ()>>;
+
+/// One read of every key's history from each position at least SHARED_READ_WATCHERS_MIN
+/// watchers are at (in the steady state, every caught-up watcher is at the same one).
+fn shared_reads(streams: &[Rc<WatchStream>], snapshot: &mvcc::Snapshot) -> SharedReads {
+    let mut counts: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    for stream in streams {
+        for watcher in stream.watchers.borrow().values() {
+            let position = watcher.position.get();
+            if position <= snapshot.revision() {
+                *counts.entry(position).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, count)| count >= SHARED_READ_WATCHERS_MIN)
+        .map(|(position, _)| {
+            let read = snapshot.history(position - 1, b"", &[0], EVENTS_PER_PASS_MAX).map_err(|_| ());
+            (position, read)
+        })
+        .collect()
+}
+
 /// The key's KeyValue just before this event's revision, if it was live (etcd's prev_kv).
 fn previous(snapshot: &mvcc::Snapshot, kv: &mvcc::KeyValue) -> Option<mvccpb::KeyValue> {
     let options = mvcc::RangeOptions { revision: kv.mod_revision - 1, limit: 1, keys_only: false, count_only: false };
     let result = snapshot.range(&kv.key, &[], &options).ok()?;
     result.kvs.into_iter().next().map(to_pb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(id: i64, key: &[u8]) -> Watcher {
+        Watcher {
+            id,
+            key: key.to_vec(),
+            range_end: Vec::new(),
+            position: Cell::new(7),
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            fragment: false,
+            progress_notify: false,
+            sent_since_progress: Cell::new(false),
+        }
+    }
+
+    #[test]
+    fn an_encoded_message_is_what_prost_encodes_and_events_are_read_once() {
+        let header = pb::ResponseHeader { cluster_id: 1, member_id: 2, revision: 9, raft_term: 3 };
+        let kv = mvccpb::KeyValue { key: b"k".to_vec(), value: b"v".to_vec(), mod_revision: 7, ..Default::default() };
+        let events = vec![mvccpb::Event { kv: Some(kv), ..Default::default() }];
+        let mut pass = EncodedPass::new(&header);
+        let mut reads = 0;
+        for id in [0, 1, 1 << 40] {
+            let encoded = pass
+                .events(&watcher(id, b"k"), || {
+                    reads += 1;
+                    Some((events.clone(), 8))
+                })
+                .unwrap();
+            assert_eq!(encoded.covered, 8);
+            let message = pass.message(id, &encoded.bytes);
+            let expected = pb::WatchResponse {
+                header: Some(header.clone()),
+                watch_id: id,
+                events: events.clone(),
+                ..Default::default()
+            };
+            assert_eq!(&message[5..], prost::Message::encode_to_vec(&expected).as_slice());
+            assert_eq!(u32::from_be_bytes(message[1..5].try_into().unwrap()) as usize, message.len() - 5);
+        }
+        assert_eq!(reads, 1, "watchers wanting the same events share one read");
+        pass.events(&watcher(5, b"other"), || Some((Vec::new(), 8))).unwrap();
+        assert!(pass.events(&watcher(6, b"gone"), || None).is_none(), "a compacted read is not cached");
+    }
 }
