@@ -408,6 +408,19 @@ fn put_and_range_against_real_etcd() {
     end_to_end(&etcd.endpoint());
 }
 
+/// `put --idle-watchers`: the watchers are created (over two streams) before the load, and
+/// the load runs beside them; a server that refused them fails the run.
+#[test]
+fn put_runs_beside_idle_watchers() {
+    let ringd = support::Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let out = success(&ringbench(&["--endpoints", &endpoint, "put", "--total=50", "--idle-watchers=1500"]));
+    assert!(out.contains("Summary:") && !out.contains("Error distribution"), "{out}");
+    let refused = ringbench(&["--endpoints", "127.0.0.1:1", "put", "--total=5", "--idle-watchers=3"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("idle watchers: dial error"), "{refused:?}");
+}
+
 #[test]
 fn txn_benchmarks_against_ringd() {
     let ringd = support::Ringd::start(&[]);

@@ -358,6 +358,12 @@ impl WatchStream {
         if position > snapshot.revision() {
             return;
         }
+        if let Some(Ok(read)) = shared.get(&position) {
+            if !read.touches(&watcher.key, &watcher.range_end) {
+                watcher.position.set(read.covered + 1);
+                return;
+            }
+        }
         if self.encoded && !watcher.fragment {
             let Some(events) = encoded.events(watcher, || self.read_events(watcher, snapshot, shared)) else {
                 return self.compacted(watcher, snapshot);
@@ -403,10 +409,7 @@ impl WatchStream {
     ) -> Option<(Vec<mvccpb::Event>, i64)> {
         let position = watcher.position.get();
         let (history, covered) = match shared.get(&position) {
-            Some(Ok((events, covered))) => {
-                let bounds = mvcc::Bounds::new(&watcher.key, &watcher.range_end);
-                (events.iter().filter(|event| bounds.contains(&event.kv.key)).cloned().collect(), *covered)
-            }
+            Some(Ok(read)) => (read.share(&watcher.key, &watcher.range_end), read.covered),
             Some(Err(())) => return None,
             None => snapshot.history(position - 1, &watcher.key, &watcher.range_end, EVENTS_PER_PASS_MAX).ok()?,
         };
@@ -473,10 +476,12 @@ impl Drop for WatchStream {
 struct EncodedPass {
     /// WatchResponse field 1 (the header), encoded.
     header: Vec<u8>,
-    events: std::collections::HashMap<u64, Vec<(EventsKey, Rc<EncodedEvents>)>>,
+    events: rustc_hash::FxHashMap<u64, Vec<(EventsKey, Rc<EncodedEvents>)>>,
     /// The last events handed out: the next watcher (of a stream of like watchers) most
     /// often wants the same, and is then served without hashing.
     last: Option<(EventsKey, Rc<EncodedEvents>)>,
+    /// The last "no events" handed out.
+    nothing: Option<Rc<EncodedEvents>>,
 }
 
 /// What decides a watcher's events in a pass.
@@ -500,7 +505,7 @@ impl EncodedPass {
     fn new(header: &pb::ResponseHeader) -> EncodedPass {
         let mut encoded = Vec::with_capacity(64);
         prost::encoding::message::encode(1, header, &mut encoded);
-        EncodedPass { header: encoded, events: std::collections::HashMap::new(), last: None }
+        EncodedPass { header: encoded, events: rustc_hash::FxHashMap::default(), last: None, nothing: None }
     }
 
     /// The watcher's events, encoded by `read` the first time they are asked for in this
@@ -518,7 +523,7 @@ impl EncodedPass {
         if let Some((_, events)) = self.last.as_ref().filter(|(k, _)| same(k)) {
             return Some(events.clone());
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = rustc_hash::FxHasher::default();
         wanted.hash(&mut hasher);
         let bucket = self.events.entry(hasher.finish()).or_default();
         if let Some((key, events)) = bucket.iter().find(|(k, _)| same(k)) {
@@ -527,6 +532,10 @@ impl EncodedPass {
             return Some(events);
         }
         let (events, covered) = read()?;
+        if events.is_empty() {
+            // Nothing to encode or share: most watchers of a pass (those of other keys).
+            return Some(self.nothing(covered));
+        }
         let mut bytes = Vec::new();
         for event in &events {
             prost::encoding::message::encode(11, event, &mut bytes);
@@ -538,6 +547,18 @@ impl EncodedPass {
         bucket.push((owned.clone(), encoded.clone()));
         self.last = Some((owned, encoded.clone()));
         Some(encoded)
+    }
+
+    /// No events, up to `covered` (one allocation per covered revision and pass).
+    fn nothing(&mut self, covered: i64) -> Rc<EncodedEvents> {
+        match &self.nothing {
+            Some(nothing) if nothing.covered == covered => nothing.clone(),
+            _ => {
+                let nothing = Rc::new(EncodedEvents { bytes: Vec::new(), covered });
+                self.nothing = Some(nothing.clone());
+                nothing
+            }
+        }
     }
 
     /// One gRPC message (length prefix included): the WatchResponse with this pass's header,
@@ -559,12 +580,50 @@ impl EncodedPass {
 }
 
 /// A pass's reads of every key's history, by the position they start at (Err: compacted).
-type SharedReads = std::collections::HashMap<i64, Result<(Vec<mvcc::HistoryEvent>, i64), ()>>;
+type SharedReads = rustc_hash::FxHashMap<i64, Result<SharedRead, ()>>;
+
+/// The history of every key after one position, and where each key's events are in it (a
+/// watcher of one key finds its share without looking at the others').
+struct SharedRead {
+    events: Vec<mvcc::HistoryEvent>,
+    covered: i64,
+    by_key: rustc_hash::FxHashMap<Vec<u8>, Vec<usize>>,
+}
+
+impl SharedRead {
+    fn new(events: Vec<mvcc::HistoryEvent>, covered: i64) -> SharedRead {
+        let mut by_key: rustc_hash::FxHashMap<Vec<u8>, Vec<usize>> = rustc_hash::FxHashMap::default();
+        for (index, event) in events.iter().enumerate() {
+            by_key.entry(event.kv.key.clone()).or_default().push(index);
+        }
+        SharedRead { events, covered, by_key }
+    }
+
+    /// Whether any event is for a key of [key, range_end) (a watcher of another key has
+    /// nothing in this read: most watchers of most passes).
+    fn touches(&self, key: &[u8], range_end: &[u8]) -> bool {
+        if range_end.is_empty() {
+            return self.by_key.contains_key(key);
+        }
+        let bounds = mvcc::Bounds::new(key, range_end);
+        self.events.iter().any(|event| bounds.contains(&event.kv.key))
+    }
+
+    /// The events a watcher of [key, range_end) gets, in revision order.
+    fn share(&self, key: &[u8], range_end: &[u8]) -> Vec<mvcc::HistoryEvent> {
+        if range_end.is_empty() {
+            let indices = self.by_key.get(key).map_or(&[][..], Vec::as_slice);
+            return indices.iter().map(|&index| self.events[index].clone()).collect();
+        }
+        let bounds = mvcc::Bounds::new(key, range_end);
+        self.events.iter().filter(|event| bounds.contains(&event.kv.key)).cloned().collect()
+    }
+}
 
 /// One read of every key's history from each position at least SHARED_READ_WATCHERS_MIN
 /// watchers are at (in the steady state, every caught-up watcher is at the same one).
 fn shared_reads(streams: &[Rc<WatchStream>], snapshot: &mvcc::Snapshot) -> SharedReads {
-    let mut counts: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut counts: rustc_hash::FxHashMap<i64, usize> = rustc_hash::FxHashMap::default();
     for stream in streams {
         for watcher in stream.watchers.borrow().values() {
             let position = watcher.position.get();
@@ -577,8 +636,8 @@ fn shared_reads(streams: &[Rc<WatchStream>], snapshot: &mvcc::Snapshot) -> Share
         .into_iter()
         .filter(|&(_, count)| count >= SHARED_READ_WATCHERS_MIN)
         .map(|(position, _)| {
-            let read = snapshot.history(position - 1, b"", &[0], EVENTS_PER_PASS_MAX).map_err(|_| ());
-            (position, read)
+            let read = snapshot.history(position - 1, b"", &[0], EVENTS_PER_PASS_MAX);
+            (position, read.map(|(events, covered)| SharedRead::new(events, covered)).map_err(|_| ()))
         })
         .collect()
 }

@@ -179,6 +179,12 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         Command::Watch(args) => (crate::watch::run(cli, args)?, None),
         Command::WatchGet(args) => (vec![crate::watch_get::run(cli, args)?], None),
         Command::LeaseKeepalive(args) => (vec![crate::lease_keepalive::run(cli, args)?], None),
+        Command::Put(put) if put.idle_watchers > 0 => {
+            let endpoint = target_endpoints(cli)?.remove(0);
+            let _watchers =
+                crate::idle_watchers::IdleWatchers::open(endpoint, put.idle_watchers, cli.global.dial_timeout)?;
+            run_with_server_stages(cli)?
+        }
         _ => run_with_server_stages(cli)?,
     };
     print_runs(cli, &runs, stages.as_ref());

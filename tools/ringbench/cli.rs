@@ -142,6 +142,9 @@ pub struct PutArgs {
     /// 'true' to check hashkv
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub check_hashkv: bool,
+    /// Watchers to keep open on keys the load never writes, during the run (ringd extension)
+    #[arg(long, default_value_t = 0)]
+    pub idle_watchers: usize,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod compare;
+mod idle_watchers;
 mod lease_keepalive;
 mod load;
 mod mvcc_put;
