@@ -898,6 +898,33 @@ fn check_lease_keepalive(endpoint: &str) {
     assert_eq!(support::stdout(&leases).trim(), "found 0 leases", "the granted leases are revoked at the end");
 }
 
+/// `lease-keepalive --leases N`: N leases kept alive over one stream per client, then revoked.
+#[test]
+fn lease_keepalive_keeps_many_leases_alive_over_streams() {
+    let ringd = support::Ringd::start(&[]);
+    let endpoint = ringd.endpoint();
+    let args = [
+        "--endpoints",
+        &endpoint,
+        "--conns=2",
+        "--clients=3",
+        "--output=json",
+        "lease-keepalive",
+        "--leases=200",
+        "--total=1000",
+    ];
+    let output = success(&ringbench_within(&args, Duration::from_secs(60)));
+    let json: serde_json::Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    assert_eq!((&json["stats"]["count"], &json["stats"]["errors"]), (&1000.into(), &serde_json::json!({})), "{json}");
+    let leases = support::etcdctl(&endpoint, &["lease", "list"], None);
+    assert_eq!(support::stdout(&leases).trim(), "found 0 leases", "the granted leases are revoked at the end");
+    let refused = ringbench_within(
+        &["--endpoints", "127.0.0.1:1", "lease-keepalive", "--leases=5", "--total=10"],
+        Duration::from_secs(60),
+    );
+    assert!(!refused.status.success() || String::from_utf8_lossy(&refused.stdout).contains("Error distribution"));
+}
+
 /// Fails the test if `future` has not finished within 10 seconds.
 async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
     let future = std::pin::pin!(future);

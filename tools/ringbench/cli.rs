@@ -283,6 +283,11 @@ pub struct LeaseKeepaliveArgs {
     /// Total number of lease keepalive requests
     #[arg(long, default_value_t = 10000)]
     pub total: usize,
+    /// Grant this many leases (spread over the clients) and keep them alive over one
+    /// LeaseKeepAlive stream per client, as etcd's client library does (ringd extension;
+    /// 0: etcd's benchmark, one lease per client and a stream per keepalive)
+    #[arg(long, default_value_t = 0)]
+    pub leases: usize,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
