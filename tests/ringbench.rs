@@ -525,7 +525,7 @@ fn compare_runs_three_member_clusters_of_both_servers() {
     }
     let rows: Vec<&str> =
         table.lines().filter(|line| line.starts_with("| put") || line.starts_with("| range")).collect();
-    assert_eq!(rows.len(), 7, "the doc's seven scenarios: {table}");
+    assert_eq!(rows.len(), 8, "the doc's seven scenarios and the 100-client put: {table}");
     for row in &rows {
         let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
         assert_eq!(cells.len(), 1 + 2 * 6 + 2, "{row}");
@@ -534,7 +534,7 @@ fn compare_runs_three_member_clusters_of_both_servers() {
     }
     assert!(table.contains("members per server: 3; load average before: etcd "), "{table}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.matches("--target-leader: the leader is 127.0.0.1:").count(), 4, "{stderr}");
+    assert_eq!(stderr.matches("--target-leader: the leader is 127.0.0.1:").count(), 6, "{stderr}");
     let mut logs: Vec<String> = std::fs::read_dir(&data_root)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
