@@ -588,3 +588,25 @@ fn a_follower_forwards_keepalive_and_timetolive_to_the_leader() {
     let output = follower.etcdctl(&["lock", "on-follower", "--", "echo", "locked"]);
     assert_eq!((output.status.success(), stdout(&output).trim()), (true, "locked"), "{}", support::error_line(&output));
 }
+
+/// A write the leader accepted but can no longer commit (its followers died) waits for the
+/// request timeout (5 s + 2 election timeouts) and gets etcd's `request timed out`; then
+/// the member, alone, has no leader and refuses at once.
+#[test]
+fn a_write_that_cannot_commit_times_out_as_etcds() {
+    // A 2 s election timeout: the leader goes on believing it leads long enough for the
+    // write to reach it (etcdctl's own timeout, 10 s, is above the 9 s request timeout).
+    let mut cluster = Cluster::start_with(3, &["--election-timeout", "2000", "--heartbeat-interval", "200"]);
+    let leader = cluster.wait_for_leader();
+    cluster.wait_for_same_index();
+    for i in 0..3 {
+        if i != leader {
+            cluster.kill(i);
+        }
+    }
+    let output = cluster.member(leader).etcdctl(&["put", "stuck", "v"]);
+    assert!(!output.status.success());
+    assert_eq!(support::error_line(&output), "Error: etcdserver: request timed out");
+    let output = cluster.member(leader).etcdctl(&["put", "after", "v"]);
+    assert_eq!(support::error_line(&output), "Error: etcdserver: no leader");
+}

@@ -17,7 +17,9 @@ pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
     about = "ringd: an etcd-compatible key-value store, thread-per-core on io_uring.",
     long_about = "ringd: an etcd-compatible key-value store, thread-per-core on io_uring.\n\
                   Flags use etcd's names and defaults; each can also be set through the ETCD_* \
-                  environment variable etcd reads (e.g. ETCD_DATA_DIR)."
+                  environment variable etcd reads (e.g. ETCD_DATA_DIR).",
+    // A flag given twice takes its last value, as Go's flag package (and so etcd) does.
+    args_override_self = true
 )]
 pub struct Flags {
     /// Human-readable name for this member.
@@ -334,6 +336,14 @@ mod tests {
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.quota_backend_bytes, QUOTA_BACKEND_BYTES_DEFAULT);
         assert_eq!(config.peer_urls, vec!["http://localhost:2380".to_owned()]);
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value_as_go_does() {
+        let config = flags(&["--name", "a", "--election-timeout", "500", "--name", "b", "--election-timeout", "900"]);
+        let config = config.unwrap().into_config().unwrap();
+        assert_eq!(config.name, "b");
+        assert_eq!(config.heartbeat_interval * config.election_ticks as u32, std::time::Duration::from_millis(900));
     }
 
     #[test]
