@@ -415,6 +415,17 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     }
     cluster.members[removed] = None;
     assert_eq!(member_list(&endpoint).len(), 3);
+    // Started again on its data dir, the removed member refuses, as etcd does.
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
+        .arg("--data-dir")
+        .arg(&cluster.dirs[removed])
+        .args(&cluster.args[removed])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", support::free_port())])
+        .output()
+        .unwrap();
+    assert!(!restarted.status.success());
+    let stderr = String::from_utf8_lossy(&restarted.stderr);
+    assert!(stderr.contains("the member has been permanently removed from the cluster"), "{stderr}");
     assert!(cluster.member(new).etcdctl(&["put", "after-removal", "z"]).status.success());
     cluster.wait_for_leader();
     cluster.wait_for_same_index();

@@ -567,6 +567,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // A member that has run before knows its cluster from its store (what it applied),
     // not from the flags, which describe only how the cluster began.
     if config.data_dir.join("member").join("wal").is_dir() {
+        if writer::stored_removal(&store) {
+            return Err(StartError(format!(
+                "the member has been permanently removed from the cluster (data dir {}): \
+                 remove the data dir and add the member again to rejoin",
+                config.data_dir.display()
+            )));
+        }
         let (known, stored_cluster_id) = writer::stored_membership(&store);
         if !known.is_empty() {
             members = known;

@@ -358,10 +358,8 @@ impl RaftCore {
             Event::Peer(Incoming::Unreachable(id)) => self.raft.report_unreachable(id),
             Event::Peer(Incoming::Removed(from)) => {
                 if self.shared.members.read().unwrap().iter().any(|m| m.id == from) {
-                    eprintln!(
-                        "ringd: the member has been permanently removed from the cluster (told by {from:x}); stopping"
-                    );
-                    std::process::exit(0);
+                    eprintln!("ringd: member {from:x} says this member was removed from the cluster");
+                    let _ = self.apply.unbounded_send(ApplyWork::Removed);
                 }
             }
             Event::Peer(Incoming::ClusterId(id)) => {

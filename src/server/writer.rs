@@ -84,8 +84,16 @@ pub type Reply = futures::channel::oneshot::Sender<Result<Outcome, Status>>;
 
 /// The key of the cluster ID in the members aux table (member keys are 8-byte IDs).
 pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Present (in the members table) once this member applied its own removal: it must never
+/// serve again (etcd refuses to start a removed member).
+pub const REMOVED_KEY: &[u8] = b"removed";
 
 /// The members and the cluster ID the store holds (what this member applied).
+/// Whether this store's member applied its own removal from the cluster.
+pub fn stored_removal(store: &mvcc::Store) -> bool {
+    store.aux_scan(mvcc::AUX_TABLE_MEMBERS).iter().any(|(key, _)| key.as_slice() == REMOVED_KEY)
+}
+
 pub fn stored_membership(store: &mvcc::Store) -> (Vec<pb::Member>, Option<u64>) {
     let stored = store.aux_scan(mvcc::AUX_TABLE_MEMBERS);
     let members = stored
@@ -110,6 +118,8 @@ pub enum ApplyWork {
     Reads(u64, Vec<Reply>),
     /// Replace the db with the leader's snapshot at `index`, received into `path`.
     Install { index: u64, path: std::path::PathBuf },
+    /// A peer says the cluster removed this member: record it durably, then stop.
+    Removed,
 }
 
 /// Starts one pinned executor per core, waits until each has bound the client port, then
@@ -400,6 +410,12 @@ async fn apply_loop(
                     }
                 },
                 ApplyWork::Reads(index, waiting) => reads.push((index, waiting)),
+                ApplyWork::Removed => {
+                    let id = shared.member_id.to_be_bytes();
+                    turn.store.aux_put(mvcc::AUX_TABLE_MEMBERS, REMOVED_KEY, &id);
+                    *turn.removed = true;
+                    changed = true;
+                }
                 ApplyWork::Install { .. } => unreachable!("handled above"),
             }
         }
@@ -628,6 +644,7 @@ impl Turn<'_> {
             self.store.aux_put(mvcc::AUX_TABLE_MEMBERS, CLUSTER_ID_KEY, &cluster_id.to_be_bytes());
         }
         if change.node_id == self.shared.member_id && !members.iter().any(|m| m.id == change.node_id) {
+            self.store.aux_put(mvcc::AUX_TABLE_MEMBERS, REMOVED_KEY, &change.node_id.to_be_bytes());
             *self.removed = true;
         }
         let after = members.clone();
