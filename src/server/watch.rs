@@ -8,6 +8,12 @@
 //! outbox drains, so writes never wait for watchers and no event is lost or repeated. A
 //! watcher that falls behind the compaction gets etcd's compacted cancel.
 //!
+//! What a pass costs (etcd's synced group, without a second copy of the history): each
+//! stream has a floor, a revision every one of its watchers has delivered. A pass reads the
+//! history of every key once from each floor many watchers share, and a stream none of
+//! whose watchers' keys are in it just moves its floor: idle watchers cost nothing per
+//! write. Watchers of the same events get them encoded once per pass (gRPC streams).
+//!
 //! Invariants: a watcher's position only moves forward, by exactly the revisions it has
 //! delivered; all events of one revision go out in one response (unless the client asked for
 //! fragments); the created response precedes every event of its watcher.
@@ -118,6 +124,14 @@ pub struct WatchStream {
     /// Encoded bytes in the outbox, and each queued response's share, in order.
     queued_bytes: Cell<usize>,
     queued_sizes: RefCell<std::collections::VecDeque<usize>>,
+    /// Every watcher of the stream has delivered every revision up to this one: a watcher's
+    /// position is at least `caught_up + 1` even where its own cell says less (a pass that
+    /// finds nothing for the stream moves this floor, not each watcher: etcd's synced group).
+    caught_up: Cell<i64>,
+    /// The keys of the stream's one-key watchers (with their counts), and how many watch a
+    /// range: whether a pass's events can concern the stream at all.
+    single_keys: RefCell<rustc_hash::FxHashMap<Vec<u8>, usize>>,
+    range_watchers: Cell<usize>,
 }
 
 /// One core's watchers.
@@ -169,6 +183,9 @@ impl Hub {
             encoded,
             queued_bytes: Cell::new(0),
             queued_sizes: RefCell::new(std::collections::VecDeque::new()),
+            caught_up: Cell::new(0),
+            single_keys: RefCell::new(rustc_hash::FxHashMap::default()),
+            range_watchers: Cell::new(0),
         });
         self.streams.borrow_mut().push(Rc::downgrade(&stream));
         (stream, responses)
@@ -213,14 +230,35 @@ impl Hub {
         let mut encoded = EncodedPass::new(&self.header(snapshot.revision()));
         let mut more = false;
         for stream in streams {
+            let floor = stream.caught_up.get() + 1;
+            if floor > snapshot.revision() {
+                continue; // every watcher of the stream has everything
+            }
+            if let Some(Ok(read)) = shared.get(&floor) {
+                if !stream.wants_any(read) {
+                    stream.caught_up.set(read.covered);
+                    more |= read.covered < snapshot.revision();
+                    continue;
+                }
+            }
             let watchers: Vec<Rc<Watcher>> = stream.watchers.borrow().values().cloned().collect();
+            let mut lowest = i64::MAX;
             for watcher in watchers {
                 if stream.outbox_full() {
+                    lowest = i64::MIN; // not every watcher was visited: the floor stays
                     break; // this stream's client is slow: `response_sent` wakes the hub later
                 }
                 stream.deliver(&watcher, &snapshot, &shared, &mut encoded);
+                lowest = lowest.min(watcher.position.get());
             }
-            more |= !stream.outbox_full() && stream.behind(snapshot.revision());
+            if lowest == i64::MAX {
+                lowest = snapshot.revision() + 1; // no watchers: nothing to deliver up to here
+            }
+            if lowest != i64::MIN {
+                assert!(lowest - 1 >= stream.caught_up.get(), "the floor only moves forward");
+                stream.caught_up.set(lowest - 1);
+            }
+            more |= !stream.outbox_full() && stream.caught_up.get() < snapshot.revision();
         }
         more
     }
@@ -231,9 +269,53 @@ impl WatchStream {
         self.queued_bytes.get() >= OUTBOX_BYTES_MAX
     }
 
-    /// Whether one of this stream's watchers has revisions up to `revision` left to deliver.
-    fn behind(&self, revision: i64) -> bool {
-        self.watchers.borrow().values().any(|watcher| watcher.position.get() <= revision)
+    /// Whether any event of `read` may be for one of this stream's watchers.
+    fn wants_any(&self, read: &SharedRead) -> bool {
+        if self.range_watchers.get() > 0 {
+            return !read.events.is_empty();
+        }
+        let keys = self.single_keys.borrow();
+        !keys.is_empty() && read.by_key.keys().any(|key| keys.contains_key(key))
+    }
+
+    /// The watcher's position, the stream's floor counted in.
+    fn position(&self, watcher: &Watcher) -> i64 {
+        watcher.position.get().max(self.caught_up.get() + 1)
+    }
+
+    /// Writes the stream's floor into the watcher's own position.
+    fn settle(&self, watcher: &Watcher) {
+        watcher.position.set(self.position(watcher));
+    }
+
+    fn add_watcher(&self, watcher: Watcher) {
+        if watcher.position.get() - 1 < self.caught_up.get() {
+            // A watcher from an earlier revision: the floor moves down to it, so the others
+            // first take the floor into their own positions.
+            self.watchers.borrow().values().for_each(|other| self.settle(other));
+            self.caught_up.set(watcher.position.get() - 1);
+        }
+        if watcher.range_end.is_empty() {
+            *self.single_keys.borrow_mut().entry(watcher.key.clone()).or_default() += 1;
+        } else {
+            self.range_watchers.set(self.range_watchers.get() + 1);
+        }
+        self.watchers.borrow_mut().insert(watcher.id, Rc::new(watcher));
+    }
+
+    fn remove_watcher(&self, id: i64) -> Option<Rc<Watcher>> {
+        let watcher = self.watchers.borrow_mut().remove(&id)?;
+        if watcher.range_end.is_empty() {
+            let mut keys = self.single_keys.borrow_mut();
+            let count = keys.get_mut(&watcher.key).expect("a one-key watcher is counted");
+            *count -= 1;
+            if *count == 0 {
+                keys.remove(&watcher.key);
+            }
+        } else {
+            self.range_watchers.set(self.range_watchers.get() - 1);
+        }
+        Some(watcher)
     }
 
     fn send(&self, response: pb::WatchResponse) {
@@ -311,7 +393,7 @@ impl WatchStream {
             created: true,
             ..Default::default()
         });
-        self.watchers.borrow_mut().insert(id, Rc::new(watcher));
+        self.add_watcher(watcher);
         self.hub.poke();
     }
 
@@ -326,7 +408,7 @@ impl WatchStream {
     }
 
     fn cancel(&self, id: i64) {
-        if self.watchers.borrow_mut().remove(&id).is_some() {
+        if self.remove_watcher(id).is_some() {
             let header = self.hub.header(self.hub.published_revision());
             self.send(pb::WatchResponse { header: Some(header), watch_id: id, canceled: true, ..Default::default() });
         }
@@ -338,7 +420,7 @@ impl WatchStream {
         let header = self.hub.header(self.hub.published_revision());
         let watchers: Vec<Rc<Watcher>> = self.watchers.borrow().values().cloned().collect();
         for watcher in watchers.iter().filter(|w| w.progress_notify) {
-            let caught_up = watcher.position.get() > self.hub.published_revision();
+            let caught_up = self.position(watcher) > self.hub.published_revision();
             if caught_up && !watcher.sent_since_progress.replace(false) {
                 self.send(pb::WatchResponse {
                     header: Some(header.clone()),
@@ -354,6 +436,7 @@ impl WatchStream {
     /// an encoded stream, the events are encoded once per pass for all watchers that get
     /// the same ones (same position, range and options).
     fn deliver(&self, watcher: &Watcher, snapshot: &mvcc::Snapshot, shared: &SharedReads, encoded: &mut EncodedPass) {
+        self.settle(watcher);
         let position = watcher.position.get();
         if position > snapshot.revision() {
             return;
@@ -434,7 +517,7 @@ impl WatchStream {
 
     /// etcd's compacted cancel: the watcher is gone, the client learns the compact revision.
     fn compacted(&self, watcher: &Watcher, snapshot: &mvcc::Snapshot) {
-        self.watchers.borrow_mut().remove(&watcher.id);
+        self.remove_watcher(watcher.id);
         self.send(pb::WatchResponse {
             header: Some(self.hub.header(snapshot.revision())),
             watch_id: watcher.id,
@@ -620,16 +703,15 @@ impl SharedRead {
     }
 }
 
-/// One read of every key's history from each position at least SHARED_READ_WATCHERS_MIN
-/// watchers are at (in the steady state, every caught-up watcher is at the same one).
+/// One read of every key's history from each stream floor that at least
+/// SHARED_READ_WATCHERS_MIN watchers share (in the steady state, every caught-up stream has
+/// the same floor; a stream's own watchers are mostly at its floor).
 fn shared_reads(streams: &[Rc<WatchStream>], snapshot: &mvcc::Snapshot) -> SharedReads {
     let mut counts: rustc_hash::FxHashMap<i64, usize> = rustc_hash::FxHashMap::default();
     for stream in streams {
-        for watcher in stream.watchers.borrow().values() {
-            let position = watcher.position.get();
-            if position <= snapshot.revision() {
-                *counts.entry(position).or_default() += 1;
-            }
+        let floor = stream.caught_up.get() + 1;
+        if floor <= snapshot.revision() {
+            *counts.entry(floor).or_default() += stream.watchers.borrow().len();
         }
     }
     counts
