@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a lease keepalive costs ringd's CPU with many live leases, and what a live lease costs
-# its memory. Starts a ringd of its own (fresh data dir, ports 23990/23991), then runs
+# its memory. Starts a ringd (or etcd) of its own (fresh data dir, ports 23990/23991), then runs
 # `ringbench lease-keepalive --leases N` twice, with TOTAL and 2*TOTAL keepalives at RATE
 # per second (each lease renewed every N/RATE seconds, one stream per client):
 #   CPU per keepalive = (ringd CPU of run 2 - ringd CPU of run 1) / TOTAL
@@ -8,7 +8,8 @@
 #   memory per lease  = (largest RssAnon of ringd during run 1 - RssAnon before) / N
 #     (anonymous memory: the lessor, the streams' buffers; an upper bound per lease).
 # Usage: bash tuning/lease-keepalive-cost.sh   (after cargo build --release)
-# Env: LEASES (100000), RATE (100000), TOTAL (300000), CLIENTS (100), CONNS (10).
+# Env: LEASES (100000), RATE (100000), TOTAL (300000), CLIENTS (100), CONNS (10);
+# SERVER=etcd measures a real etcd (Debian's etcd-server) the same way instead of ringd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEASES=${LEASES:-100000}
@@ -18,9 +19,16 @@ CLIENTS=${CLIENTS:-100}
 CONNS=${CONNS:-10}
 ENDPOINT=127.0.0.1:23990
 
+SERVER=${SERVER:-ringd}
+case "$SERVER" in
+  ringd) binary=target/release/ringd ;;
+  etcd) binary=etcd ;;
+  *) echo "SERVER must be ringd or etcd" >&2; exit 2 ;;
+esac
+
 data=$(mktemp -d)
-target/release/ringd --data-dir "$data/ringd" --listen-client-urls "http://$ENDPOINT" \
-  --advertise-client-urls "http://$ENDPOINT" --listen-peer-urls http://127.0.0.1:23991 >"$data/ringd.log" 2>&1 &
+"$binary" --data-dir "$data/$SERVER" --listen-client-urls "http://$ENDPOINT" \
+  --advertise-client-urls "http://$ENDPOINT" --listen-peer-urls http://127.0.0.1:23991 >"$data/$SERVER.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
@@ -51,9 +59,9 @@ run "$((2 * TOTAL))"
 cpu_2=$(cpu_ticks)
 rss_max=$(sort -n "$data/rss" | tail -1)
 hz=$(getconf CLK_TCK)
-awk -v a="$cpu_0" -v b="$cpu_1" -v c="$cpu_2" -v hz="$hz" -v total="$TOTAL" -v leases="$LEASES" \
+awk -v server="$SERVER" -v a="$cpu_0" -v b="$cpu_1" -v c="$cpu_2" -v hz="$hz" -v total="$TOTAL" -v leases="$LEASES" \
   -v before="$rss_before" -v max="$rss_max" 'BEGIN {
-  printf "ringd CPU: run 1 %.2f s, run 2 %.2f s\n", (b - a) / hz, (c - b) / hz
+  printf "%s CPU: run 1 %.2f s, run 2 %.2f s\n", server, (b - a) / hz, (c - b) / hz
   printf "CPU per keepalive: %.2f us\n", ((c - b) - (b - a)) / hz / total * 1e6
   printf "memory per lease: %.0f bytes (RssAnon %d kB before, %d kB at most)\n", (max - before) * 1024 / leases, before, max
 }'
