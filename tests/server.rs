@@ -683,6 +683,33 @@ fn leases_with_the_real_etcdctl_grant_attach_keep_alive_expire_and_revoke() {
     assert!(list.starts_with("found 0 leases"), "{list}");
 }
 
+/// `etcdctl lease keep-alive` (one stream, a keepalive every TTL/3) keeps a lease's keys past
+/// its TTL; a revoke during the stream deletes them, and the stream tells etcdctl, which
+/// prints etcd's line and exits.
+#[test]
+fn a_keepalive_stream_keeps_keys_until_a_revoke_ends_it() {
+    use support::EtcdctlProcess;
+    let ringd = Ringd::start(&[]);
+    let granted = stdout(&ringd.etcdctl(&["lease", "grant", "2"]));
+    let lease = granted.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(ringd.etcdctl(&["put", "kept", "v", &format!("--lease={lease}")]).status.success());
+    let mut keeper = EtcdctlProcess::start(&ringd.endpoint(), &["lease", "keep-alive", &lease]);
+    // Six keepalives, about four seconds: twice the TTL.
+    let lines = keeper.lines(6, std::time::Duration::from_secs(20));
+    assert!(lines.iter().all(|line| *line == format!("lease {lease} keepalived with TTL(2)")), "{lines:?}");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "kept", "--print-value-only"])), "v\n", "kept past its TTL");
+    assert!(ringd.etcdctl(&["lease", "revoke", &lease]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "kept"])), "");
+    loop {
+        let line = keeper.lines(1, std::time::Duration::from_secs(20)).remove(0);
+        if line == format!("lease {lease} expired or revoked.") {
+            break;
+        }
+        assert_eq!(line, format!("lease {lease} keepalived with TTL(2)"), "only keepalives before the end");
+    }
+    assert!(keeper.wait(std::time::Duration::from_secs(20)), "etcdctl ends its keep-alive when the lease is gone");
+}
+
 /// POST /v3/lease/keepalive: one line per request, in order, as etcd's gateway streams them
 /// (a lease that does not exist answers without a TTL).
 #[test]
