@@ -179,6 +179,25 @@ fn a_lock_waiter_that_gives_up_leaves_no_key_behind() {
     assert_eq!(left, [String::from_utf8(held.key).unwrap()], "the waiter's key is deleted when it gives up");
 }
 
+/// Over the gateway too: a Lock whose HTTP client closes the connection while it waits is
+/// cancelled (as Go's net/http cancels the request's context) and its key deleted.
+#[test]
+fn a_gateway_lock_waiter_that_disconnects_leaves_no_key_behind() {
+    use std::io::Write;
+    let ringd = Ringd::start(&[]);
+    let body = format!("{{\"name\":\"{}\"}}", b64("gw"));
+    let (status, held) = http(ringd.port, "POST", "/v3/lock/lock", &body);
+    assert_eq!(status, 200, "{held}");
+    let mut waiter = std::net::TcpStream::connect(("127.0.0.1", ringd.port)).unwrap();
+    let request = format!("POST /v3/lock/lock HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    waiter.write_all(request.as_bytes()).unwrap();
+    wait_for_keys(&ringd, "gw/", 2);
+    drop(waiter);
+    let left = wait_for_keys(&ringd, "gw/", 1);
+    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(b64(&left[0]), held["key"].as_str().unwrap(), "the holder's key stays, the waiter's goes");
+}
+
 #[test]
 fn observe_streams_each_leader_and_value() {
     let ringd = Ringd::start(&[]);

@@ -112,7 +112,8 @@ where
             }
             Err(BodyError::Closed | BodyError::Malformed) => return,
         };
-        let reply = route(&core, &head.method, &head.path, &body).await;
+        let closed = client_closed(&mut stream, &mut buffer, limit_bytes);
+        let reply = route(&core, &head.method, &head.path, &body, closed).await;
         if write_reply(&mut stream, &reply, head.keep_alive).await.is_err() || !head.keep_alive {
             return;
         }
@@ -194,7 +195,26 @@ async fn read_more<S: futures_lite::AsyncRead + Unpin>(stream: &mut S, buffer: &
 
 const METHOD_NOT_ALLOWED: Status = Status::new(Code::Unimplemented, "Method Not Allowed");
 
-async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
+/// Resolves when the client closes the connection (a read of 0 bytes, or an error), as Go's
+/// net/http cancels a request's context; bytes the client sends meanwhile (a pipelined next
+/// request) are kept in `buffer`, up to `limit_bytes`. Only the calls that wait (Lock,
+/// Campaign) poll it.
+async fn client_closed<S: futures_lite::AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>, limit_bytes: usize) {
+    while buffer.len() < limit_bytes {
+        if read_more(stream, buffer).await == 0 {
+            return;
+        }
+    }
+    futures::future::pending::<()>().await
+}
+
+async fn route(
+    core: &Core,
+    method: &str,
+    path: &str,
+    body: &Bytes,
+    cancelled: impl std::future::Future<Output = ()>,
+) -> Reply {
     match (method, path) {
         ("GET", "/health") => health(core),
         ("GET", "/version") => json_reply(200, core.version_json()),
@@ -204,7 +224,7 @@ async fn route(core: &Core, method: &str, path: &str, body: &Bytes) -> Reply {
         (_, WATCH_PATH | OBSERVE_PATH | KEEP_ALIVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
         (_, path) => match service::route_gateway(path) {
             Some(api_method) if method == "POST" => {
-                match service::call(core, api_method, body, &JsonCodec, futures::future::pending()).await {
+                match service::call(core, api_method, body, &JsonCodec, cancelled).await {
                     Ok(body) => Reply { status_code: 200, body },
                     Err(status) => Reply::error(&status),
                 }
