@@ -621,3 +621,54 @@ fn a_write_that_cannot_commit_times_out_as_etcds() {
     let output = cluster.member(leader).etcdctl(&["put", "after", "v"]);
     assert_eq!(support::error_line(&output), "Error: etcdserver: no leader");
 }
+
+/// A member removed, then added again on the same peer URL with a fresh data dir, rejoins and
+/// catches up: as etcd's, MemberAdd mixes the time into the new member's ID, so the new one
+/// is not the removed one (whose removal it replays from the log), and the joiner learns its
+/// ID from a peer; after a restart it still has it.
+#[test]
+fn a_removed_member_added_again_rejoins_with_a_fresh_data_dir() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let endpoint = cluster.member(leader).endpoint();
+    let removed = (0..3).find(|&i| i != leader).unwrap();
+    let removed_id = format!("{:x}", cluster.member_id(removed));
+    let peer_url = member_list(&endpoint)
+        .into_iter()
+        .find(|m| m["name"] == format!("m{removed}"))
+        .and_then(|m| m["peerURLs"][0].as_str().map(str::to_owned))
+        .unwrap();
+    let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while cluster.members[removed].as_mut().unwrap().child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the removed member keeps running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.members[removed] = None;
+    assert!(cluster.member(leader).etcdctl(&["put", "while-away", "1"]).status.success());
+    let output = etcdctl(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let initial_cluster = exported(&stdout(&output), "ETCD_INITIAL_CLUSTER");
+    let again = cluster.join("again", &peer_url, &initial_cluster);
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while get_value(&cluster.member(again).endpoint(), "while-away", true).as_deref() != Some("1") {
+        if Instant::now() > deadline {
+            let member = cluster.members[again].take().unwrap();
+            panic!("the member added again does not catch up: {}", member.kill_and_read_stderr());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(format!("{:x}", cluster.member_id(again)), removed_id, "a new member, a new ID");
+    assert!(cluster.member(again).etcdctl(&["put", "from-again", "2"]).status.success());
+    assert_eq!(get_value(&endpoint, "from-again", false).as_deref(), Some("2"));
+    assert_eq!(member_list(&endpoint).len(), 3);
+    // Restarted, it is the same member (its ID comes from its data dir, not its flags).
+    let id = cluster.member_id(again);
+    cluster.kill(again);
+    cluster.restart(again);
+    assert_eq!(cluster.member_id(again), id);
+    cluster.wait_for_leader();
+    assert!(cluster.member(again).etcdctl(&["put", "after-restart", "3"]).status.success());
+    assert_eq!(get_value(&endpoint, "after-restart", false).as_deref(), Some("3"));
+}

@@ -350,7 +350,9 @@ impl Core {
         if members.iter().any(|m| m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url))) {
             return Err(errors::PEER_URL_EXIST);
         }
-        let id = identity::member_id(&request.peer_ur_ls, &self.shared.config.cluster_token);
+        // etcd's MemberAdd mixes the time in: a member added again gets a new ID.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id = identity::member_id_at(&request.peer_ur_ls, &self.shared.config.cluster_token, now);
         if members.iter().any(|m| m.id == id) {
             return Err(errors::MEMBER_EXIST);
         }
@@ -549,24 +551,45 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (db_path, _lock) = prepare_data_dir(&config.data_dir)?;
     let store = mvcc::Store::open(&db_path, mvcc::StoreOptions::default())
         .map_err(|e| StartError(format!("cannot open the store: {e}")))?;
-    let member_id = identity::member_id(&config.peer_urls, &config.cluster_token);
-    let members: Vec<pb::Member> = config
-        .initial_cluster
-        .iter()
-        .map(|member| pb::Member {
-            id: identity::member_id(&member.peer_urls, &config.cluster_token),
-            name: member.name.clone(),
-            peer_ur_ls: member.peer_urls.clone(),
-            client_ur_ls: if member.name == config.name { config.advertise_client_urls.clone() } else { Vec::new() },
-            is_learner: false,
-        })
-        .collect();
+    let has_run = config.data_dir.join("member").join("wal").is_dir();
+    // A joining member learns its ID and its peers' from a peer (etcd's joiner asks for
+    // /members): IDs of added members carry the time they were added.
+    let joined = if !config.initial_cluster_new && !has_run { Some(join_membership(&config)?) } else { None };
+    let member_id = match (&joined, stored_member_id(&config.data_dir)?) {
+        (Some((id, _, _)), _) => *id,
+        (None, Some(id)) => id,
+        (None, None) => identity::member_id(&config.peer_urls, &config.cluster_token),
+    };
+    if let Some((id, _, _)) = &joined {
+        store_member_id(&config.data_dir, *id)?;
+    }
+    let members: Vec<pb::Member> = match &joined {
+        Some((_, _, members)) => members.clone(),
+        None => config
+            .initial_cluster
+            .iter()
+            .map(|member| pb::Member {
+                id: identity::member_id(&member.peer_urls, &config.cluster_token),
+                name: member.name.clone(),
+                peer_ur_ls: member.peer_urls.clone(),
+                client_ur_ls: if member.name == config.name {
+                    config.advertise_client_urls.clone()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            })
+            .collect(),
+    };
     let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let mut cluster_id = if config.initial_cluster_new { identity::cluster_id(&member_ids) } else { 0 };
+    if let Some((_, joined_cluster_id, _)) = &joined {
+        cluster_id = *joined_cluster_id;
+    }
     let mut members = members;
     // A member that has run before knows its cluster from its store (what it applied),
     // not from the flags, which describe only how the cluster began.
-    if config.data_dir.join("member").join("wal").is_dir() {
+    if has_run {
         if writer::stored_removal(&store) {
             return Err(StartError(format!(
                 "the member has been permanently removed from the cluster (data dir {}): \
@@ -598,6 +621,93 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config,
     });
     writer::start_cores(shared, store)
+}
+
+/// `member/id`: the ID of a member that joined a running cluster (it carries the time the
+/// member was added, so the flags cannot give it again), in hex, written once.
+fn member_id_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("member").join("id")
+}
+
+fn stored_member_id(data_dir: &Path) -> Result<Option<u64>, StartError> {
+    let path = member_id_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .map(Some)
+            .map_err(|_| StartError(format!("{} does not hold a member ID: {text:?}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(StartError(format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+fn store_member_id(data_dir: &Path, id: u64) -> Result<(), StartError> {
+    use std::io::Write;
+    let path = member_id_path(data_dir);
+    let written = std::fs::File::create(&path)
+        .and_then(|mut file| file.write_all(format!("{id:x}\n").as_bytes()).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::File::open(data_dir.join("member"))?.sync_all());
+    written.map_err(|error| StartError(format!("cannot write {}: {error}", path.display())))
+}
+
+/// Bound on asking the peers for the membership before a joining member gives up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A joining member (`--initial-cluster-state existing`, first start): asks the other members
+/// of `--initial-cluster` for the membership until one answers, and finds itself in it by its
+/// peer URLs. Returns (its ID, the cluster ID, the members).
+fn join_membership(config: &Config) -> Result<(u64, u64, Vec<pb::Member>), StartError> {
+    let deadline = std::time::Instant::now() + JOIN_TIMEOUT;
+    let peers: Vec<std::net::SocketAddr> = config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.name != config.name)
+        .flat_map(|member| member.peer_urls.iter().filter_map(|url| crate::transport::resolve(url)))
+        .collect();
+    let mut last_error = String::from("no other member in --initial-cluster");
+    loop {
+        for &peer in &peers {
+            match crate::transport::fetch_membership(peer, Duration::from_secs(1)) {
+                Ok(membership) => return find_self(config, membership),
+                Err(error) => last_error = format!("{peer}: {error}"),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StartError(format!("cannot get the cluster's membership from its members ({last_error})")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn find_self(
+    config: &Config,
+    membership: crate::transport::Membership,
+) -> Result<(u64, u64, Vec<pb::Member>), StartError> {
+    let mut urls = config.peer_urls.clone();
+    urls.sort();
+    let found = membership.members.iter().find(|member| {
+        let mut theirs = member.peer_urls.clone();
+        theirs.sort();
+        theirs == urls
+    });
+    let Some(me) = found else {
+        return Err(StartError(format!(
+            "couldn't find local name {:?} in the initial cluster configuration: no member has the peer URLs {:?} \
+             (add it first with `etcdctl member add`)",
+            config.name, config.peer_urls
+        )));
+    };
+    let members = membership
+        .members
+        .iter()
+        .map(|member| pb::Member {
+            id: member.id,
+            name: if member.id == me.id { config.name.clone() } else { member.name.clone() },
+            peer_ur_ls: member.peer_urls.clone(),
+            client_ur_ls: if member.id == me.id { config.advertise_client_urls.clone() } else { Vec::new() },
+            is_learner: member.is_learner,
+        })
+        .collect();
+    Ok((me.id, membership.cluster_id, members))
 }
 
 /// Builds the per-core handle for core 0 (local route).

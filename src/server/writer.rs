@@ -221,6 +221,22 @@ async fn run_raft_core(
     let (incoming, incoming_received) = mpsc::unbounded();
     let snapshot_dir = shared.config.data_dir.join("member").join("snap");
     let transport = Transport::new(shared.member_id, shared.cluster_id(), snapshot_dir, incoming);
+    let known = shared.clone();
+    transport.set_membership(Box::new(move || crate::transport::Membership {
+        cluster_id: known.cluster_id(),
+        members: known
+            .members
+            .read()
+            .unwrap()
+            .iter()
+            .map(|member| crate::transport::MemberEntry {
+                id: member.id,
+                peer_urls: member.peer_ur_ls.clone(),
+                name: member.name.clone(),
+                is_learner: member.is_learner,
+            })
+            .collect(),
+    }));
     for &address in &shared.config.listen_peer_addresses {
         match crate::api::listener::bind(address) {
             Ok(listener) => {

@@ -14,6 +14,10 @@
 //! frame  := Frame { repeated raft Message }        everything queued since the last write
 //! ```
 //!
+//! A joining member asks for the membership on a connection of its own
+//! (`Hello.members_request`, from and to 0): the peer answers one `Membership` frame (cluster
+//! ID, members with IDs and peer URLs) and closes it.
+//!
 //! A snapshot travels on a connection of its own (`Hello.snapshot`): the MsgSnap frame,
 //! the data's length (u64 LE) and the data, written by the receiver to a file in its
 //! snapshot directory and synced before it answers one byte and hands the MsgSnap to Raft.
@@ -68,6 +72,52 @@ pub struct Hello {
     /// This connection carries one snapshot, not a stream of messages.
     #[prost(bool, tag = "5")]
     pub snapshot: bool,
+    /// This connection asks for the membership (a member joining an existing cluster, which
+    /// learns its own ID and its peers' from it, as etcd's joiner asks a peer's /members).
+    #[prost(bool, tag = "6")]
+    pub members_request: bool,
+}
+
+/// The answer to a members request: the cluster and its members as the peer knows them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Membership {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<MemberEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberEntry {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_urls: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(bool, tag = "4")]
+    pub is_learner: bool,
+}
+
+/// Asks the member at `address` for the membership, over a connection of its own (blocking:
+/// a joining member does this before it starts its cores).
+pub fn fetch_membership(address: SocketAddr, timeout: Duration) -> std::io::Result<Membership> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut hello = Vec::new();
+    encode_frame(&Hello { magic: HELLO_MAGIC, members_request: true, ..Default::default() }, &mut hello);
+    stream.write_all(&hello)?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = u32::from_le_bytes(header) as usize;
+    if len > FRAME_SIZE_MAX_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "membership frame too large"));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    decode::<Membership>(&payload)
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -122,6 +172,8 @@ pub struct Transport {
     cluster_id: std::cell::Cell<u64>,
     peers: RefCell<HashMap<u64, Peer>>,
     incoming: mpsc::UnboundedSender<Incoming>,
+    /// The membership as the owner knows it, for members requests.
+    membership: RefCell<Option<Box<dyn Fn() -> Membership>>>,
 }
 
 impl Transport {
@@ -137,6 +189,7 @@ impl Transport {
             cluster_id: std::cell::Cell::new(cluster_id),
             peers: RefCell::new(HashMap::new()),
             incoming,
+            membership: RefCell::new(None),
         })
     }
 
@@ -153,6 +206,11 @@ impl Transport {
         // Dropping the old sender ends the old task.
         peers.insert(id, Peer { address, queue });
         glommio::spawn_local(send_loop(self.clone(), id, address, messages)).detach();
+    }
+
+    /// How to answer members requests (without it, they are refused).
+    pub fn set_membership(&self, membership: Box<dyn Fn() -> Membership>) {
+        *self.membership.borrow_mut() = Some(membership);
     }
 
     /// Stops sending to a peer the membership dropped, telling it so (best effort).
@@ -208,6 +266,14 @@ impl Transport {
         if hello.magic != HELLO_MAGIC {
             return;
         }
+        if hello.members_request {
+            let Some(membership) = self.membership.borrow().as_ref().map(|membership| membership()) else { return };
+            let mut frame = Vec::new();
+            encode_frame(&membership, &mut frame);
+            let _ = stream.write_all(&frame).await;
+            let _ = stream.flush().await;
+            return;
+        }
         if hello.to != self.member_id {
             eprintln!(
                 "ringd: refused a peer connection from member {:x} meant for member {:x} (this is {:x})",
@@ -261,8 +327,14 @@ impl Transport {
         let to = message.to;
         let Some(address) = self.peers.borrow().get(&to).map(|peer| peer.address) else { return false };
         let Ok(mut stream) = TcpStream::connect_timeout(address, DIAL_TIMEOUT).await else { return false };
-        let hello =
-            Hello { magic: HELLO_MAGIC, cluster_id: self.cluster_id.get(), from: self.member_id, to, snapshot: true };
+        let hello = Hello {
+            magic: HELLO_MAGIC,
+            cluster_id: self.cluster_id.get(),
+            from: self.member_id,
+            to,
+            snapshot: true,
+            ..Default::default()
+        };
         let mut bytes = Vec::new();
         encode_frame(&hello, &mut bytes);
         encode_frame(&Frame { messages: vec![message], removed: false }, &mut bytes);
@@ -354,7 +426,7 @@ async fn send_loop(
             cluster_id: transport.cluster_id.get(),
             from: transport.member_id,
             to: id,
-            snapshot: false,
+            ..Default::default()
         };
         bytes.clear();
         encode_frame(&hello, &mut bytes);
