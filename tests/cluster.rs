@@ -672,3 +672,28 @@ fn a_removed_member_added_again_rejoins_with_a_fresh_data_dir() {
     assert!(cluster.member(again).etcdctl(&["put", "after-restart", "3"]).status.success());
     assert_eq!(get_value(&endpoint, "after-restart", false).as_deref(), Some("3"));
 }
+
+/// A member started to join (`--initial-cluster-state existing`) that `member add` never
+/// announced is refused once its peers have not named it for the join timeout, with etcd's
+/// message.
+#[test]
+fn a_member_that_was_never_added_cannot_join() {
+    let cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let peer_url = format!("http://127.0.0.1:{}", support::free_port());
+    let initial = format!(
+        "{},stray={peer_url}",
+        cluster.args[0][cluster.args[0].iter().position(|a| a == "--initial-cluster").unwrap() + 1]
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
+        .arg("--data-dir")
+        .arg(data_dir.path().join("stray"))
+        .args(member_args("stray", &peer_url, &initial, "existing", &[]))
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", support::free_port())])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("couldn't find local name \"stray\" in the initial cluster configuration"), "{stderr}");
+}

@@ -666,13 +666,18 @@ fn join_membership(config: &Config) -> Result<(u64, u64, Vec<pb::Member>), Start
     let mut last_error = String::from("no other member in --initial-cluster");
     loop {
         for &peer in &peers {
+            // A peer that has not applied this member's addition yet does not name it: ask
+            // the next one, and again until the deadline.
             match crate::transport::fetch_membership(peer, Duration::from_secs(1)) {
-                Ok(membership) => return find_self(config, membership),
-                Err(error) => last_error = format!("{peer}: {error}"),
+                Ok(membership) => match find_self(config, membership) {
+                    Ok(found) => return Ok(found),
+                    Err(StartError(message)) => last_error = message,
+                },
+                Err(error) => last_error = format!("cannot get the cluster's membership from {peer}: {error}"),
             }
         }
         if std::time::Instant::now() >= deadline {
-            return Err(StartError(format!("cannot get the cluster's membership from its members ({last_error})")));
+            return Err(StartError(last_error));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
