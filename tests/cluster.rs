@@ -319,6 +319,16 @@ fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
 }
 
 impl Cluster {
+    /// Waits (bounded) until member `i`, which the cluster removed, stops by itself.
+    fn wait_until_removed_member_exits(&mut self, i: usize) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while self.members[i].as_mut().unwrap().child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the removed member keeps running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.members[i] = None;
+    }
+
     /// Starts a member that `member add` announced, joining the running cluster.
     fn join(&mut self, name: &str, peer_url: &str, initial_cluster: &str) -> usize {
         let args = member_args(name, peer_url, initial_cluster, "existing", &[]);
@@ -404,27 +414,14 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     let removed_id = format!("{:x}", cluster.member_id(removed));
     let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
     assert!(output.status.success(), "{}", support::error_line(&output));
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let exited = cluster.members[removed].as_mut().unwrap().child.try_wait().unwrap();
-        if exited.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the removed member keeps running");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cluster.members[removed] = None;
+    cluster.wait_until_removed_member_exits(removed);
     assert_eq!(member_list(&endpoint).len(), 3);
     // Started again on its data dir, the removed member refuses, as etcd does.
-    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
-        .arg("--data-dir")
-        .arg(&cluster.dirs[removed])
-        .args(&cluster.args[removed])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", support::free_port())])
-        .output()
-        .unwrap();
-    assert!(!restarted.status.success());
-    let stderr = String::from_utf8_lossy(&restarted.stderr);
+    let mut args = vec!["--data-dir".to_owned(), cluster.dirs[removed].display().to_string()];
+    args.extend(cluster.args[removed].iter().cloned());
+    args.extend(["--listen-client-urls".to_owned(), format!("http://127.0.0.1:{}", support::free_port())]);
+    let (code, stderr) = support::ringd_fails_to_start(&args);
+    assert_ne!(code, 0);
     assert!(stderr.contains("the member has been permanently removed from the cluster"), "{stderr}");
     assert!(cluster.member(new).etcdctl(&["put", "after-removal", "z"]).status.success());
     cluster.wait_for_leader();
@@ -640,12 +637,7 @@ fn a_removed_member_added_again_rejoins_with_a_fresh_data_dir() {
         .unwrap();
     let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
     assert!(output.status.success(), "{}", support::error_line(&output));
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    while cluster.members[removed].as_mut().unwrap().child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the removed member keeps running");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cluster.members[removed] = None;
+    cluster.wait_until_removed_member_exits(removed);
     assert!(cluster.member(leader).etcdctl(&["put", "while-away", "1"]).status.success());
     let output = etcdctl(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url], None);
     assert!(output.status.success(), "{}", support::error_line(&output));
@@ -686,14 +678,10 @@ fn a_member_that_was_never_added_cannot_join() {
         cluster.args[0][cluster.args[0].iter().position(|a| a == "--initial-cluster").unwrap() + 1]
     );
     let data_dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd"))
-        .arg("--data-dir")
-        .arg(data_dir.path().join("stray"))
-        .args(member_args("stray", &peer_url, &initial, "existing", &[]))
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", support::free_port())])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut args = vec!["--data-dir".to_owned(), data_dir.path().join("stray").display().to_string()];
+    args.extend(member_args("stray", &peer_url, &initial, "existing", &[]));
+    args.extend(["--listen-client-urls".to_owned(), format!("http://127.0.0.1:{}", support::free_port())]);
+    let (code, stderr) = support::ringd_fails_to_start(&args);
+    assert_ne!(code, 0);
     assert!(stderr.contains("couldn't find local name \"stray\" in the initial cluster configuration"), "{stderr}");
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{error_line, etcdctl, http, stdout, Etcd, Ringd};
+use support::{error_line, etcdctl, http, ringd_fails_to_start, stdout, Etcd, Ringd};
 
 /// etcdctl invocations whose output must be the same from ringd and from real etcd, run in
 /// order on fresh servers: (arguments, stdin).
@@ -187,13 +187,6 @@ fn writes_survive_a_kill_and_restart() {
     assert_eq!(stdout(&ringd.etcdctl(&["get", "key49", "--print-value-only"])), "value49\n");
     let json = stdout(&ringd.etcdctl(&["get", "key49", "-w", "json"]));
     assert!(json.contains("\"revision\":51"), "the revision survives too: {json}");
-}
-
-fn ringd_fails_to_start(args: &[&str]) -> (i32, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringd")).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "no panic traces: {stderr}");
-    (output.status.code().unwrap_or(-1), stderr)
 }
 
 #[test]

@@ -47,6 +47,13 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A failed call as a status to answer with (a member passing on what its leader answered).
+impl From<Error> for crate::api::errors::Status {
+    fn from(error: Error) -> crate::api::errors::Status {
+        crate::api::errors::Status::with_message(error.code, error.message)
+    }
+}
+
 /// grpc-go's codes by number (`grpc-status`); numbers outside the table are Unknown.
 pub fn code_from_number(number: u32) -> Code {
     const CODES: [Code; 17] = [

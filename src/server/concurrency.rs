@@ -52,15 +52,8 @@ impl Core {
         if owner.is_empty() || owner[0].create_revision == my_revision {
             return Ok(lpb::LockResponse { header: Some(header), key });
         }
-        let waited = {
-            let wait = self.wait_deletes(&prefix, my_revision - 1);
-            futures::pin_mut!(wait, cancelled);
-            match futures::future::select(wait, cancelled).await {
-                futures::future::Either::Left((waited, _)) => waited,
-                futures::future::Either::Right(_) => Err(errors::CONTEXT_CANCELED),
-            }
-        };
-        match waited {
+        let waited = unless_cancelled(self.wait_deletes(&prefix, my_revision - 1), cancelled).await;
+        match waited.unwrap_or(Err(errors::CONTEXT_CANCELED)) {
             Ok(header) => Ok(lpb::LockResponse { header: Some(header), key }),
             Err(status) => {
                 let _ = self.delete_range(pb::DeleteRangeRequest { key, ..Default::default() }).await;
@@ -99,18 +92,13 @@ impl Core {
                 }
             }
         }
-        let waited = {
-            let wait = self.wait_deletes(&prefix, leader.rev - 1);
-            futures::pin_mut!(wait, cancelled);
-            match futures::future::select(wait, cancelled).await {
-                futures::future::Either::Left((waited, _)) => waited.map_err(unknown),
-                futures::future::Either::Right(_) => {
-                    let _ = self.resign_as(&leader).await;
-                    Err(errors::CONTEXT_CANCELED)
-                }
+        match unless_cancelled(self.wait_deletes(&prefix, leader.rev - 1), cancelled).await {
+            Some(waited) => waited.map_err(unknown)?,
+            None => {
+                let _ = self.resign_as(&leader).await;
+                return Err(errors::CONTEXT_CANCELED);
             }
         };
-        waited?;
         Ok(epb::CampaignResponse { header: Some(header), leader: Some(leader) })
     }
 
@@ -285,6 +273,18 @@ impl InternalWatch {
             }
             return Some(response);
         }
+    }
+}
+
+/// `work`'s output, or None if `cancelled` resolves first (`work` is then dropped).
+async fn unless_cancelled<T>(
+    work: impl std::future::Future<Output = T>,
+    cancelled: impl std::future::Future<Output = ()>,
+) -> Option<T> {
+    futures::pin_mut!(work, cancelled);
+    match futures::future::select(work, cancelled).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(_) => None,
     }
 }
 

@@ -74,10 +74,10 @@ impl Core {
             let failure = match self.leader_channel().await {
                 Ok(channel) => match call(channel).await {
                     Ok(answer) => return Ok(answer),
-                    Err(error) if !retryable(&error) => return Err(Status::with_message(error.code, error.message)),
+                    Err(error) if !retryable(&error) => return Err(error.into()),
                     Err(error) => {
                         self.leader_link.channel.replace(None);
-                        Status::with_message(error.code, error.message)
+                        error.into()
                     }
                 },
                 Err(status) => status,
@@ -107,11 +107,7 @@ impl Core {
         // A leader that has not published its client URLs yet cannot be reached: retry.
         let url = url.ok_or(errors::LEADER_CHANGED)?;
         let endpoint = Endpoint::parse(&url).map_err(|message| Status::with_message(Code::Unavailable, message))?;
-        let channel = Rc::new(
-            Channel::connect(&endpoint, DIAL_TIMEOUT)
-                .await
-                .map_err(|error| Status::with_message(error.code, error.message))?,
-        );
+        let channel = Rc::new(Channel::connect(&endpoint, DIAL_TIMEOUT).await?);
         self.leader_link.channel.replace(Some((leader, channel.clone())));
         Ok(channel)
     }

@@ -559,16 +559,16 @@ impl Drop for WatchStream {
 struct EncodedPass {
     /// WatchResponse field 1 (the header), encoded.
     header: Vec<u8>,
-    events: rustc_hash::FxHashMap<u64, Vec<(EventsKey, Rc<EncodedEvents>)>>,
+    events: rustc_hash::FxHashMap<u64, Vec<Rc<(EventsKey, Rc<EncodedEvents>)>>>,
     /// The last events handed out: the next watcher (of a stream of like watchers) most
     /// often wants the same, and is then served without hashing.
-    last: Option<(EventsKey, Rc<EncodedEvents>)>,
+    last: Option<Rc<(EventsKey, Rc<EncodedEvents>)>>,
     /// The last "no events" handed out.
     nothing: Option<Rc<EncodedEvents>>,
 }
 
 /// What decides a watcher's events in a pass.
-#[derive(Clone, Hash, PartialEq, Eq)]
+#[derive(Hash, PartialEq, Eq)]
 struct EventsKey {
     position: i64,
     key: Vec<u8>,
@@ -603,16 +603,15 @@ impl EncodedPass {
         let wanted = (w.position.get(), &w.key[..], &w.range_end[..], w.prev_kv, w.no_put, w.no_delete);
         let same =
             |k: &EventsKey| (k.position, &k.key[..], &k.range_end[..], k.prev_kv, k.no_put, k.no_delete) == wanted;
-        if let Some((_, events)) = self.last.as_ref().filter(|(k, _)| same(k)) {
-            return Some(events.clone());
+        if let Some(last) = self.last.as_ref().filter(|last| same(&last.0)) {
+            return Some(last.1.clone());
         }
         let mut hasher = rustc_hash::FxHasher::default();
         wanted.hash(&mut hasher);
         let bucket = self.events.entry(hasher.finish()).or_default();
-        if let Some((key, events)) = bucket.iter().find(|(k, _)| same(k)) {
-            let (key, events) = (key.clone(), events.clone());
-            self.last = Some((key, events.clone()));
-            return Some(events);
+        if let Some(found) = bucket.iter().find(|entry| same(&entry.0)) {
+            self.last = Some(found.clone());
+            return Some(found.1.clone());
         }
         let (events, covered) = read()?;
         if events.is_empty() {
@@ -627,8 +626,9 @@ impl EncodedPass {
         let (position, key, range_end, prev_kv, no_put, no_delete) = wanted;
         let owned =
             EventsKey { position, key: key.to_vec(), range_end: range_end.to_vec(), prev_kv, no_put, no_delete };
-        bucket.push((owned.clone(), encoded.clone()));
-        self.last = Some((owned, encoded.clone()));
+        let entry = Rc::new((owned, encoded.clone()));
+        bucket.push(entry.clone());
+        self.last = Some(entry);
         Some(encoded)
     }
 

@@ -31,3 +31,12 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(|count| count.get())
 }
+
+/// Every test binary that counts allocations first proves the counter counts.
+#[test]
+fn the_counter_counts() {
+    let before = allocations();
+    let boxed = std::hint::black_box(Box::new(7u64));
+    assert_eq!(allocations(), before + 1);
+    drop(boxed);
+}

@@ -48,6 +48,15 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Runs the ringd binary with `args` where it must refuse to start; returns its exit code
+/// and stderr (never a panic trace).
+pub fn ringd_fails_to_start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringd")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "no panic traces: {stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
 /// A ringd process on a fresh port, with its own data dir (kept unless `data_dir` was given).
 pub struct Ringd {
     pub child: Child,
