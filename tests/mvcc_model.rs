@@ -21,7 +21,12 @@ fn key_table() -> Vec<Vec<u8>> {
         .map(|k| k.to_vec())
         .collect();
     keys.push(vec![b'L'; 1900]);
-    keys.extend((0..52).map(|i| format!("k{i:02}").into_bytes()));
+    keys.extend((0..30).map(|i| format!("k{i:02}").into_bytes()));
+    // Keys that share a long prefix (as Kubernetes' do), and keys that end inside it: nodes
+    // record the prefix their keys share and search on the bytes after it.
+    keys.extend([&b"/registry/pods/ns/"[..], b"/registry/pods/ns/web-"].iter().map(|k| k.to_vec()));
+    keys.extend((0..20).map(|i| format!("/registry/pods/ns/web-{i:02}").into_bytes()));
+    assert_eq!(keys.len(), 64, "ops pick keys by index");
     keys
 }
 
@@ -595,6 +600,59 @@ fn many_keys_make_a_deep_tree_that_scans_in_order() {
     store.commit().unwrap();
     store.check().unwrap();
     assert_eq!(store.kv_entry_count(), 0);
+}
+
+/// Node searches compare the slot heads (the bytes after the prefix a node's keys share) and
+/// read cells only among equal heads. Keys with long shared prefixes, keys that differ past the
+/// head's bits, and probes inside, between, before and after them all find what a sorted set
+/// finds.
+#[test]
+fn searches_find_keys_that_share_long_prefixes() {
+    let (_sim, mut store) = open_sim(&[]);
+    let mut keys = std::collections::BTreeSet::new();
+    for i in 0..6_000u32 {
+        let namespace = i % 7;
+        // Names that differ only in their last byte, far past any head's 20 bits.
+        keys.insert(format!("/registry/pods/namespace-{namespace}/web-0123456789-{:05}", i / 7).into_bytes());
+        keys.insert(format!("/registry/pods/namespace-{namespace}/w{:03}", i % 1000).into_bytes());
+    }
+    let mut order: Vec<&Vec<u8>> = keys.iter().collect();
+    let mut random = 0x9E37_79B9_7F4A_7C15u64;
+    for index in (1..order.len()).rev() {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        order.swap(index, (random % (index as u64 + 1)) as usize);
+    }
+    for chunk in order.chunks(1000) {
+        let mut txn = store.write();
+        for key in chunk {
+            txn.put(key, b"v", 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    }
+    store.check().unwrap();
+    let snapshot = store.reader().snapshot();
+    let first_at_or_after = |probe: &[u8]| {
+        let options = RangeOptions { limit: 1, keys_only: true, ..Default::default() };
+        snapshot.range(probe, &[0], &options).unwrap().kvs.first().map(|kv| kv.key.clone())
+    };
+    let mut probes: Vec<Vec<u8>> = vec![b"/".to_vec(), b"/registry/pods/".to_vec(), vec![0xFF; 3]];
+    for key in keys.iter().step_by(3) {
+        probes.push(key.clone());
+        probes.push([key.as_slice(), b"\0"].concat());
+        probes.push(key[..key.len() - 1].to_vec());
+        let mut bumped = key.clone();
+        *bumped.last_mut().unwrap() += 1;
+        probes.push(bumped);
+    }
+    for probe in &probes {
+        let expected = keys.range(probe.clone()..).next().cloned();
+        assert_eq!(first_at_or_after(probe), expected, "first key at or after {:?}", String::from_utf8_lossy(probe));
+        let exact = snapshot.range(probe, &[], &RangeOptions::default()).unwrap();
+        assert_eq!(exact.count, i64::from(keys.contains(probe)), "point get of {:?}", String::from_utf8_lossy(probe));
+    }
 }
 
 fn aux_value(table: u8, id: u32, round: u32) -> Vec<u8> {

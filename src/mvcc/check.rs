@@ -130,8 +130,10 @@ fn validate_node(page: &[u8]) -> Result<(), String> {
     if count == 0 || HEADER_SIZE + count * SLOT_SIZE > PAGE_SIZE {
         return Err(format!("node with {count} cells"));
     }
+    let prefix_len = node_prefix_len(page);
+    let mut first_user_part: Option<&[u8]> = None;
     for index in 0..count {
-        let offset = read_u16(page, HEADER_SIZE + index * SLOT_SIZE) as usize;
+        let (offset, head) = slot(page, index);
         let cell_header = if leaf { LEAF_CELL_HEADER } else { BRANCH_CELL_HEADER };
         if offset < HEADER_SIZE + count * SLOT_SIZE || offset + cell_header > PAGE_SIZE {
             return Err(format!("cell {index} outside the page"));
@@ -153,6 +155,21 @@ fn validate_node(page: &[u8]) -> Result<(), String> {
         let key_len = if leaf { read_u16(page, offset) } else { read_u16(page, offset + 8) } as usize;
         if key_len < KEY_SUFFIX_SIZE && (leaf || index > 0) {
             return Err(format!("key {index} shorter than its revision suffix"));
+        }
+        if !leaf && index == 0 {
+            if head != 0 {
+                return Err("key 0 of a branch has a head".into());
+            }
+            continue;
+        }
+        let key_at = offset + if leaf { LEAF_CELL_HEADER } else { BRANCH_CELL_HEADER };
+        let user = user_part(&page[key_at..key_at + key_len]);
+        let shared = first_user_part.get_or_insert(user);
+        if user.len() < prefix_len || shared.len() < prefix_len || user[..prefix_len] != shared[..prefix_len] {
+            return Err(format!("key {index} does not share the node's {prefix_len}-byte prefix"));
+        }
+        if head != key_head(user, prefix_len) {
+            return Err(format!("slot {index} holds a head that is not its key's"));
         }
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! convenience wrappers `commit`, `commit_with` and `defragment`, which call it inline); the
 //! file is flock'ed while the store or any of its readers lives.
 //!
-//! # File format (version 2)
+//! # File format (version 3)
 //!
 //! The file is an array of 4096-byte pages; all integers are little-endian unless noted.
 //!
@@ -22,12 +22,16 @@
 //!   commits between checkpoints use txn ids that never reach the disk). At open the valid
 //!   meta with the highest txn id wins, whichever slot holds it (LMDB); a torn meta write
 //!   fails its checksum and the other one is used. Version 1 files (no aux tree, meta slot =
-//!   txn % 2) are refused with `OpenError::UnknownVersion`.
+//!   txn % 2) and version 2 files (u16 slots) are refused with `OpenError::UnknownVersion`.
 //! * Every other page starts with a 24-byte `page::PageHeader`: crc32 of bytes [4, 4096), kind
-//!   (branch, leaf, overflow, free list), cell count, the txn that wrote it, next page.
-//! * Branch and leaf pages (slotted): the header, `count` u16 slots (cell offsets, in key
-//!   order), free space, then the cells anywhere after the slots (the writer packs them
-//!   down from the end of the page and edits dirty nodes in this same format in memory).
+//!   (branch, leaf, overflow, free list), cell count, the txn that wrote it, next page (in a
+//!   branch or leaf: the length of the prefix all its keys' user parts share).
+//! * Branch and leaf pages (slotted): the header, `count` u32 slots in key order, free space,
+//!   then the cells anywhere after the slots (the writer packs them down from the end of the
+//!   page and edits dirty nodes in this same format in memory). A slot holds its cell's offset
+//!   (low 12 bits) and its key's head (`page::key_head`: the 20 bits of the user part after the
+//!   shared prefix), so a search compares heads in the slot array and reads the cells of
+//!   equal heads only. A branch's key 0 has head 0.
 //!   Leaf cell: key_len u16, flags u8 (1 = value in an overflow chain; no other bit is ever
 //!   on disk), value_len u32, key, then the value inline or the u64 first page of its
 //!   overflow chain. Branch cell: child page u64, key_len u16, key; the first cell's key is

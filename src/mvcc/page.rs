@@ -9,7 +9,8 @@ pub const PAGE_SIZE: usize = 4096;
 pub const SECTOR_SIZE: usize = 512;
 pub const MAGIC: [u8; 8] = *b"RINGDMV1";
 /// 2: the aux tree (root and entry count in the meta) and meta slots chosen by age, not txn parity.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: node slots carry key heads (`key_head`) and node headers the shared prefix length.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Pages 0 and 1 hold the two meta pages; tree pages start at 2, so page id 0 can mean "none".
 pub const META_PAGES: u64 = 2;
@@ -31,14 +32,21 @@ pub struct PageHeader {
     pub count: u16,
     /// The checkpoint that wrote the page.
     pub txn_id: u64,
-    /// Overflow and freelist pages: the next page of the chain, 0 at its end.
+    /// Overflow and freelist pages: the next page of the chain, 0 at its end. Branch and leaf
+    /// pages: the length of the prefix that the user part (the key without its suffix) of every
+    /// key in the node shares, branch key 0 (-inf) excepted; slot heads are read after it.
     pub next: u64,
 }
 
 pub const HEADER_SIZE: usize = core::mem::size_of::<PageHeader>();
 /// Bytes of a node page available for slots and cells.
 pub const USABLE_SIZE: usize = PAGE_SIZE - HEADER_SIZE;
-pub const SLOT_SIZE: usize = 2;
+/// A slot is a u32: the cell's offset in the low SLOT_OFFSET_BITS, its key's head above them.
+pub const SLOT_SIZE: usize = 4;
+pub const SLOT_OFFSET_BITS: u32 = 12;
+pub const SLOT_OFFSET_MASK: u32 = (1 << SLOT_OFFSET_BITS) - 1;
+/// Where the node header keeps the shared prefix length (the `next` field).
+pub const NODE_PREFIX_LEN_OFFSET: usize = 16;
 /// key_len u16, flags u8, value_len u32.
 pub const LEAF_CELL_HEADER: usize = 7;
 /// child u64, key_len u16.
@@ -68,7 +76,8 @@ const _: () = assert!(core::mem::size_of::<Meta>() <= SECTOR_SIZE, "a meta write
 const _: () = assert!(SLOT_SIZE + LEAF_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE + 8 <= CELL_SIZE_MAX);
 const _: () = assert!(SLOT_SIZE + BRANCH_CELL_HEADER + KEY_SIZE_MAX_BYTES + KEY_SUFFIX_SIZE <= CELL_SIZE_MAX);
 const _: () = assert!(INLINE_CELL_MAX <= CELL_SIZE_MAX);
-const _: () = assert!(PAGE_SIZE <= u16::MAX as usize, "slots are u16 offsets");
+const _: () = assert!(PAGE_SIZE <= 1 << SLOT_OFFSET_BITS, "slot offsets fit their bits");
+const _: () = assert!(core::mem::offset_of!(PageHeader, next) == NODE_PREFIX_LEN_OFFSET);
 const _: () = assert!(FREELIST_ENTRIES_MAX <= u16::MAX as usize);
 
 /// The meta page: bytes [0, 136) of pages 0 and 1, the rest zero. A durable checkpoint writes
@@ -165,6 +174,42 @@ pub fn read_u32(bytes: &[u8], at: usize) -> u32 {
 
 pub fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// A key's head: the 20 bits of its user part that follow the node's shared prefix of
+/// `prefix_len` bytes (bytes past the end read as zero). Heads are monotone in key order among
+/// keys that share that prefix: a lower head means a lower key, equal heads decide nothing. A
+/// search compares heads in the slot array and reads a cell only among equal heads, so on a
+/// cold page it touches the slots' cache lines and the one cell it lands on.
+pub fn key_head(user_part: &[u8], prefix_len: usize) -> u32 {
+    let byte = |at: usize| user_part.get(prefix_len + at).copied().unwrap_or(0) as u32;
+    ((byte(0) << 16) | (byte(1) << 8) | byte(2)) >> 4
+}
+
+/// Slot `index` of a node page: (cell offset, key head).
+pub fn slot(page: &[u8], index: usize) -> (usize, u32) {
+    let word = read_u32(page, HEADER_SIZE + index * SLOT_SIZE);
+    ((word & SLOT_OFFSET_MASK) as usize, word >> SLOT_OFFSET_BITS)
+}
+
+pub fn encode_slot(offset: usize, head: u32) -> [u8; SLOT_SIZE] {
+    debug_assert!(offset <= SLOT_OFFSET_MASK as usize && head < 1 << (32 - SLOT_OFFSET_BITS));
+    ((head << SLOT_OFFSET_BITS) | offset as u32).to_le_bytes()
+}
+
+/// The shared prefix length of a node page's keys (see `PageHeader::next`).
+pub fn node_prefix_len(page: &[u8]) -> usize {
+    read_u64(page, NODE_PREFIX_LEN_OFFSET) as usize
+}
+
+/// The user part of a tree key: everything before the 16-byte suffix.
+pub fn user_part(key: &[u8]) -> &[u8] {
+    &key[..key.len() - KEY_SUFFIX_SIZE]
+}
+
+/// How many leading bytes `a` and `b` share.
+pub fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Orders tree keys: every key is `prefix ++ suffix` with a 16-byte suffix; keys compare by

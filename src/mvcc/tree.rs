@@ -49,7 +49,7 @@ pub fn leaf_cell_size(key_len: usize, value: &Value) -> usize {
 
 /// (offset, length) of cell `index` of a node page.
 fn cell_extent(page: &[u8], index: usize) -> (usize, usize) {
-    let offset = read_u16(page, HEADER_SIZE + index * SLOT_SIZE) as usize;
+    let offset = slot(page, index).0;
     let length = if page[4] == KIND_LEAF {
         let key_len = read_u16(page, offset) as usize;
         let flags = page[offset + 2];
@@ -60,6 +60,20 @@ fn cell_extent(page: &[u8], index: usize) -> (usize, usize) {
         BRANCH_CELL_HEADER + read_u16(page, offset + 8) as usize
     };
     (offset, length)
+}
+
+/// The key of a node cell (`cell` starts at the cell's header).
+fn cell_key(kind: u8, cell: &[u8]) -> &[u8] {
+    if kind == KIND_LEAF {
+        &cell[LEAF_CELL_HEADER..LEAF_CELL_HEADER + read_u16(cell, 0) as usize]
+    } else {
+        &cell[BRANCH_CELL_HEADER..BRANCH_CELL_HEADER + read_u16(cell, 8) as usize]
+    }
+}
+
+/// The first slot of a node whose key is a real key: a branch's key 0 is -inf.
+fn first_keyed(kind: u8) -> usize {
+    usize::from(kind == KIND_BRANCH)
 }
 
 /// A node page edited in memory: header, slots growing up, cells packed down from the end.
@@ -116,7 +130,49 @@ impl SlottedPage {
     }
 
     fn cell_offset(&self, index: usize) -> usize {
-        read_u16(&self.bytes, HEADER_SIZE + index * SLOT_SIZE) as usize
+        slot(&self.bytes, index).0
+    }
+
+    fn kind(&self) -> u8 {
+        self.bytes[4]
+    }
+
+    fn prefix_len(&self) -> usize {
+        node_prefix_len(&self.bytes)
+    }
+
+    fn set_slot(&mut self, index: usize, offset: usize, head: u32) {
+        let at = HEADER_SIZE + index * SLOT_SIZE;
+        self.bytes[at..at + SLOT_SIZE].copy_from_slice(&encode_slot(offset, head));
+    }
+
+    fn user_part_of(&self, index: usize) -> &[u8] {
+        user_part(NodeRef::Page(&self.bytes).key(index))
+    }
+
+    /// Sets the shared prefix length and recomputes every keyed slot's head for it.
+    fn set_prefix_len(&mut self, prefix_len: usize) {
+        if prefix_len == self.prefix_len() {
+            return;
+        }
+        self.bytes[NODE_PREFIX_LEN_OFFSET..NODE_PREFIX_LEN_OFFSET + 8]
+            .copy_from_slice(&(prefix_len as u64).to_le_bytes());
+        for index in first_keyed(self.kind())..self.count() {
+            let head = key_head(self.user_part_of(index), prefix_len);
+            self.set_slot(index, self.cell_offset(index), head);
+        }
+    }
+
+    /// After removals the keys may share more than the recorded prefix (still correct, but
+    /// heads read fewer distinguishing bits): record the real shared length. Keys are sorted, so
+    /// the first and the last keyed cell share what all of them share.
+    fn tighten_prefix(&mut self) {
+        let (first, count) = (first_keyed(self.kind()), self.count());
+        if count > first {
+            let shared = shared_prefix_len(self.user_part_of(first), self.user_part_of(count - 1));
+            debug_assert!(shared >= self.prefix_len(), "the recorded prefix is shared by every key");
+            self.set_prefix_len(shared);
+        }
     }
 
     /// Inserts `cell` as cell `index`; false if the node would hold more than USABLE_SIZE.
@@ -126,14 +182,27 @@ impl SlottedPage {
         if self.used() + SLOT_SIZE + cell.len() > USABLE_SIZE {
             return false;
         }
+        let first = first_keyed(self.kind());
+        let head = if index < first {
+            0
+        } else {
+            let user = user_part(cell_key(self.kind(), cell));
+            let prefix_len = if count <= first {
+                user.len()
+            } else {
+                self.prefix_len().min(shared_prefix_len(user, self.user_part_of(first)))
+            };
+            self.set_prefix_len(prefix_len);
+            key_head(user, prefix_len)
+        };
         if self.cells_start < HEADER_SIZE + (count + 1) * SLOT_SIZE + cell.len() {
             self.compact();
         }
         self.cells_start -= cell.len();
         self.bytes[self.cells_start..self.cells_start + cell.len()].copy_from_slice(cell);
-        let slot = HEADER_SIZE + index * SLOT_SIZE;
-        self.bytes.copy_within(slot..HEADER_SIZE + count * SLOT_SIZE, slot + SLOT_SIZE);
-        self.bytes[slot..slot + SLOT_SIZE].copy_from_slice(&(self.cells_start as u16).to_le_bytes());
+        let at = HEADER_SIZE + index * SLOT_SIZE;
+        self.bytes.copy_within(at..HEADER_SIZE + count * SLOT_SIZE, at + SLOT_SIZE);
+        self.set_slot(index, self.cells_start, head);
         self.set_count(count + 1);
         debug_assert!(self.used() <= USABLE_SIZE);
         true
@@ -158,15 +227,15 @@ impl SlottedPage {
 
     /// Rewrites the live cells packed at the end of the page (drops the garbage).
     fn compact(&mut self) {
-        let old = self.bytes.clone();
+        let mut old = [0u8; PAGE_SIZE];
+        old.copy_from_slice(&self.bytes);
         let count = self.count();
         let mut end = PAGE_SIZE;
         for index in 0..count {
             let (offset, length) = cell_extent(&old, index);
             end -= length;
             self.bytes[end..end + length].copy_from_slice(&old[offset..offset + length]);
-            let slot = HEADER_SIZE + index * SLOT_SIZE;
-            self.bytes[slot..slot + SLOT_SIZE].copy_from_slice(&(end as u16).to_le_bytes());
+            self.set_slot(index, end, slot(&old, index).1);
         }
         (self.cells_start, self.garbage) = (end, 0);
     }
@@ -332,7 +401,7 @@ impl<'a> NodeRef<'a> {
     }
 
     fn slot(page: &[u8], index: usize) -> usize {
-        read_u16(page, HEADER_SIZE + index * SLOT_SIZE) as usize
+        slot(page, index).0
     }
 
     pub fn key(&self, index: usize) -> &'a [u8] {
@@ -387,30 +456,90 @@ impl<'a> NodeRef<'a> {
 
     /// Index of the child whose key range holds `key`.
     fn child_index(&self, key: &[u8]) -> usize {
-        let (mut low, mut high) = (1, self.len());
-        while low < high {
-            let mid = (low + high) / 2;
-            if cmp_keys(self.key(mid), key) == Ordering::Greater {
-                high = mid;
-            } else {
-                low = mid + 1;
-            }
-        }
-        low - 1
+        self.partition(1, key, Ordering::Greater) - 1
     }
 
     /// Index of the first key >= `key` in a leaf.
     fn lower_bound(&self, key: &[u8]) -> usize {
-        let (mut low, mut high) = (0, self.len());
+        self.partition(0, key, Ordering::Less)
+    }
+
+    /// The first index in [first, len) whose key is greater than `key` (`below` Greater: the
+    /// keys before it are <= `key`) or not less (`below` Less: the keys before it are < `key`),
+    /// len if none. Binary search on the slots' heads first; cells are read only among keys
+    /// whose head equals `key`'s, and one more to check that `key` shares the node's prefix.
+    fn partition(&self, first: usize, key: &[u8], below: Ordering) -> usize {
+        let page = self.bytes();
+        let count = self.len();
+        if count <= first {
+            return first;
+        }
+        let goes_before = |index: usize| {
+            let order = cmp_keys(self.key(index), key);
+            order == Ordering::Less || (below == Ordering::Greater && order == Ordering::Equal)
+        };
+        prefetch_lines(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
+        let prefix_len = node_prefix_len(page);
+        let user = user_part(key);
+        let head = key_head(user, prefix_len);
+        let (mut low, mut high) = (first, count);
         while low < high {
             let mid = (low + high) / 2;
-            if cmp_keys(self.key(mid), key) == Ordering::Less {
+            if slot(page, mid).1 < head {
                 low = mid + 1;
             } else {
                 high = mid;
             }
         }
-        low
+        let mut tie_end = count;
+        let mut upper = low;
+        while upper < tie_end {
+            let mid = (upper + tie_end) / 2;
+            if slot(page, mid).1 <= head {
+                upper = mid + 1;
+            } else {
+                tie_end = mid;
+            }
+        }
+        while low < tie_end {
+            let mid = (low + tie_end) / 2;
+            if goes_before(mid) {
+                low = mid + 1;
+            } else {
+                tie_end = mid;
+            }
+        }
+        if prefix_len == 0 {
+            return low;
+        }
+        // Heads order only keys with the node's prefix. A key without it is below or above
+        // every key of the node; check it on the cell the caller reads next.
+        let probe = match below {
+            Ordering::Greater if low > first => low - 1,
+            _ if low < count => low,
+            _ => low - 1,
+        };
+        let probe_key = self.key(probe);
+        if user.len() >= prefix_len && user[..prefix_len] == probe_key[..prefix_len] {
+            return low;
+        }
+        if cmp_keys(key, probe_key) == Ordering::Less {
+            first
+        } else {
+            count
+        }
+    }
+}
+
+/// Asks for the cache lines of `bytes` at once, so that a binary search over them waits for
+/// memory about once instead of once per probe.
+fn prefetch_lines(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for at in (0..bytes.len()).step_by(64) {
+        // SAFETY: a prefetch is a hint that never faults; the address is inside `bytes`.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(at).cast())
+        }
     }
 }
 
@@ -431,7 +560,13 @@ impl<'a> Cursor<'a> {
             node = node.child(index, pages);
             assert!(stack.len() < 64, "tree deeper than 64 levels");
         }
-        stack.push((node, node.lower_bound(key)));
+        let index = node.lower_bound(key);
+        if index < node.len() {
+            // The caller reads the cell next: ask for all its lines now, not one miss at a time.
+            let (offset, length) = cell_extent(node.bytes(), index);
+            prefetch_lines(&node.bytes()[offset..offset + length]);
+        }
+        stack.push((node, index));
         let mut cursor = Cursor { pages, stack };
         cursor.settle();
         cursor
@@ -504,9 +639,11 @@ fn make_dirty<'c>(child: &'c mut Child, context: &mut EditContext) -> &'c mut No
     }
 }
 
-fn branch_cell(key: &[u8]) -> Vec<u8> {
+/// A branch cell for `key` whose child is page `child` (0 while the child is dirty: its page
+/// id is written at spill). A clean child's cell always holds its page id.
+fn branch_cell(key: &[u8], child: PageId) -> Vec<u8> {
     let mut cell = Vec::with_capacity(BRANCH_CELL_HEADER + key.len());
-    cell.extend_from_slice(&0u64.to_le_bytes());
+    cell.extend_from_slice(&child.to_le_bytes());
     cell.extend_from_slice(&(key.len() as u16).to_le_bytes());
     cell.extend_from_slice(key);
     cell
@@ -610,7 +747,7 @@ pub fn insert(root: &mut Child, key: &[u8], value: Value, context: &mut EditCont
     let (replaced, split) = insert_into(node, key, value, context);
     if let Some((separator, right)) = split {
         let left = core::mem::replace(root, Child::Page(0));
-        let cells = [branch_cell(&[]), branch_cell(&separator)];
+        let cells = [branch_cell(&[], 0), branch_cell(&separator, 0)];
         let page = SlottedPage::from_cells(KIND_BRANCH, cells.iter().map(|cell| cell.as_slice()));
         *root = Child::Dirty(Box::new(Node::Branch(Branch { page, children: vec![left, right] })));
     }
@@ -642,7 +779,7 @@ fn insert_into(node: &mut Node, key: &[u8], value: Value, context: &mut EditCont
             let child = make_dirty(&mut branch.children[index], context);
             let (replaced, split) = insert_into(child, key, value, context);
             let Some((separator, right)) = split else { return (replaced, None) };
-            let cell = branch_cell(&separator);
+            let cell = branch_cell(&separator, 0);
             branch.children.insert(index + 1, right);
             if branch.page.insert_cell(index + 1, &cell) {
                 return (replaced, None);
@@ -710,7 +847,7 @@ fn split_branch(branch: &mut Branch, index: usize, new_cell: &[u8]) -> (Vec<u8>,
     let (left_page, right_page, separator, split) = {
         let (cells, split) = split_cells(&branch.page, index, new_cell);
         let separator = cells[split][BRANCH_CELL_HEADER..].to_vec();
-        let first = branch_cell(&[]);
+        let first = branch_cell(&[], read_u64(cells[split], 0));
         let right_cells = core::iter::once(first.as_slice()).chain(cells[split + 1..].iter().copied());
         let left = SlottedPage::from_cells(KIND_BRANCH, cells[..split].iter().copied());
         (left, SlottedPage::from_cells(KIND_BRANCH, right_cells), separator, split)
@@ -814,7 +951,7 @@ fn rebalance(branch: &mut Branch, index: usize, context: &mut EditContext) {
             l.big.append(&mut r.big);
         }
         (Node::Branch(l), Node::Branch(r)) => {
-            let first = branch_cell(&separator);
+            let first = branch_cell(&separator, read_u64(r.page.cell(0), 0));
             assert!(l.page.insert_cell(l.page.count(), &first));
             for cell_index in 1..r.page.count() {
                 assert!(l.page.insert_cell(l.page.count(), r.page.cell(cell_index)));
@@ -832,8 +969,9 @@ fn remove_child(branch: &mut Branch, index: usize) {
     branch.children.remove(index);
     if index == 0 && !branch.children.is_empty() {
         // The new first child's separator becomes -inf: keys below it were in the removed child.
+        let first_child = read_u64(branch.page.cell(0), 0);
         branch.page.remove_cell(0);
-        assert!(branch.page.insert_cell(0, &branch_cell(&[])));
+        assert!(branch.page.insert_cell(0, &branch_cell(&[], first_child)));
     }
     assert_eq!(branch.children.len(), branch.page.count());
 }
@@ -860,12 +998,16 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
     let (kind, page) = match &mut **node {
         Node::Branch(branch) => {
             for index in 0..branch.children.len() {
+                let offset = branch.page.cell_offset(index);
+                if let Child::Page(id) = branch.children[index] {
+                    debug_assert_eq!(read_u64(&branch.page.bytes, offset), id, "a clean child's cell holds its id");
+                    continue;
+                }
                 let id = spill(&mut branch.children[index], sink);
                 assert!(id >= META_PAGES);
-                let offset = branch.page.cell_offset(index);
                 branch.page.bytes[offset..offset + 8].copy_from_slice(&id.to_le_bytes());
             }
-            (KIND_BRANCH, &branch.page)
+            (KIND_BRANCH, &mut branch.page)
         }
         Node::Leaf(leaf) => {
             for index in 0..leaf.page.count() {
@@ -882,16 +1024,18 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
                 }
             }
             assert!(leaf.big.is_empty(), "every pending value has a cell");
-            (KIND_LEAF, &leaf.page)
+            (KIND_LEAF, &mut leaf.page)
         }
     };
     assert!(page.used() <= USABLE_SIZE);
+    page.tighten_prefix();
     let id = sink.allocate();
     let txn_id = sink.txn_id();
     let count = page.count();
+    let prefix_len = page.prefix_len() as u64;
     let buffer = sink.buffer(id);
     buffer.copy_from_slice(&page.bytes);
-    write_header(buffer, kind, count as u16, txn_id, 0);
+    write_header(buffer, kind, count as u16, txn_id, prefix_len);
     seal_page(buffer);
     *child = Child::Page(id);
     id
