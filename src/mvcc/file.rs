@@ -17,6 +17,15 @@ pub trait StoreFile: Send + Sync + 'static {
     fn path(&self) -> &Path;
     fn len_bytes(&self) -> io::Result<u64>;
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes `pages` back to back from `offset`.
+    fn write_pages_at(&self, offset: u64, pages: &[&[u8]]) -> io::Result<()> {
+        let mut at = offset;
+        for page in pages {
+            self.write_at(at, page)?;
+            at += page.len() as u64;
+        }
+        Ok(())
+    }
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len_bytes: u64) -> io::Result<()>;
     fn map_base(&self) -> *const u8;
@@ -64,6 +73,44 @@ impl StoreFile for MmapFile {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+
+    /// pwritev, up to IOV_MAX buffers a call; a short write finishes with pwrite.
+    fn write_pages_at(&self, offset: u64, pages: &[&[u8]]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        const IOV_MAX: usize = 1024;
+        let mut at = offset;
+        for chunk in pages.chunks(IOV_MAX) {
+            let iovecs: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|page| libc::iovec { iov_base: page.as_ptr() as *mut _, iov_len: page.len() })
+                .collect();
+            let total: usize = chunk.iter().map(|page| page.len()).sum();
+            // SAFETY: the iovecs point into `pages`, alive and unchanged for the call.
+            let written = unsafe {
+                libc::pwritev(self.file.as_raw_fd(), iovecs.as_ptr(), iovecs.len() as i32, at as libc::off_t)
+            };
+            let mut written = if written < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+                0
+            } else {
+                written as usize
+            };
+            let mut page_at = at;
+            for page in chunk {
+                let done = written.min(page.len());
+                if done < page.len() {
+                    self.file.write_all_at(&page[done..], page_at + done as u64)?;
+                }
+                written -= done;
+                page_at += page.len() as u64;
+            }
+            at += total as u64;
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {

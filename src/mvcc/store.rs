@@ -293,8 +293,6 @@ pub struct Store {
     changed: bool,
     in_flight: Option<InFlight>,
     sticky: Option<StoreError>,
-    /// The page buffer of the last commit, reused by the next one.
-    spare_buffer: Vec<u8>,
 }
 
 /// The I/O of a commit: Send + 'static, runs anywhere. A visible commit's job only pwrites
@@ -306,15 +304,15 @@ pub struct CommitJob {
 
 impl std::fmt::Debug for CommitJob {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pages = self.work.as_ref().map_or(0, |work| work.page_ids.len());
+        let pages = self.work.as_ref().map_or(0, |work| work.pages.len());
         write!(formatter, "CommitJob {{ txn_id: {}, pages: {pages} }}", self.txn_id)
     }
 }
 
 struct CommitWork {
     file: Arc<dyn StoreFile>,
-    page_ids: Vec<PageId>,
-    buffer: Vec<u8>,
+    /// The pages to write, in page id order, each with its bytes.
+    pages: Vec<(PageId, Box<[u8]>)>,
     /// Durable commits: the meta page and its offset (the slot it replaces).
     meta: Option<(Vec<u8>, u64)>,
     /// The length every durable meta and the new one allow, if shorter than the file.
@@ -324,14 +322,12 @@ struct CommitWork {
 #[derive(Debug)]
 pub struct CommitDone {
     txn_id: TxnId,
-    /// The job's page buffer, handed back for the next commit (no re-allocation).
-    buffer: Vec<u8>,
 }
 
 impl CommitJob {
     /// Pages the job writes (0 for a commit with nothing to write).
     pub fn page_count(&self) -> usize {
-        self.work.as_ref().map_or(0, |work| work.page_ids.len())
+        self.work.as_ref().map_or(0, |work| work.pages.len())
     }
 
     /// Whether the job waits for the disk (fdatasync): run a durable job off the executor.
@@ -342,7 +338,7 @@ impl CommitJob {
     /// pwrite of the dirty pages; for a durable commit then fdatasync, write of the meta page
     /// into its slot, fdatasync; then the truncation of free tail pages, if any.
     pub fn run(self) -> Result<CommitDone, StoreError> {
-        let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id, buffer: Vec::new() }) };
+        let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id }) };
         let path = work.file.path().to_path_buf();
         let fail = |operation, error| StoreError::io(&path, operation, error);
         work.write_pages().map_err(|e| fail("write", e))?;
@@ -358,23 +354,25 @@ impl CommitJob {
             // that loses the truncation leaves a longer file, which is harmless.
             work.file.set_len(len_bytes).map_err(|e| fail("truncate", e))?;
         }
-        Ok(CommitDone { txn_id: self.txn_id, buffer: work.buffer })
+        Ok(CommitDone { txn_id: self.txn_id })
     }
 }
 
 impl CommitWork {
-    /// One pwrite per run of consecutive page ids.
+    /// One vectored write per run of consecutive page ids, from the pages' own buffers.
     fn write_pages(&self) -> std::io::Result<()> {
-        assert!(self.buffer.len() >= self.page_ids.len() * PAGE_SIZE, "a buffer page per page id");
+        debug_assert!(self.pages.windows(2).all(|pair| pair[0].0 < pair[1].0), "pages in id order, once each");
+        let mut run: Vec<&[u8]> = Vec::new();
         let mut start = 0;
-        while start < self.page_ids.len() {
+        while start < self.pages.len() {
             let mut end = start + 1;
-            while end < self.page_ids.len() && self.page_ids[end] == self.page_ids[end - 1] + 1 {
+            while end < self.pages.len() && self.pages[end].0 == self.pages[end - 1].0 + 1 {
                 end += 1;
             }
-            let bytes = &self.buffer[start * PAGE_SIZE..end * PAGE_SIZE];
-            debug_assert!(bytes.chunks(PAGE_SIZE).all(page_is_intact), "pages are sealed before they are written");
-            self.file.write_at(self.page_ids[start] * PAGE_SIZE as u64, bytes)?;
+            run.clear();
+            run.extend(self.pages[start..end].iter().map(|(_, bytes)| &bytes[..]));
+            debug_assert!(run.iter().all(|page| page_is_intact(page)), "pages are sealed before they are written");
+            self.file.write_pages_at(self.pages[start].0 * PAGE_SIZE as u64, &run)?;
             start = end;
         }
         Ok(())
@@ -389,7 +387,7 @@ fn trim_tail(sink: &mut Sink) {
     if trailing > 0 {
         sink.ready.drain(..trailing);
         sink.page_count -= trailing as u64;
-        assert!(sink.page_ids.iter().all(|&id| id < sink.page_count), "trimmed pages were free");
+        assert!(sink.pages.iter().all(|&(id, _)| id < sink.page_count), "trimmed pages were free");
     }
 }
 
@@ -398,8 +396,8 @@ struct Sink {
     txn_id: TxnId,
     ready: Vec<PageId>,
     page_count: u64,
-    page_ids: Vec<PageId>,
-    buffer: Vec<u8>,
+    /// The pages written so far, each with its bytes.
+    pages: Vec<(PageId, Box<[u8]>)>,
 }
 
 impl tree::PageSink for Sink {
@@ -418,14 +416,14 @@ impl tree::PageSink for Sink {
     }
 
     fn buffer(&mut self, id: PageId) -> &mut [u8] {
+        self.write_page(id, vec![0u8; PAGE_SIZE].into_boxed_slice());
+        &mut self.pages.last_mut().expect("just pushed").1
+    }
+
+    fn write_page(&mut self, id: PageId, bytes: Box<[u8]>) {
         assert!(id >= META_PAGES && id < self.page_count);
-        self.page_ids.push(id);
-        let start = (self.page_ids.len() - 1) * PAGE_SIZE;
-        if self.buffer.len() < start + PAGE_SIZE {
-            self.buffer.resize(start + PAGE_SIZE, 0);
-        }
-        // Not zeroed: every writer of a page buffer fills all of it.
-        &mut self.buffer[start..start + PAGE_SIZE]
+        assert_eq!(bytes.len(), PAGE_SIZE);
+        self.pages.push((id, bytes));
     }
 }
 
@@ -648,7 +646,6 @@ impl Store {
             changed: false,
             in_flight: None,
             sticky: None,
-            spare_buffer: Vec::new(),
         })
     }
 
@@ -955,31 +952,25 @@ impl Store {
             self.in_flight = Some(InFlight { meta: self.committed, slot: None, file_len_bytes });
             return Ok(CommitJob { txn_id: self.committed.txn_id, work: None });
         }
-        let (meta, page_ids, buffer) = if self.changed {
-            self.spill()?
-        } else {
-            (self.committed, Vec::new(), core::mem::take(&mut self.spare_buffer))
-        };
+        let (meta, pages) = if self.changed { self.spill()? } else { (self.committed, Vec::new()) };
         let (file_len_bytes, truncate_to_bytes) = self.truncation(meta.page_count, slot);
         let meta_write = slot.map(|slot| (meta.encode_page(), slot as u64 * PAGE_SIZE as u64));
         self.in_flight = Some(InFlight { meta, slot, file_len_bytes });
         let file = Arc::clone(&self.shared.file);
-        let work = CommitWork { file, page_ids, buffer, meta: meta_write, truncate_to_bytes };
+        let work = CommitWork { file, pages, meta: meta_write, truncate_to_bytes };
         Ok(CommitJob { txn_id: meta.txn_id, work: Some(work) })
     }
 
     /// Writes the dirty nodes of every tree and then the free list to the pages of a new txn;
     /// returns its meta, the page ids and their bytes.
-    fn spill(&mut self) -> Result<(Meta, Vec<PageId>, Vec<u8>), StoreError> {
+    fn spill(&mut self) -> Result<(Meta, Vec<(PageId, Box<[u8]>)>), StoreError> {
         let txn_id = self.committed.txn_id + 1;
         self.release_freed(txn_id);
         let mut sink = Sink {
             txn_id,
             ready: core::mem::take(&mut self.free_ready),
             page_count: self.committed.page_count,
-            page_ids: Vec::new(),
-            // Kept at its length: pages are overwritten whole, so it needs no zeroing.
-            buffer: core::mem::take(&mut self.spare_buffer),
+            pages: Vec::new(),
         };
         let kv_root = tree::spill(&mut self.kv, &mut sink);
         let rev_root = tree::spill(&mut self.rev, &mut sink);
@@ -1012,7 +1003,9 @@ impl Store {
         }
         .sealed();
         self.changed = false;
-        Ok((meta, sink.page_ids, sink.buffer))
+        let mut pages = sink.pages;
+        pages.sort_unstable_by_key(|&(id, _)| id);
+        Ok((meta, pages))
     }
 
     /// The file's length after a commit of `page_count` pages (written into meta `slot` if
@@ -1120,7 +1113,7 @@ impl Store {
     /// replaced (or, after an I/O error, makes the error sticky).
     pub fn finish_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
         let in_flight = self.in_flight.take().expect("finish_commit follows prepare_commit");
-        let mut done = match done {
+        let done = match done {
             Ok(done) => done,
             Err(error) => {
                 self.sticky = Some(error.clone());
@@ -1129,9 +1122,6 @@ impl Store {
         };
         let meta = in_flight.meta;
         assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
-        if done.buffer.capacity() > 0 {
-            self.spare_buffer = core::mem::take(&mut done.buffer);
-        }
         if meta.txn_id != self.committed.txn_id {
             assert_eq!(meta.txn_id, self.committed.txn_id + 1);
             self.committed = meta;

@@ -980,8 +980,10 @@ fn remove_child(branch: &mut Branch, index: usize) {
 pub trait PageSink {
     fn allocate(&mut self) -> PageId;
     fn txn_id(&self) -> TxnId;
-    /// The buffer of page `id`, with stale contents: the caller writes every byte.
+    /// A zeroed buffer for page `id`: the caller writes and seals it.
     fn buffer(&mut self, id: PageId) -> &mut [u8];
+    /// Takes the sealed bytes of page `id` as they are (a node's own buffer: no copy).
+    fn write_page(&mut self, id: PageId, bytes: Box<[u8]>);
 }
 
 /// Writes every dirty node under `child` to new pages; the tree is clean afterwards.
@@ -1010,7 +1012,8 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
             (KIND_BRANCH, &mut branch.page)
         }
         Node::Leaf(leaf) => {
-            for index in 0..leaf.page.count() {
+            let pending = if leaf.big.is_empty() { 0 } else { leaf.page.count() };
+            for index in 0..pending {
                 if let RawValue::Pending { id } = NodeRef::Page(&leaf.page.bytes).value_raw(index) {
                     let position =
                         leaf.big.iter().position(|(big_id, _)| *big_id == id).expect("pending value is held");
@@ -1033,10 +1036,10 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
     let txn_id = sink.txn_id();
     let count = page.count();
     let prefix_len = page.prefix_len() as u64;
-    let buffer = sink.buffer(id);
-    buffer.copy_from_slice(&page.bytes);
-    write_header(buffer, kind, count as u16, txn_id, prefix_len);
-    seal_page(buffer);
+    let mut bytes = core::mem::take(&mut page.bytes);
+    write_header(&mut bytes, kind, count as u16, txn_id, prefix_len);
+    seal_page(&mut bytes);
+    sink.write_page(id, bytes);
     *child = Child::Page(id);
     id
 }
