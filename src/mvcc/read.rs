@@ -3,7 +3,7 @@
 
 use super::keys::*;
 use super::page::KEY_SUFFIX_SIZE;
-use super::tree::{Cursor, NodeRef, Pages, ValueRef};
+use super::tree::{seek_leaf, Cursor, NodeRef, Pages, ValueRef};
 use super::{KeyValue, MvccError, RangeOptions, RangeResult, Revision};
 
 /// Advances tried before a re-seek when skipping a key's other revisions: most keys have one.
@@ -102,7 +102,21 @@ pub fn scan<'a>(
         }
     }
     let mut seek_key = SeekKey::default();
-    let mut cursor = Cursor::seek(pages, root, seek_key.kv(bounds.start(), revision));
+    let seek_key = seek_key.kv(bounds.start(), revision);
+    if let Bounds::Single(user_key) = bounds {
+        // The first entry at or after (key, revision) is the key's newest revision at or
+        // below `revision`, or another key. Only when it is in a later leaf is a cursor needed.
+        let (leaf, index) = seek_leaf(pages, root, seek_key);
+        if index < leaf.len() {
+            let (found, main, _) = split_kv_key(leaf.key(index));
+            debug_assert!(found != user_key || main <= revision, "the seek key sorts after newer revisions");
+            if found == user_key {
+                visit(Visible { user_key: found, main, value: leaf.value(index) });
+            }
+            return;
+        }
+    }
+    let mut cursor = Cursor::seek(pages, root, seek_key);
     while let Some((key, value)) = cursor.current() {
         let (user_key, main, _) = split_kv_key(key);
         if bounds.is_past(user_key) {

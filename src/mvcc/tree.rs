@@ -549,6 +549,30 @@ pub struct Cursor<'a> {
     stack: Vec<(NodeRef<'a>, usize)>,
 }
 
+/// The leaf that holds the first key >= `key` if any key of that leaf is, and the index of
+/// that key in it (the leaf's length if the key is in a later leaf). No cursor, no allocation:
+/// for point reads.
+pub fn seek_leaf<'a>(pages: Pages<'a>, root: NodeRef<'a>, key: &[u8]) -> (NodeRef<'a>, usize) {
+    let mut node = root;
+    let mut depth = 0;
+    while !node.is_leaf() {
+        node = node.child(node.child_index(key), pages);
+        depth += 1;
+        assert!(depth < 64, "tree deeper than 64 levels");
+    }
+    let index = node.lower_bound(key);
+    prefetch_cell(node, index);
+    (node, index)
+}
+
+/// The caller reads cell `index` next: ask for all its lines now, not one miss at a time.
+fn prefetch_cell(node: NodeRef, index: usize) {
+    if index < node.len() {
+        let (offset, length) = cell_extent(node.bytes(), index);
+        prefetch_lines(&node.bytes()[offset..offset + length]);
+    }
+}
+
 impl<'a> Cursor<'a> {
     /// Positions at the first key >= `key`.
     pub fn seek(pages: Pages<'a>, root: NodeRef<'a>, key: &[u8]) -> Cursor<'a> {
@@ -561,11 +585,7 @@ impl<'a> Cursor<'a> {
             assert!(stack.len() < 64, "tree deeper than 64 levels");
         }
         let index = node.lower_bound(key);
-        if index < node.len() {
-            // The caller reads the cell next: ask for all its lines now, not one miss at a time.
-            let (offset, length) = cell_extent(node.bytes(), index);
-            prefetch_lines(&node.bytes()[offset..offset + length]);
-        }
+        prefetch_cell(node, index);
         stack.push((node, index));
         let mut cursor = Cursor { pages, stack };
         cursor.settle();
