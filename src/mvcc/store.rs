@@ -312,7 +312,7 @@ impl std::fmt::Debug for CommitJob {
 struct CommitWork {
     file: Arc<dyn StoreFile>,
     /// The pages to write, in page id order, each with its bytes.
-    pages: Vec<(PageId, Box<[u8]>)>,
+    pages: PageWrites,
     /// Durable commits: the meta page and its offset (the slot it replaces).
     meta: Option<(Vec<u8>, u64)>,
     /// The length every durable meta and the new one allow, if shorter than the file.
@@ -391,13 +391,16 @@ fn trim_tail(sink: &mut Sink) {
     }
 }
 
+/// The pages a commit writes, each with its bytes.
+type PageWrites = Vec<(PageId, Box<[u8]>)>;
+
 /// Pages allocated by a commit and the bytes to write to them.
 struct Sink {
     txn_id: TxnId,
     ready: Vec<PageId>,
     page_count: u64,
     /// The pages written so far, each with its bytes.
-    pages: Vec<(PageId, Box<[u8]>)>,
+    pages: PageWrites,
 }
 
 impl tree::PageSink for Sink {
@@ -963,7 +966,7 @@ impl Store {
 
     /// Writes the dirty nodes of every tree and then the free list to the pages of a new txn;
     /// returns its meta, the page ids and their bytes.
-    fn spill(&mut self) -> Result<(Meta, Vec<(PageId, Box<[u8]>)>), StoreError> {
+    fn spill(&mut self) -> Result<(Meta, PageWrites), StoreError> {
         let txn_id = self.committed.txn_id + 1;
         self.release_freed(txn_id);
         let mut sink = Sink {

@@ -46,7 +46,7 @@ impl Core {
             vec![get_op(&key), first_created(&prefix)],
         );
         let response = self.txn(acquire).await.map_err(unknown)?;
-        let header = response.header.clone().expect("a txn response has a header");
+        let header = response.header.expect("a txn response has a header");
         let my_revision = if response.succeeded { header.revision } else { range_kvs(&response, 0)[0].create_revision };
         let owner = range_kvs(&response, 1);
         if owner.is_empty() || owner[0].create_revision == my_revision {
@@ -80,7 +80,7 @@ impl Core {
         let key = contender_key(&prefix, lease);
         let enter = txn_if_created_at(&key, 0, vec![put_op(&key, &request.value, lease)], vec![get_op(&key)]);
         let response = self.txn(enter).await.map_err(unknown)?;
-        let header = response.header.clone().expect("a txn response has a header");
+        let header = response.header.expect("a txn response has a header");
         let mut leader = epb::LeaderKey { name: request.name, key, rev: header.revision, lease };
         if !response.succeeded {
             let existing = &range_kvs(&response, 0)[0];
@@ -174,7 +174,7 @@ impl Core {
                 if event.r#type == EventType::Delete as i32 {
                     return true;
                 }
-                let observed = epb::LeaderResponse { header: response.header.clone(), kv: event.kv };
+                let observed = epb::LeaderResponse { header: response.header, kv: event.kv };
                 if out.send(observed).await.is_err() {
                     return false;
                 }

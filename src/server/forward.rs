@@ -48,12 +48,7 @@ impl Core {
         &self,
         request: pb::LeaseTimeToLiveRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
-        let mut response = self
-            .forward(|channel| {
-                let request = request.clone();
-                async move { channel.lease_time_to_live(&request).await }
-            })
-            .await?;
+        let mut response = self.forward(|channel| async move { channel.lease_time_to_live(&request).await }).await?;
         response.header = Some(self.forwarded_header());
         Ok(response)
     }

@@ -12,9 +12,20 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; we release it for the server to bind).
+/// A free TCP port on 127.0.0.1 (the OS picks it; we release it for the server to bind),
+/// never one this test process handed out before: the OS may pick a released port again, and
+/// ringd binds with SO_REUSEPORT, so two servers of parallel tests would share it silently.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("the OS kept picking ports this test process already uses");
 }
 
 /// Finds a tool the tests need; never skips: a missing tool is a failed test that says how
