@@ -99,7 +99,7 @@ where
         if head.method == "POST" && head.path == KEEP_ALIVE_PATH {
             return serve_keep_alive(stream, buffer, &head, &core).await;
         }
-        let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
+        let limit_bytes = body_limit_bytes(&core);
         let mut reader = Body::new(&mut stream, std::mem::take(&mut buffer), head.framing);
         let read = reader.read_to_end(limit_bytes).await;
         buffer = reader.into_buffer();
@@ -566,10 +566,8 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     use futures::FutureExt;
-    let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
-    let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
-    let body = Body::new(reader, buffer, head.framing);
-    let mut requests = JsonRequests::<_, WatchRequest>::new(body, limit_bytes);
+    let (body, mut writer, reply) = stream_halves(stream, buffer, head);
+    let mut requests = JsonRequests::<_, WatchRequest>::new(body, body_limit_bytes(core));
     let first = match requests.next().await {
         Ok(first) => first,
         Err(RequestError::Closed) => return,
@@ -582,7 +580,6 @@ where
     if let Some(request) = first {
         watch.handle(request);
     }
-    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
     let ended = {
         let receive = receive_requests(&mut requests, &watch).fuse();
         let send = send_responses(&mut writer, &mut responses, || watch.response_sent(), &reply).fuse();
@@ -661,11 +658,9 @@ async fn serve_keep_alive<S>(stream: S, buffer: Vec<u8>, head: &Head, core: &Cor
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
-    let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
-    let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
-    let body = Body::new(reader, buffer, head.framing);
-    let mut requests = JsonRequests::<_, crate::api::pb::etcdserverpb::LeaseKeepAliveRequest>::new(body, limit_bytes);
-    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
+    let (body, mut writer, reply) = stream_halves(stream, buffer, head);
+    let mut requests =
+        JsonRequests::<_, crate::api::pb::etcdserverpb::LeaseKeepAliveRequest>::new(body, body_limit_bytes(core));
     let ended = loop {
         let request = match requests.next().await {
             Ok(Some(request)) => request,
@@ -700,10 +695,8 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     use futures::FutureExt;
-    let (reader, mut writer) = futures::io::AsyncReadExt::split(stream);
-    let limit_bytes = core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES;
-    let mut body = Body::new(reader, buffer, head.framing);
-    let request = match body.read_to_end(limit_bytes).await {
+    let (mut body, mut writer, reply) = stream_halves(stream, buffer, head);
+    let request = match body.read_to_end(body_limit_bytes(core)).await {
         Ok(bytes) => JsonCodec.decode::<crate::api::pb::v3electionpb::LeaderRequest>(&bytes),
         Err(BodyError::TooLarge) => Err(crate::api::errors::REQUEST_TOO_LARGE),
         Err(BodyError::Closed | BodyError::Malformed) => return,
@@ -718,7 +711,6 @@ where
     let (sender, mut responses) = futures::channel::mpsc::channel(0);
     let observing = core.clone();
     let observer = glommio::spawn_local(async move { observing.observe(request, sender).await });
-    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
     let ended = {
         let send = send_responses(&mut writer, &mut responses, || {}, &reply).fuse();
         let closed = async {
@@ -751,6 +743,27 @@ async fn notify_progress(watch: &WatchStream, interval: std::time::Duration) -> 
 
 /// The streamed 200 reply of a watch. Its head goes out with the first chunk, as Go's
 /// net/http sends it: until then, the reply can still be a plain error.
+/// A gateway request body's limit: the gRPC path's, as grpc-gateway forwards the body as one
+/// gRPC message.
+fn body_limit_bytes(core: &Core) -> usize {
+    core.max_request_bytes() + crate::api::grpc::GRPC_OVERHEAD_BYTES
+}
+
+/// A streaming endpoint's connection: its request body, the writer, and the reply that
+/// streams to it.
+fn stream_halves<S>(
+    stream: S,
+    buffer: Vec<u8>,
+    head: &Head,
+) -> (Body<futures::io::ReadHalf<S>>, futures::io::WriteHalf<S>, StreamReply)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let (reader, writer) = futures::io::AsyncReadExt::split(stream);
+    let reply = StreamReply { chunked: head.http_1_1, head_written: Cell::new(false) };
+    (Body::new(reader, buffer, head.framing), writer, reply)
+}
+
 struct StreamReply {
     /// Chunked transfer coding (HTTP/1.1); an HTTP/1.0 reply is raw lines until the close.
     chunked: bool,

@@ -162,10 +162,9 @@ fn validate_node(page: &[u8]) -> Result<(), String> {
             }
             continue;
         }
-        let key_at = offset + if leaf { LEAF_CELL_HEADER } else { BRANCH_CELL_HEADER };
-        let user = user_part(&page[key_at..key_at + key_len]);
+        let user = user_part(&page[offset + cell_header..offset + cell_header + key_len]);
         let shared = first_user_part.get_or_insert(user);
-        if user.len() < prefix_len || shared.len() < prefix_len || user[..prefix_len] != shared[..prefix_len] {
+        if user.len() < prefix_len || user[..prefix_len] != shared[..prefix_len] {
             return Err(format!("key {index} does not share the node's {prefix_len}-byte prefix"));
         }
         if head != key_head(user, prefix_len) {

@@ -18,7 +18,7 @@ pub trait StoreFile: Send + Sync + 'static {
     fn len_bytes(&self) -> io::Result<u64>;
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Writes `pages` back to back from `offset`.
-    fn write_pages_at(&self, offset: u64, pages: &[&[u8]]) -> io::Result<()> {
+    fn write_pages_at(&self, offset: u64, pages: &[io::IoSlice]) -> io::Result<()> {
         let mut at = offset;
         for page in pages {
             self.write_at(at, page)?;
@@ -76,19 +76,16 @@ impl StoreFile for MmapFile {
     }
 
     /// pwritev, up to IOV_MAX buffers a call; a short write finishes with pwrite.
-    fn write_pages_at(&self, offset: u64, pages: &[&[u8]]) -> io::Result<()> {
+    fn write_pages_at(&self, offset: u64, pages: &[io::IoSlice]) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         const IOV_MAX: usize = 1024;
         let mut at = offset;
         for chunk in pages.chunks(IOV_MAX) {
-            let iovecs: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|page| libc::iovec { iov_base: page.as_ptr() as *mut _, iov_len: page.len() })
-                .collect();
             let total: usize = chunk.iter().map(|page| page.len()).sum();
-            // SAFETY: the iovecs point into `pages`, alive and unchanged for the call.
+            // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the slices are alive and
+            // unchanged for the call.
             let written = unsafe {
-                libc::pwritev(self.file.as_raw_fd(), iovecs.as_ptr(), iovecs.len() as i32, at as libc::off_t)
+                libc::pwritev(self.file.as_raw_fd(), chunk.as_ptr().cast(), chunk.len() as i32, at as libc::off_t)
             };
             let mut written = if written < 0 {
                 let error = io::Error::last_os_error();

@@ -101,8 +101,8 @@ pub fn scan<'a>(
             return;
         }
     }
-    let mut seek_key = SeekKey::default();
-    let seek_key = seek_key.kv(bounds.start(), revision);
+    let mut seek_buffer = SeekKey::default();
+    let seek_key = seek_buffer.kv(bounds.start(), revision);
     if let Bounds::Single(user_key) = bounds {
         // The first entry at or after (key, revision) is the key's newest revision at or
         // below `revision`, or another key. Only when it is in a later leaf is a cursor needed.

@@ -362,7 +362,7 @@ impl CommitWork {
     /// One vectored write per run of consecutive page ids, from the pages' own buffers.
     fn write_pages(&self) -> std::io::Result<()> {
         debug_assert!(self.pages.windows(2).all(|pair| pair[0].0 < pair[1].0), "pages in id order, once each");
-        let mut run: Vec<&[u8]> = Vec::new();
+        let mut run: Vec<std::io::IoSlice> = Vec::new();
         let mut start = 0;
         while start < self.pages.len() {
             let mut end = start + 1;
@@ -370,7 +370,7 @@ impl CommitWork {
                 end += 1;
             }
             run.clear();
-            run.extend(self.pages[start..end].iter().map(|(_, bytes)| &bytes[..]));
+            run.extend(self.pages[start..end].iter().map(|(_, bytes)| std::io::IoSlice::new(bytes)));
             debug_assert!(run.iter().all(|page| page_is_intact(page)), "pages are sealed before they are written");
             self.file.write_pages_at(self.pages[start].0 * PAGE_SIZE as u64, &run)?;
             start = end;

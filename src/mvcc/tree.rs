@@ -62,7 +62,7 @@ fn cell_extent(page: &[u8], index: usize) -> (usize, usize) {
     (offset, length)
 }
 
-/// The key of a node cell (`cell` starts at the cell's header).
+/// The key of a node cell (`cell` starts at the cell's header and may run past its end).
 fn cell_key(kind: u8, cell: &[u8]) -> &[u8] {
     if kind == KIND_LEAF {
         &cell[LEAF_CELL_HEADER..LEAF_CELL_HEADER + read_u16(cell, 0) as usize]
@@ -406,14 +406,7 @@ impl<'a> NodeRef<'a> {
 
     pub fn key(&self, index: usize) -> &'a [u8] {
         let page = self.bytes();
-        let offset = Self::slot(page, index);
-        if page[4] == KIND_LEAF {
-            let key_len = read_u16(page, offset) as usize;
-            &page[offset + LEAF_CELL_HEADER..offset + LEAF_CELL_HEADER + key_len]
-        } else {
-            let key_len = read_u16(page, offset + 8) as usize;
-            &page[offset + BRANCH_CELL_HEADER..offset + BRANCH_CELL_HEADER + key_len]
-        }
+        cell_key(page[4], &page[Self::slot(page, index)..])
     }
 
     pub fn value(&self, index: usize) -> ValueRef<'a> {
@@ -1020,13 +1013,17 @@ pub fn spill(child: &mut Child, sink: &mut dyn PageSink) -> PageId {
     let (kind, page) = match &mut **node {
         Node::Branch(branch) => {
             for index in 0..branch.children.len() {
-                let offset = branch.page.cell_offset(index);
                 if let Child::Page(id) = branch.children[index] {
-                    debug_assert_eq!(read_u64(&branch.page.bytes, offset), id, "a clean child's cell holds its id");
+                    debug_assert_eq!(
+                        NodeRef::Page(&branch.page.bytes).child_page(index),
+                        id,
+                        "a clean child's cell holds its id"
+                    );
                     continue;
                 }
                 let id = spill(&mut branch.children[index], sink);
                 assert!(id >= META_PAGES);
+                let offset = branch.page.cell_offset(index);
                 branch.page.bytes[offset..offset + 8].copy_from_slice(&id.to_le_bytes());
             }
             (KIND_BRANCH, &mut branch.page)

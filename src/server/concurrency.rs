@@ -36,9 +36,7 @@ impl Core {
         request: lpb::LockRequest,
         cancelled: impl std::future::Future<Output = ()>,
     ) -> Result<lpb::LockResponse, Status> {
-        let lease = self.session(request.lease).await.map_err(unknown)?;
-        let prefix = with_slash(&request.name);
-        let key = contender_key(&prefix, lease);
+        let (lease, prefix, key) = self.contender(&request.name, request.lease).await?;
         let acquire = txn_if_created_at(
             &key,
             0,
@@ -75,9 +73,7 @@ impl Core {
         request: epb::CampaignRequest,
         cancelled: impl std::future::Future<Output = ()>,
     ) -> Result<epb::CampaignResponse, Status> {
-        let lease = self.session(request.lease).await.map_err(unknown)?;
-        let prefix = with_slash(&request.name);
-        let key = contender_key(&prefix, lease);
+        let (lease, prefix, key) = self.contender(&request.name, request.lease).await?;
         let enter = txn_if_created_at(&key, 0, vec![put_op(&key, &request.value, lease)], vec![get_op(&key)]);
         let response = self.txn(enter).await.map_err(unknown)?;
         let header = response.header.expect("a txn response has a header");
@@ -189,6 +185,15 @@ impl Core {
         }
         let grant = pb::LeaseGrantRequest { ttl: SESSION_TTL_SECONDS, id: 0 };
         Ok(self.lease_grant(grant).await?.id)
+    }
+
+    /// A Lock or Campaign contender: its session's lease, the prefix `name/` it waits under,
+    /// and its own key there.
+    async fn contender(&self, name: &[u8], lease: i64) -> Result<(i64, Vec<u8>, Vec<u8>), Status> {
+        let lease = self.session(lease).await.map_err(unknown)?;
+        let prefix = with_slash(name);
+        let key = contender_key(&prefix, lease);
+        Ok((lease, prefix, key))
     }
 
     /// Election.Proclaim for a known leader: puts the value if its key is still the one it
