@@ -433,7 +433,11 @@ impl<'a> NodeRef<'a> {
         match self {
             NodeRef::Page(page) => {
                 let offset = Self::slot(page, index);
-                NodeRef::Page(pages.page(read_u64(page, offset)))
+                let child = pages.page(read_u64(page, offset));
+                // The header and the first slots, at once: the search reads the header and
+                // then the slots, two waits for memory in a row otherwise.
+                prefetch_lines(&child[..CHILD_PREFETCH_BYTES]);
+                NodeRef::Page(child)
             }
             NodeRef::Mem(Node::Branch(branch)) => NodeRef::of(&branch.children[index], pages),
             NodeRef::Mem(Node::Leaf(_)) => panic!("child() of a leaf"),
@@ -524,6 +528,9 @@ impl<'a> NodeRef<'a> {
     }
 }
 
+/// How much of a committed child page `child` asks for before its header is read.
+const CHILD_PREFETCH_BYTES: usize = 256;
+
 /// Asks for the cache lines of `bytes` at once, so that a binary search over them waits for
 /// memory about once instead of once per probe.
 fn prefetch_lines(bytes: &[u8]) {
@@ -545,15 +552,30 @@ pub struct Cursor<'a> {
 /// The leaf that holds the first key >= `key` if any key of that leaf is, and the index of
 /// that key in it (the leaf's length if the key is in a later leaf). No cursor, no allocation:
 /// for point reads.
+///
+/// A seek key that falls between two leaves (below the first key of the next one, above every
+/// key of this one) is answered from the next leaf when both have the same parent: the
+/// first key of that leaf is the first key >= `key`.
 pub fn seek_leaf<'a>(pages: Pages<'a>, root: NodeRef<'a>, key: &[u8]) -> (NodeRef<'a>, usize) {
+    let mut parent = None;
     let mut node = root;
     let mut depth = 0;
     while !node.is_leaf() {
-        node = node.child(node.child_index(key), pages);
+        let index = node.child_index(key);
+        parent = Some((node, index));
+        node = node.child(index, pages);
         depth += 1;
         assert!(depth < 64, "tree deeper than 64 levels");
     }
     let index = node.lower_bound(key);
+    if index == node.len() {
+        if let Some((branch, child)) = parent.filter(|(branch, child)| child + 1 < branch.len()) {
+            let next = branch.child(child + 1, pages);
+            debug_assert!(next.len() > 0 && cmp_keys(next.key(0), key) != Ordering::Less);
+            prefetch_cell(next, 0);
+            return (next, 0);
+        }
+    }
     prefetch_cell(node, index);
     (node, index)
 }
