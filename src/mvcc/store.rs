@@ -359,7 +359,7 @@ impl CommitJob {
 }
 
 impl CommitWork {
-    /// One vectored write per run of consecutive page ids, from the pages' own buffers.
+    /// Vectored writes of runs of consecutive page ids, from the pages' own buffers.
     fn write_pages(&self) -> std::io::Result<()> {
         debug_assert!(self.pages.windows(2).all(|pair| pair[0].0 < pair[1].0), "pages in id order, once each");
         let mut run: Vec<std::io::IoSlice> = Vec::new();
