@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringd::mvcc::{Durability, RangeOptions, Store, StoreOptions};
 
+/// The allocator of the `ringd` binary, so that the store is measured as the server runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY_COUNT: u64 = 1_000_000;
 const VALUE_SIZE_BYTES: usize = 256;
 const LOAD_BATCH: u64 = 20_000;

@@ -1,5 +1,10 @@
 //! The `ringd` server binary: parse etcd's flags, open the data dir, serve.
 
+/// mimalloc: a 4 KiB page buffer (every copy on write of the store) costs glibc malloc a trip
+/// through its bins; with mimalloc puts were about 6% faster (benches/mvcc.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let flags = ringd::server::Flags::parse_or_exit();
     let config = match flags.into_config() {

@@ -652,8 +652,12 @@ fn decode(page: &[u8]) -> Node {
         Node::Leaf(Leaf { page: SlottedPage::from_page(page), big: Vec::new() })
     } else {
         assert_eq!(header(page).kind, KIND_BRANCH);
-        let children = (0..view.len()).map(|index| Child::Page(view.child_page(index))).collect();
-        Node::Branch(Branch { page: SlottedPage::from_page(page), children })
+        // The child ids are read from the copy: the copy streams the mapped page in order,
+        // while reading the cells in key order from the mapping waits on one line at a time.
+        let copy = SlottedPage::from_page(page);
+        let copied = NodeRef::Page(&copy.bytes);
+        let children = (0..copied.len()).map(|index| Child::Page(copied.child_page(index))).collect();
+        Node::Branch(Branch { page: copy, children })
     }
 }
 
