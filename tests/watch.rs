@@ -228,7 +228,7 @@ impl Follower {
 
     /// Whether what was received ends with a whole revision.
     fn at_revision_boundary(&self, expected: &[mvccpb::Event]) -> bool {
-        expected.get(self.received).map_or(true, |next| revision_of(next) != self.last_revision)
+        expected.get(self.received).is_none_or(|next| revision_of(next) != self.last_revision)
     }
 }
 

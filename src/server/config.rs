@@ -343,7 +343,7 @@ mod tests {
         let config = flags(&["--name", "a", "--election-timeout", "500", "--name", "b", "--election-timeout", "900"]);
         let config = config.unwrap().into_config().unwrap();
         assert_eq!(config.name, "b");
-        assert_eq!(config.heartbeat_interval * config.election_ticks as u32, std::time::Duration::from_millis(900));
+        assert_eq!(config.heartbeat_interval * config.election_ticks, std::time::Duration::from_millis(900));
     }
 
     #[test]

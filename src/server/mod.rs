@@ -448,7 +448,7 @@ impl Core {
         &self,
         request: pb::LeaseTimeToLiveRequest,
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
-        match self.propose(Command::LeaseTimeToLive(request.clone())).await {
+        match self.propose(Command::LeaseTimeToLive(request)).await {
             Ok(writer::Outcome::LeaseTimeToLive(response)) => Ok(response),
             Ok(_) => unreachable!("the raft core answers TimeToLive in kind"),
             Err(status) if status == errors::NOT_LEADER => self.forward_time_to_live(request).await,

@@ -198,7 +198,7 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
             let marker = crate::wal::SnapshotMarker { index: applied, term: 1, conf_state: Some(conf_state.clone()) };
             let hard_state = crate::raft::pb::HardState { term: 1, vote: crate::raft::NONE, commit: applied };
             let marked = wal.save_snapshot_marker(marker);
-            let written = wal.append(&[], Some(hard_state.clone()));
+            let written = wal.append(&[], Some(hard_state));
             marked.await.map_err(|error| format!("cannot write the WAL: {error}"))?;
             written.await.map_err(|error| format!("cannot write the WAL: {error}"))?;
             let snapshot = crate::raft::pb::Snapshot {
@@ -214,7 +214,7 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
             RestartState::default()
         } else {
             let restart = bootstrap(shared);
-            wal.append(&restart.entries, Some(restart.hard_state.clone()))
+            wal.append(&restart.entries, Some(restart.hard_state))
                 .await
                 .map_err(|error| format!("cannot write the WAL: {error}"))?;
             restart
@@ -712,7 +712,7 @@ impl RaftCore {
                 }
             }
             if must_sync {
-                let hard_state = ready.hard_state.clone().or_else(|| self.lazy_hard_state.take());
+                let hard_state = ready.hard_state.or_else(|| self.lazy_hard_state.take());
                 self.lazy_hard_state = None;
                 if let Some(hard_state) = &hard_state {
                     self.synced_term_vote = (hard_state.term, hard_state.vote);

@@ -422,11 +422,7 @@ impl WatchStream {
         for watcher in watchers.iter().filter(|w| w.progress_notify) {
             let caught_up = self.position(watcher) > self.hub.published_revision();
             if caught_up && !watcher.sent_since_progress.replace(false) {
-                self.send(pb::WatchResponse {
-                    header: Some(header.clone()),
-                    watch_id: watcher.id,
-                    ..Default::default()
-                });
+                self.send(pb::WatchResponse { header: Some(header), watch_id: watcher.id, ..Default::default() });
             }
         }
     }
@@ -498,9 +494,7 @@ impl WatchStream {
         };
         let events: Vec<mvccpb::Event> = history
             .into_iter()
-            .filter(|event: &mvcc::HistoryEvent| {
-                !(event.deleted && watcher.no_delete) && !(!event.deleted && watcher.no_put)
-            })
+            .filter(|event: &mvcc::HistoryEvent| if event.deleted { !watcher.no_delete } else { !watcher.no_put })
             .map(|event| self.event(watcher, snapshot, event))
             .collect();
         Some((events, covered))

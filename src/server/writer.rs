@@ -338,13 +338,13 @@ impl Background {
         let header = Some(shared.header(store.current_revision()));
         if !store.compaction_pending() {
             for reply in self.physical_compactions.drain(..) {
-                let _ = reply.send(Ok(Outcome::Compact(pb::CompactionResponse { header: header.clone() })));
+                let _ = reply.send(Ok(Outcome::Compact(pb::CompactionResponse { header })));
             }
         }
         if self.defragment_trailing_checkpoints > DEFRAGMENT_TRAILING_CHECKPOINTS {
             self.defragment_trailing_checkpoints = 0;
             for reply in self.defragmentations.drain(..) {
-                let _ = reply.send(Ok(Outcome::Defragment(pb::DefragmentResponse { header: header.clone() })));
+                let _ = reply.send(Ok(Outcome::Defragment(pb::DefragmentResponse { header })));
             }
         }
     }

@@ -207,12 +207,7 @@ pub fn stdout(output: &Output) -> String {
 
 /// The last line etcdctl printed on stderr that starts with "Error:".
 pub fn error_line(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|line| line.starts_with("Error:"))
-        .last()
-        .unwrap_or("")
-        .to_owned()
+    String::from_utf8_lossy(&output.stderr).lines().rfind(|line| line.starts_with("Error:")).unwrap_or("").to_owned()
 }
 
 /// One HTTP/1.1 request over a plain TCP stream; returns (status code, body).

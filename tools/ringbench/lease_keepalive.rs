@@ -126,7 +126,7 @@ async fn keep_alive_in_windows(channel: &Channel, leases: &[i64], state: &KeepAl
         if window.is_empty() {
             return Ok(());
         }
-        let sent: Vec<(i64, Instant)> = window.drain(..).collect();
+        let sent: Vec<(i64, Instant)> = std::mem::take(&mut window);
         for (index, (start_second, start)) in sent.iter().copied().enumerate() {
             let reply = match stream.next().await {
                 Ok(Some(reply)) => reply,
