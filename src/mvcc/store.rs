@@ -1313,6 +1313,29 @@ fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
 }
 
 /// Frees the overflow pages of a removed committed value.
+/// The live KeyValue of `user_key` that an entry (`found`, `value`) of the kv tree holds,
+/// if it is one of `user_key`'s revisions and not a tombstone.
+fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRef) -> Option<KeyValue> {
+    let (found_user_key, main, _) = split_kv_key(found);
+    if found_user_key != user_key {
+        return None;
+    }
+    let header = read::record_header(pages, value);
+    if header.tombstone {
+        return None;
+    }
+    Some(read::build_key_value(pages, &read::Visible { user_key, main, value }, header, false))
+}
+
+/// The record of a put at revision `main` after `previous` (the key's live KeyValue, if any).
+fn encode_new_record(previous: Option<&KeyValue>, main: Revision, value: &[u8], lease: i64) -> Vec<u8> {
+    let (create_revision, version) = match previous {
+        Some(previous) => (previous.create_revision, previous.version + 1),
+        None => (main, 1),
+    };
+    encode_record(RecordHeader { tombstone: false, create_revision, version, lease }, value)
+}
+
 fn free_value(value: Value, pages: Pages, freed: &mut Vec<PageId>) {
     if let Value::Overflow { first, len } = value {
         freed.extend(pages.overflow_pages(first, len as usize));
@@ -1367,14 +1390,26 @@ impl WriteTxn<'_> {
             "key length {} outside [1, {KEY_SIZE_MAX_BYTES}]",
             key.len()
         );
-        let previous =
-            self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
-        let (create_revision, version) = match &previous {
-            Some(previous) => (previous.create_revision, previous.version + 1),
-            None => (self.revision, 1),
+        let (main, sub) = (self.revision, self.sub);
+        let new_key = kv_key(key, main, sub);
+        // One descent: the entry after (key, main, sub) in the kv tree is the key's newest
+        // revision before this put, or another key. Only when it is in another leaf is it
+        // looked up first, as a range.
+        let mut previous = None;
+        let store = &mut *self.store;
+        let pages = store.shared.pages(store.committed.page_count);
+        let mut context = EditContext { pages, freed: &mut store.freed };
+        let mut make = |following: tree::Following| {
+            previous = following.and_then(|(found, value)| previous_revision(pages, key, found, value));
+            Value::new(new_key.len(), encode_new_record(previous.as_ref(), main, value, lease))
         };
-        let header = RecordHeader { tombstone: false, create_revision, version, lease };
-        self.write_revision(key, encode_record(header, value), false);
+        if !tree::insert_new(&mut store.kv, &new_key, &mut make, &mut context) {
+            previous =
+                self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
+            let record = encode_new_record(previous.as_ref(), main, value, lease);
+            self.store.tree_insert(TreeKind::Kv, &new_key, record);
+        }
+        self.finish_revision(key, false);
         previous
     }
 
@@ -1390,8 +1425,14 @@ impl WriteTxn<'_> {
     }
 
     fn write_revision(&mut self, key: &[u8], record: Vec<u8>, tombstone: bool) {
+        let inserted = kv_key(key, self.revision, self.sub);
+        self.store.tree_insert(TreeKind::Kv, &inserted, record);
+        self.finish_revision(key, tombstone);
+    }
+
+    /// After the kv tree has the revision's entry: the rev tree's, and the next sub revision.
+    fn finish_revision(&mut self, key: &[u8], tombstone: bool) {
         let (main, sub) = (self.revision, self.sub);
-        self.store.tree_insert(TreeKind::Kv, &kv_key(key, main, sub), record);
         self.store.tree_insert(TreeKind::Rev, &rev_key(main, sub), encode_rev_value(key, tombstone));
         self.store.kv_entry_count += 1;
         self.store.changed = true;

@@ -780,52 +780,111 @@ impl<'a> NodeRef<'a> {
 
 /// Inserts or replaces `key`; returns the replaced value.
 pub fn insert(root: &mut Child, key: &[u8], value: Value, context: &mut EditContext) -> Option<Value> {
+    match insert_from(root, key, Source::Ready(value), context) {
+        Inserted::Yes(replaced) => replaced,
+        Inserted::NextInAnotherLeaf => unreachable!("a ready value is always inserted"),
+    }
+}
+
+/// The entry that follows a new key: its key and value, or none anywhere in the tree.
+pub type Following<'a> = Option<(&'a [u8], ValueRef<'a>)>;
+
+/// Inserts `key`, which must be new, with the value `make` builds from the entry that
+/// follows it in the tree, in one descent. Returns false, with nothing inserted, when that
+/// entry is in another leaf than the one `key` goes to: the caller then looks it up and
+/// inserts with `insert`.
+pub fn insert_new(
+    root: &mut Child,
+    key: &[u8],
+    make: &mut dyn FnMut(Following) -> Value,
+    context: &mut EditContext,
+) -> bool {
+    match insert_from(root, key, Source::Following(make), context) {
+        Inserted::Yes(replaced) => {
+            assert!(replaced.is_none(), "insert_new of a key that is there");
+            true
+        }
+        Inserted::NextInAnotherLeaf => false,
+    }
+}
+
+/// Where the inserted value comes from.
+enum Source<'m> {
+    Ready(Value),
+    Following(&'m mut dyn FnMut(Following) -> Value),
+}
+
+enum Inserted {
+    Yes(Option<Value>),
+    NextInAnotherLeaf,
+}
+
+fn insert_from(root: &mut Child, key: &[u8], source: Source, context: &mut EditContext) -> Inserted {
     assert!(key.len() >= KEY_SUFFIX_SIZE);
-    assert!(leaf_cell_size(key.len(), &value) <= CELL_SIZE_MAX);
     let node = make_dirty(root, context);
-    let (replaced, split) = insert_into(node, key, value, context);
+    let (inserted, split) = insert_into(node, key, source, false, context);
     if let Some((separator, right)) = split {
         let left = core::mem::replace(root, Child::Page(0));
         let cells = [branch_cell(&[], 0), branch_cell(&separator, 0)];
         let page = SlottedPage::from_cells(KIND_BRANCH, cells.iter().map(|cell| cell.as_slice()));
         *root = Child::Dirty(Box::new(Node::Branch(Branch { page, children: vec![left, right] })));
     }
-    replaced
+    inserted
 }
 
 type Split = Option<(Vec<u8>, Child)>;
 
-fn insert_into(node: &mut Node, key: &[u8], value: Value, context: &mut EditContext) -> (Option<Value>, Split) {
-    match node {
-        Node::Leaf(leaf) => {
-            let found = NodeRef::Page(&leaf.page.bytes).find(key);
-            let (replaced, index) = match found {
-                Ok(index) => {
-                    let old = leaf.take_value(index);
-                    leaf.page.remove_cell(index);
-                    (Some(old), index)
-                }
-                Err(index) => (None, index),
-            };
-            let cell = leaf.cell(key, value);
-            if leaf.page.insert_cell(index, &cell) {
-                return (replaced, None);
-            }
-            (replaced, Some(split_leaf(leaf, index, &cell)))
+/// `keys_after`: whether the tree holds keys after this node's subtree.
+fn insert_into(
+    node: &mut Node,
+    key: &[u8],
+    source: Source,
+    keys_after: bool,
+    context: &mut EditContext,
+) -> (Inserted, Split) {
+    if let Node::Branch(branch) = node {
+        let index = NodeRef::Page(&branch.page.bytes).child_index(key);
+        let keys_after = keys_after || index + 1 < branch.children.len();
+        let child = make_dirty(&mut branch.children[index], context);
+        let (inserted, split) = insert_into(child, key, source, keys_after, context);
+        let Some((separator, right)) = split else { return (inserted, None) };
+        let cell = branch_cell(&separator, 0);
+        branch.children.insert(index + 1, right);
+        if branch.page.insert_cell(index + 1, &cell) {
+            return (inserted, None);
         }
-        Node::Branch(branch) => {
-            let index = NodeRef::Page(&branch.page.bytes).child_index(key);
-            let child = make_dirty(&mut branch.children[index], context);
-            let (replaced, split) = insert_into(child, key, value, context);
-            let Some((separator, right)) = split else { return (replaced, None) };
-            let cell = branch_cell(&separator, 0);
-            branch.children.insert(index + 1, right);
-            if branch.page.insert_cell(index + 1, &cell) {
-                return (replaced, None);
-            }
-            (replaced, Some(split_branch(branch, index + 1, &cell)))
-        }
+        return (inserted, Some(split_branch(branch, index + 1, &cell)));
     }
+    let view = NodeRef::Mem(node);
+    let found = view.find(key);
+    let value = match source {
+        Source::Ready(value) => value,
+        Source::Following(make) => {
+            let index = found.expect_err("insert_new of a key that is there");
+            if index < view.len() {
+                make(Some((view.key(index), view.value(index))))
+            } else if keys_after {
+                return (Inserted::NextInAnotherLeaf, None);
+            } else {
+                make(None)
+            }
+        }
+    };
+    assert!(leaf_cell_size(key.len(), &value) <= CELL_SIZE_MAX);
+    let Node::Leaf(leaf) = node else { unreachable!("a node that is not a branch is a leaf") };
+    let (replaced, index) = match found {
+        Ok(index) => {
+            let old = leaf.take_value(index);
+            leaf.page.remove_cell(index);
+            (Some(old), index)
+        }
+        Err(index) => (None, index),
+    };
+    let cell = leaf.cell(key, value);
+    if leaf.page.insert_cell(index, &cell) {
+        return (Inserted::Yes(replaced), None);
+    }
+    (Inserted::Yes(replaced), Some(split_leaf(leaf, index, &cell)))
 }
 
 /// Picks where to split cells so both halves fit, the left as close to `target` as possible.
