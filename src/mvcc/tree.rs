@@ -571,9 +571,11 @@ pub fn seek_leaf<'a>(pages: Pages<'a>, root: NodeRef<'a>, key: &[u8]) -> (NodeRe
     if index == node.len() {
         if let Some((branch, child)) = parent.filter(|(branch, child)| child + 1 < branch.len()) {
             let next = branch.child(child + 1, pages);
-            debug_assert!(next.len() > 0 && cmp_keys(next.key(0), key) != Ordering::Less);
-            prefetch_cell(next, 0);
-            return (next, 0);
+            if next.len() > 0 {
+                debug_assert!(cmp_keys(next.key(0), key) != Ordering::Less);
+                prefetch_cell(next, 0);
+                return (next, 0);
+            }
         }
     }
     prefetch_cell(node, index);
