@@ -741,8 +741,6 @@ async fn notify_progress(watch: &WatchStream, interval: std::time::Duration) -> 
     }
 }
 
-/// The streamed 200 reply of a watch. Its head goes out with the first chunk, as Go's
-/// net/http sends it: until then, the reply can still be a plain error.
 /// A gateway request body's limit: the gRPC path's, as grpc-gateway forwards the body as one
 /// gRPC message.
 fn body_limit_bytes(core: &Core) -> usize {
@@ -764,6 +762,8 @@ where
     (Body::new(reader, buffer, head.framing), writer, reply)
 }
 
+/// The streamed 200 reply of a watch. Its head goes out with the first chunk, as Go's
+/// net/http sends it: until then, the reply can still be a plain error.
 struct StreamReply {
     /// Chunked transfer coding (HTTP/1.1); an HTTP/1.0 reply is raw lines until the close.
     chunked: bool,

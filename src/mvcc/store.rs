@@ -749,43 +749,52 @@ impl Store {
         WriteTxn { store: self, revision, sub: 0 }
     }
 
-    /// A tree's root and the list of pages edits free (borrowed together).
-    fn tree_parts(&mut self, kind: TreeKind) -> (&mut Child, &mut Vec<PageId>) {
-        match kind {
-            TreeKind::Kv => (&mut self.kv, &mut self.freed),
-            TreeKind::Rev => (&mut self.rev, &mut self.freed),
-            TreeKind::Aux => (&mut self.aux, &mut self.freed),
-        }
+    /// Runs `edit` on tree `kind`'s root with an edit context over the committed pages.
+    fn edit_tree<R>(&mut self, kind: TreeKind, edit: impl FnOnce(&mut Child, &mut EditContext) -> R) -> R {
+        let shared = Arc::clone(&self.shared);
+        let pages = shared.pages(self.committed.page_count);
+        let root = match kind {
+            TreeKind::Kv => &mut self.kv,
+            TreeKind::Rev => &mut self.rev,
+            TreeKind::Aux => &mut self.aux,
+        };
+        edit(root, &mut EditContext { pages, freed: &mut self.freed })
     }
 
     /// Inserts or replaces `key`; returns whether it replaced a value.
     fn tree_insert(&mut self, kind: TreeKind, key: &[u8], value: Vec<u8>) -> bool {
-        let shared = Arc::clone(&self.shared);
-        let pages = shared.pages(self.committed.page_count);
-        let (root, freed) = self.tree_parts(kind);
-        let mut context = EditContext { pages, freed };
         let value = Value::new(key.len(), value);
-        match tree::insert(root, key, value, &mut context) {
+        self.edit_tree(kind, |root, context| match tree::insert(root, key, value, context) {
             Some(old) => {
-                free_value(old, pages, context.freed);
+                free_value(old, context.pages, context.freed);
                 true
             }
             None => false,
-        }
+        })
+    }
+
+    /// Inserts `key`, which must be new, with the value `make` builds from the entry after it
+    /// (`tree::insert_new`); false, with nothing inserted, if that entry is in another leaf.
+    fn tree_insert_new(
+        &mut self,
+        kind: TreeKind,
+        key: &[u8],
+        make: &mut dyn FnMut(Pages, tree::Following) -> Value,
+    ) -> bool {
+        self.edit_tree(kind, |root, context| {
+            let pages = context.pages;
+            tree::insert_new(root, key, &mut |following| make(pages, following), context)
+        })
     }
 
     fn tree_remove(&mut self, kind: TreeKind, key: &[u8]) -> bool {
-        let shared = Arc::clone(&self.shared);
-        let pages = shared.pages(self.committed.page_count);
-        let (root, freed) = self.tree_parts(kind);
-        let mut context = EditContext { pages, freed };
-        match tree::remove(root, key, &mut context) {
+        self.edit_tree(kind, |root, context| match tree::remove(root, key, context) {
             Some(old) => {
-                free_value(old, pages, context.freed);
+                free_value(old, context.pages, context.freed);
                 true
             }
             None => false,
-        }
+        })
     }
 
     /// Sets `key` of aux table `table` (leases: AUX_TABLE_LEASES, members, auth) to `value`.
@@ -1312,7 +1321,6 @@ fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
     }
 }
 
-/// Frees the overflow pages of a removed committed value.
 /// The live KeyValue of `user_key` that an entry (`found`, `value`) of the kv tree holds,
 /// if it is one of `user_key`'s revisions and not a tombstone.
 fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRef) -> Option<KeyValue> {
@@ -1336,6 +1344,7 @@ fn encode_new_record(previous: Option<&KeyValue>, main: Revision, value: &[u8], 
     encode_record(RecordHeader { tombstone: false, create_revision, version, lease }, value)
 }
 
+/// Frees the overflow pages of a removed committed value.
 fn free_value(value: Value, pages: Pages, freed: &mut Vec<PageId>) {
     if let Value::Overflow { first, len } = value {
         freed.extend(pages.overflow_pages(first, len as usize));
@@ -1396,14 +1405,11 @@ impl WriteTxn<'_> {
         // revision before this put, or another key. Only when it is in another leaf is it
         // looked up first, as a range.
         let mut previous = None;
-        let store = &mut *self.store;
-        let pages = store.shared.pages(store.committed.page_count);
-        let mut context = EditContext { pages, freed: &mut store.freed };
-        let mut make = |following: tree::Following| {
+        let mut make = |pages: Pages, following: tree::Following| {
             previous = following.and_then(|(found, value)| previous_revision(pages, key, found, value));
             Value::new(new_key.len(), encode_new_record(previous.as_ref(), main, value, lease))
         };
-        if !tree::insert_new(&mut store.kv, &new_key, &mut make, &mut context) {
+        if !self.store.tree_insert_new(TreeKind::Kv, &new_key, &mut make) {
             previous =
                 self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
             let record = encode_new_record(previous.as_ref(), main, value, lease);

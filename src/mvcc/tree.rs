@@ -47,9 +47,14 @@ pub fn leaf_cell_size(key_len: usize, value: &Value) -> usize {
     SLOT_SIZE + LEAF_CELL_HEADER + key_len + value.cell_bytes()
 }
 
+/// The offset of cell `index` of a node page (from its slot).
+fn cell_offset(page: &[u8], index: usize) -> usize {
+    slot(page, index).0
+}
+
 /// (offset, length) of cell `index` of a node page.
 fn cell_extent(page: &[u8], index: usize) -> (usize, usize) {
-    let offset = slot(page, index).0;
+    let offset = cell_offset(page, index);
     let length = if page[4] == KIND_LEAF {
         let key_len = read_u16(page, offset) as usize;
         let flags = page[offset + 2];
@@ -130,7 +135,7 @@ impl SlottedPage {
     }
 
     fn cell_offset(&self, index: usize) -> usize {
-        slot(&self.bytes, index).0
+        cell_offset(&self.bytes, index)
     }
 
     fn kind(&self) -> u8 {
@@ -400,19 +405,15 @@ impl<'a> NodeRef<'a> {
         read_u16(self.bytes(), 6) as usize
     }
 
-    fn slot(page: &[u8], index: usize) -> usize {
-        slot(page, index).0
-    }
-
     pub fn key(&self, index: usize) -> &'a [u8] {
         let page = self.bytes();
-        cell_key(page[4], &page[Self::slot(page, index)..])
+        cell_key(page[4], &page[cell_offset(page, index)..])
     }
 
     pub fn value(&self, index: usize) -> ValueRef<'a> {
         let page = self.bytes();
         assert_eq!(page[4], KIND_LEAF, "value() of a branch");
-        let offset = Self::slot(page, index);
+        let offset = cell_offset(page, index);
         let key_len = read_u16(page, offset) as usize;
         let flags = page[offset + 2];
         let value_len = read_u32(page, offset + 3);
@@ -432,7 +433,7 @@ impl<'a> NodeRef<'a> {
     pub fn child(&self, index: usize, pages: Pages<'a>) -> NodeRef<'a> {
         match self {
             NodeRef::Page(page) => {
-                let offset = Self::slot(page, index);
+                let offset = cell_offset(page, index);
                 let child = pages.page(read_u64(page, offset));
                 // The header and the first slots, at once: the search reads the header and
                 // then the slots, two waits for memory in a row otherwise.
@@ -446,7 +447,7 @@ impl<'a> NodeRef<'a> {
 
     pub fn child_page(&self, index: usize) -> PageId {
         match self {
-            NodeRef::Page(page) => read_u64(page, Self::slot(page, index)),
+            NodeRef::Page(page) => read_u64(page, cell_offset(page, index)),
             NodeRef::Mem(_) => panic!("child_page() of a dirty node"),
         }
     }
@@ -756,7 +757,7 @@ impl<'a> NodeRef<'a> {
     /// A leaf cell's value as stored (pending values unresolved).
     fn value_raw(&self, index: usize) -> RawValue<'a> {
         let page = self.bytes();
-        let offset = Self::slot(page, index);
+        let offset = cell_offset(page, index);
         let key_len = read_u16(page, offset) as usize;
         let flags = page[offset + 2];
         let at = offset + LEAF_CELL_HEADER + key_len;
