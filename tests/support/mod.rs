@@ -5,27 +5,75 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; we release it for the server to bind),
-/// never one this test process handed out before: the OS may pick a released port again, and
-/// ringd binds with SO_REUSEPORT, so two servers of parallel tests would share it silently.
+/// A free TCP port on 127.0.0.1 for a server the test starts. The port stays reserved until
+/// the test process exits: a socket of ours stays bound to it, never listening, with
+/// SO_REUSEADDR and SO_REUSEPORT. The server can still bind it (ringd sets SO_REUSEPORT, etcd
+/// SO_REUSEADDR), but no bind to port 0, in this test process or another, is given it again; a
+/// released port could be, and ringd's SO_REUSEPORT would let two servers share it silently.
+///
+/// The reservation never listens: a process that another test thread spawns holds a copy of
+/// every open socket until its exec completes, which on a loaded machine can be after this
+/// thread has started its server. A listening copy would accept `wait_for_port`'s connection
+/// in the server's place and reset it on closing; the test's next connection would then be
+/// refused (the server has not bound yet) or reset.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    for _ in 0..1000 {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
-        }
+    static RESERVED: std::sync::Mutex<Vec<(u16, std::os::fd::OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+    let (port, reservation) = reserve_port();
+    let mut reserved = RESERVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    assert!(reserved.iter().all(|(held, _)| *held != port), "port {port} was given out while reserved");
+    reserved.push((port, reservation));
+    port
+}
+
+/// Binds a TCP socket to 127.0.0.1 port 0, with SO_REUSEADDR and SO_REUSEPORT so that servers
+/// can bind the port too; returns the port the kernel picked (one no socket used) and the socket.
+fn reserve_port() -> (u16, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let address_size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket() returns a new descriptor or -1; only a valid one is wrapped, and the
+    // OwnedFd closes it on every path.
+    let socket = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(fd)
+    };
+    let enable: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: the option value points at a live c_int and its size is passed with it.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&enable as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt: {}", std::io::Error::last_os_error());
     }
-    panic!("the OS kept picking ports this test process already uses");
+    // SAFETY: sockaddr_in is plain data, valid when zeroed.
+    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    address.sin_family = libc::AF_INET as libc::sa_family_t;
+    address.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+    // SAFETY: the address points at a live sockaddr_in of the size passed.
+    let bound = unsafe { libc::bind(socket.as_raw_fd(), (&address as *const libc::sockaddr_in).cast(), address_size) };
+    assert_eq!(bound, 0, "bind 127.0.0.1:0: {}", std::io::Error::last_os_error());
+    let mut length = address_size;
+    // SAFETY: the kernel writes at most `length` bytes into the live sockaddr_in.
+    let named =
+        unsafe { libc::getsockname(socket.as_raw_fd(), (&mut address as *mut libc::sockaddr_in).cast(), &mut length) };
+    assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+    assert_eq!((address.sin_family, length), (libc::AF_INET as libc::sa_family_t, address_size));
+    let port = u16::from_be(address.sin_port);
+    assert_ne!(port, 0, "the kernel bound the socket to a port");
+    (port, socket)
 }
 
 /// Finds a tool the tests need; never skips: a missing tool is a failed test that says how
