@@ -247,6 +247,77 @@ fn read_index_waits_for_a_quorum_and_for_a_commit_in_the_leaders_term() {
     assert_eq!(fresh.read_states[&1].len(), 1);
 }
 
+/// With three voters, the leader and a follower that asks are a quorum: the follower's
+/// MsgReadIndex is its answer, so the leader answers at once, without a heartbeat round, and
+/// tells the follower what is committed (bounded by what it holds), as a heartbeat would.
+#[test]
+fn a_followers_read_in_three_voters_needs_no_heartbeat_round() {
+    let mut network = Network::new(&[1, 2, 3]);
+    network.campaign(1);
+    network.propose(1, b"x");
+    // y reaches both followers and commits on the leader, but the appends that would tell
+    // the followers so are lost.
+    let index = network.member(1).propose(b"y".to_vec()).unwrap();
+    network.settle_all();
+    for _ in 0..4 {
+        network.deliver_one();
+    }
+    assert_eq!(network.committed(1), index);
+    let lost = network.take_queue();
+    assert!(lost.iter().all(|message| message.msg_type == MessageType::MsgApp as i32), "{lost:?}");
+    assert!(network.committed(2) < index && network.last_index(2) == index);
+    let heartbeats_before = network.delivered_of(MessageType::MsgHeartbeat).len();
+    network.member(2).read_index(b"r".to_vec()).unwrap();
+    network.stabilize();
+    assert_eq!(network.delivered_of(MessageType::MsgHeartbeat).len(), heartbeats_before);
+    assert_eq!(network.read_states[&2], vec![(index, b"r".to_vec())]);
+    assert_eq!(network.committed(2), index, "the answer carries the commit");
+    // A read that reaches the leader still needs a follower's answer to a round.
+    network.member(1).read_index(b"l".to_vec()).unwrap();
+    network.stabilize();
+    assert_eq!(network.delivered_of(MessageType::MsgHeartbeat).len(), heartbeats_before + 2);
+    assert_eq!(network.read_states[&1], vec![(index, b"l".to_vec())]);
+}
+
+/// With five voters, the leader and the asker are not a quorum: the read waits for a round,
+/// and a learner's message never counts.
+#[test]
+fn a_followers_read_waits_for_a_round_when_the_two_are_no_quorum() {
+    let mut network = Network::new(&[1, 2, 3, 4, 5]);
+    network.campaign(1);
+    network.propose(1, b"x");
+    for other in [3, 4, 5] {
+        network.cut.insert((1, other));
+        network.cut.insert((other, 1));
+    }
+    network.member(2).read_index(b"r".to_vec()).unwrap();
+    network.stabilize();
+    assert!(network.read_states.get(&2).is_none_or(|reads| reads.is_empty()), "two of five answered");
+    network.heal();
+    network.tick(1, 1);
+    network.stabilize();
+    assert_eq!(network.read_states[&2], vec![(network.committed(1), b"r".to_vec())]);
+
+    let mut with_learner = Network::new(&[1, 2]);
+    with_learner.campaign(1);
+    with_learner
+        .members
+        .insert(3, ringd::raft::Raft::new(config(3), Default::default(), Box::new(ringd::raft::SplitMix64::new(3))));
+    with_learner.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, 3)).unwrap();
+    with_learner.stabilize();
+    with_learner.tick(1, 1);
+    with_learner.stabilize();
+    assert_eq!(with_learner.member(3).conf_state().learners, vec![3]);
+    with_learner.isolate(2);
+    with_learner.member(3).read_index(b"r".to_vec()).unwrap();
+    with_learner.stabilize();
+    assert!(with_learner.read_states.get(&3).is_none_or(|reads| reads.is_empty()), "a learner is no voter");
+    with_learner.heal();
+    with_learner.tick(1, 1);
+    with_learner.stabilize();
+    assert_eq!(with_learner.read_states[&3].len(), 1, "the round answers it");
+}
+
 #[test]
 fn leader_transfer_hands_over_with_timeout_now() {
     let mut network = Network::new(&[1, 2, 3]);

@@ -726,6 +726,8 @@ impl Raft {
                 self.send(forwarded);
             }
             MessageType::MsgReadIndexResp => {
+                // Only the leader of this term answers; its commit is bounded as a heartbeat's.
+                self.log.commit_to(message.commit.min(self.log.last_index()));
                 if let Some(entry) = message.entries.pop() {
                     self.read_states.push(ReadState { index: message.index, request_context: entry.data });
                 }
