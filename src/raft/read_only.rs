@@ -7,6 +7,9 @@
 //! round and every older one are confirmed: the leader was still leader after all of their
 //! reads arrived, so their read indexes cover every write acknowledged before they arrived.
 //!
+//! A read that a follower forwards needs no round when the leader and that follower are a
+//! quorum (3 voters): its MsgReadIndex is that follower's answer (`asker_completes_quorum`).
+//!
 //! Worked example: reads A and B arrive, Ready starts round 7 (index 40); read C arrives and
 //! Ready starts round 8 (index 41); the answers to round 7 are lost, round 8 gets a quorum:
 //! A and B are released at 40 and C at 41. Heartbeats always carry the newest round so a
