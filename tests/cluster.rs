@@ -318,6 +318,26 @@ fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
     assert!(body.contains("false"), "{body}");
 }
 
+/// A one-member cluster answers linearizable reads without a ReadIndex round (it is the only
+/// voter). Once a second voter is added, and has not started, the member can no longer prove
+/// it leads: linearizable reads must fail from then on, serializable reads still work.
+#[test]
+fn a_sole_voter_stops_answering_linearizable_reads_alone_once_a_voter_is_added() {
+    // A long election timeout: the member must refuse the read because it cannot prove it
+    // leads, not because check-quorum has already made it step down.
+    let cluster = Cluster::start_with(1, &["--election-timeout", "30000"]);
+    cluster.wait_for_leader();
+    let endpoint = cluster.member(0).endpoint();
+    assert!(cluster.member(0).etcdctl(&["put", "k", "alone"]).status.success());
+    assert_eq!(get_value(&endpoint, "k", false).as_deref(), Some("alone"));
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    // Whether `member add` itself is answered does not matter here: the change is proposed.
+    let _ = cluster.member(0).etcdctl(&["member", "add", "m1", &format!("--peer-urls={peer_url}")]);
+    let output = cluster.member(0).etcdctl(&["get", "k"]);
+    assert!(!output.status.success(), "a linearizable read with one of two voters must fail");
+    assert_eq!(get_value(&endpoint, "k", true).as_deref(), Some("alone"));
+}
+
 impl Cluster {
     /// Waits (bounded) until member `i`, which the cluster removed, stops by itself.
     fn wait_until_removed_member_exits(&mut self, i: usize) {

@@ -146,6 +146,9 @@ pub struct RaftCore {
     batch_started: Instant,
     /// (last index, when handed to the WAL) of each Ready's entries, until committed.
     appended: VecDeque<(u64, Instant)>,
+    /// The term in which this member, leading as the only voter, had applied all it had
+    /// committed (0: none): `Shared::sole_voter_reads` holds while it stays so.
+    sole_voter_term: u64,
 }
 
 /// What the raft core starts from.
@@ -301,6 +304,7 @@ impl RaftCore {
             bytes_since_snapshot: 0,
             batch_started: Instant::now(),
             appended: VecDeque::new(),
+            sole_voter_term: 0,
         }
     }
 
@@ -451,6 +455,9 @@ impl RaftCore {
             let _ = reply.send(Err(status));
             return;
         }
+        // Reads go through ReadIndex again before a second voter can exist.
+        self.sole_voter_term = 0;
+        self.shared.sole_voter_reads.store(false, Ordering::Release);
         let id = self.next_id();
         change.context =
             ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member) }.encode_to_vec();
@@ -898,6 +905,20 @@ impl RaftCore {
         let leader = self.raft.leader_id();
         let previous_leader = shared.leader_id.swap(leader, Ordering::AcqRel);
         let leading = self.raft.role() == Role::Leader;
+        let sole_voter = leading && self.raft.conf_state().voters == [shared.member_id];
+        if !sole_voter {
+            self.sole_voter_term = 0;
+        } else if self.sole_voter_term != self.raft.term() {
+            // Once an entry of this term is committed and applied, so is every entry of the
+            // terms before (a restart replays them); from then on each write is answered
+            // after it is applied.
+            let log = self.raft.log();
+            let applied = shared.applied_index.load(Ordering::Acquire);
+            if log.term(log.committed) == Some(self.raft.term()) && applied >= log.committed {
+                self.sole_voter_term = self.raft.term();
+            }
+        }
+        shared.sole_voter_reads.store(sole_voter && self.sole_voter_term == self.raft.term(), Ordering::Release);
         if leading != self.lessor.borrow().is_primary() {
             // etcd promotes its lessor when it starts leading (every lease gets its remaining
             // TTL plus an election timeout) and demotes it when it stops.
