@@ -167,18 +167,22 @@ fn snapshot_arriving_while_appends_are_in_flight() {
     assert_eq!(network.member(3).log().term(index), network.member(1).log().term(index));
 }
 
+/// Starts member `id` and has leader 1 add it as a learner, until the learner knows it is one.
+fn add_learner(network: &mut Network, id: u64) {
+    let raft = ringd::raft::Raft::new(config(id), Default::default(), Box::new(ringd::raft::SplitMix64::new(id)));
+    network.members.insert(id, raft);
+    network.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, id)).unwrap();
+    network.stabilize();
+    network.tick(1, 1);
+    network.stabilize();
+    assert_eq!(network.member(id).conf_state().learners, vec![id]);
+}
+
 #[test]
 fn learner_replicates_but_never_votes_campaigns_or_counts() {
     let mut network = Network::new(&[1, 2, 3]);
     network.campaign(1);
-    network
-        .members
-        .insert(4, ringd::raft::Raft::new(config(4), Default::default(), Box::new(ringd::raft::SplitMix64::new(4))));
-    network.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, 4)).unwrap();
-    network.stabilize();
-    network.tick(1, 1);
-    network.stabilize();
-    assert_eq!(network.member(4).conf_state().learners, vec![4]);
+    add_learner(&mut network, 4);
     let index = network.propose(1, b"to the learner too");
     assert_eq!(network.committed(4), index);
     // It never campaigns.
@@ -290,32 +294,25 @@ fn a_followers_read_waits_for_a_round_when_the_two_are_no_quorum() {
         network.cut.insert((1, other));
         network.cut.insert((other, 1));
     }
-    network.member(2).read_index(b"r".to_vec()).unwrap();
-    network.stabilize();
-    assert!(network.read_states.get(&2).is_none_or(|reads| reads.is_empty()), "two of five answered");
-    network.heal();
-    network.tick(1, 1);
-    network.stabilize();
-    assert_eq!(network.read_states[&2], vec![(network.committed(1), b"r".to_vec())]);
+    answered_only_once_healed(&mut network, 2);
 
     let mut with_learner = Network::new(&[1, 2]);
     with_learner.campaign(1);
-    with_learner
-        .members
-        .insert(3, ringd::raft::Raft::new(config(3), Default::default(), Box::new(ringd::raft::SplitMix64::new(3))));
-    with_learner.member(1).propose_conf_change(change(ConfChangeType::ConfChangeAddLearnerNode, 3)).unwrap();
-    with_learner.stabilize();
-    with_learner.tick(1, 1);
-    with_learner.stabilize();
-    assert_eq!(with_learner.member(3).conf_state().learners, vec![3]);
+    add_learner(&mut with_learner, 3);
     with_learner.isolate(2);
-    with_learner.member(3).read_index(b"r".to_vec()).unwrap();
-    with_learner.stabilize();
-    assert!(with_learner.read_states.get(&3).is_none_or(|reads| reads.is_empty()), "a learner is no voter");
-    with_learner.heal();
-    with_learner.tick(1, 1);
-    with_learner.stabilize();
-    assert_eq!(with_learner.read_states[&3].len(), 1, "the round answers it");
+    answered_only_once_healed(&mut with_learner, 3);
+}
+
+/// `asker` asks leader 1 for a read while the network's cuts stand: no answer. Once healed,
+/// the next heartbeat round answers it at the leader's commit index.
+fn answered_only_once_healed(network: &mut Network, asker: u64) {
+    network.member(asker).read_index(b"r".to_vec()).unwrap();
+    network.stabilize();
+    assert!(network.read_states.get(&asker).is_none_or(|reads| reads.is_empty()), "answered without a quorum");
+    network.heal();
+    network.tick(1, 1);
+    network.stabilize();
+    assert_eq!(network.read_states[&asker], vec![(network.committed(1), b"r".to_vec())]);
 }
 
 #[test]
