@@ -140,8 +140,8 @@ fn run(server: &Server, workload: Workload) -> Result {
             .detach();
             connections.push(client);
         }
-        let foo = pb::PutRequest { key: b"foo".to_vec(), value: vec![b'v'; VALUE_BYTES], ..Default::default() };
-        assert!(call(&connections[0], port, "/etcdserverpb.KV/Put", frame(&foo)).await, "put foo");
+        let seed = pb::PutRequest { key: b"foo".to_vec(), value: vec![b'v'; VALUE_BYTES], ..Default::default() };
+        assert!(call(&connections[0], port, "/etcdserverpb.KV/Put", frame(&seed)).await, "put foo");
         let histogram = Rc::new(std::cell::RefCell::new(hdrhistogram::Histogram::<u64>::new(3).unwrap()));
         let errors = Rc::new(std::cell::Cell::new(0usize));
         let next = Rc::new(std::cell::Cell::new(0usize));

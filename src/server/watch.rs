@@ -548,15 +548,18 @@ impl Drop for WatchStream {
     }
 }
 
+/// One distinct set of events with its encoding, shared by the watchers that want it.
+type SharedEvents = Rc<(EventsKey, Rc<EncodedEvents>)>;
+
 /// A pass's encodings for encoded streams: the header once, and each distinct set of events
 /// (position, range, options) once, as a run of WatchResponse `events` fields.
 struct EncodedPass {
     /// WatchResponse field 1 (the header), encoded.
     header: Vec<u8>,
-    events: rustc_hash::FxHashMap<u64, Vec<Rc<(EventsKey, Rc<EncodedEvents>)>>>,
+    events: rustc_hash::FxHashMap<u64, Vec<SharedEvents>>,
     /// The last events handed out: the next watcher (of a stream of like watchers) most
     /// often wants the same, and is then served without hashing.
-    last: Option<Rc<(EventsKey, Rc<EncodedEvents>)>>,
+    last: Option<SharedEvents>,
     /// The last "no events" handed out.
     nothing: Option<Rc<EncodedEvents>>,
 }
@@ -760,12 +763,8 @@ mod tests {
                 .unwrap();
             assert_eq!(encoded.covered, 8);
             let message = pass.message(id, &encoded.bytes);
-            let expected = pb::WatchResponse {
-                header: Some(header.clone()),
-                watch_id: id,
-                events: events.clone(),
-                ..Default::default()
-            };
+            let expected =
+                pb::WatchResponse { header: Some(header), watch_id: id, events: events.clone(), ..Default::default() };
             assert_eq!(&message[5..], prost::Message::encode_to_vec(&expected).as_slice());
             assert_eq!(u32::from_be_bytes(message[1..5].try_into().unwrap()) as usize, message.len() - 5);
         }

@@ -441,10 +441,13 @@ impl Drop for EtcdctlProcess {
     }
 }
 
+/// The open stream of a RawWatch: its two halves and the bytes received but not yet framed.
+type WatchStream = (h2::RecvStream, h2::SendStream<bytes::Bytes>, Vec<u8>);
+
 /// A raw gRPC Watch stream over h2 on a glommio executor owned by the caller's thread.
 pub struct RawWatch {
     executor: glommio::LocalExecutor,
-    state: std::rc::Rc<std::cell::RefCell<Option<(h2::RecvStream, h2::SendStream<bytes::Bytes>, Vec<u8>)>>>,
+    state: std::rc::Rc<std::cell::RefCell<Option<WatchStream>>>,
 }
 
 impl RawWatch {
