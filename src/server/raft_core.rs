@@ -912,13 +912,16 @@ impl RaftCore {
             // Once an entry of this term is committed and applied, so is every entry of the
             // terms before (a restart replays them); from then on each write is answered
             // after it is applied.
-            let log = self.raft.log();
             let applied = shared.applied_index.load(Ordering::Acquire);
-            if log.term(log.committed) == Some(self.raft.term()) && applied >= log.committed {
+            if self.raft.committed_in_current_term() && applied >= self.raft.log().committed {
                 self.sole_voter_term = self.raft.term();
             }
         }
-        shared.sole_voter_reads.store(sole_voter && self.sole_voter_term == self.raft.term(), Ordering::Release);
+        // Every core reads the flag on each linearizable read: write its line only on a change.
+        let sole_voter_reads = sole_voter && self.sole_voter_term == self.raft.term();
+        if shared.sole_voter_reads.load(Ordering::Relaxed) != sole_voter_reads {
+            shared.sole_voter_reads.store(sole_voter_reads, Ordering::Release);
+        }
         if leading != self.lessor.borrow().is_primary() {
             // etcd promotes its lessor when it starts leading (every lease gets its remaining
             // TTL plus an election timeout) and demotes it when it stops.
