@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use ringd::api::pb::etcdserverpb as pb;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 const KEY_BYTES: usize = 8;
 const VALUE_BYTES: usize = 256;
@@ -131,7 +130,7 @@ fn run(server: &Server, workload: Workload) -> Result {
             let (client, connection) = h2::client::Builder::new()
                 .initial_window_size(1 << 20)
                 .initial_connection_window_size(16 << 20)
-                .handshake(stream.compat())
+                .handshake(ringd::io::stream::TokioIo::new(stream))
                 .await
                 .unwrap();
             glommio::spawn_local(async move {

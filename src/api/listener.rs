@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::server::Core;
 
@@ -51,7 +50,7 @@ async fn serve_connection(mut stream: TcpStream, core: Rc<Core>) {
     buffer.truncate(filled);
     if buffer.starts_with(HTTP2_PREFACE) {
         let replay = Replay { prefix: buffer, position: 0, inner: stream };
-        crate::api::grpc::serve(replay.compat(), core).await;
+        crate::api::grpc::serve(crate::io::stream::TokioIo::new(replay), core).await;
     } else {
         crate::api::gateway::serve(stream, buffer, core).await;
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, Request};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::client::error::{code_from_number, percent_decode, Error};
 
@@ -77,7 +76,7 @@ impl Channel {
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .handshake::<_, Bytes>(stream.compat())
+            .handshake::<_, Bytes>(crate::io::stream::TokioIo::new(stream))
             .await
             .map_err(|error| Error::unavailable(format!("http2 handshake with {}: {error}", endpoint.authority())))?;
         let ping_pong = connection.ping_pong();

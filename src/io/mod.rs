@@ -14,9 +14,13 @@
 //!   pages and clears the error). Callers therefore never retry a failed sync.
 //! - Directory changes (create, rename, remove) are durable only after `Storage::sync` returns.
 //!
-//! May depend on: glommio. Nothing above `io` is imported here.
+//! [`stream`] adapts glommio's sockets to the tokio-io traits h2 drives.
+//!
+//! May depend on: glommio, futures-lite and tokio's io traits (never its runtime). Nothing
+//! above `io` is imported here.
 
 pub mod glommio_storage;
+pub mod stream;
 
 use std::ops::Deref;
 

@@ -538,9 +538,8 @@ fn test_executor() -> glommio::LocalExecutor {
 /// Connects over h2 and opens a gRPC call on `path`; the connection is driven by a task of
 /// the current executor.
 async fn open_grpc_stream(port: u16, path: &str) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
-    use tokio_util::compat::FuturesAsyncReadCompatExt;
     let stream = glommio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (client, connection) = h2::client::handshake(stream.compat()).await.unwrap();
+    let (client, connection) = h2::client::handshake(ringd::io::stream::TokioIo::new(stream)).await.unwrap();
     glommio::spawn_local(async move {
         let _ = connection.await;
     })
