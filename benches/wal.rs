@@ -2,14 +2,18 @@
 //!
 //! Runs on the file system holding `WAL_BENCH_DIR` (default `target/wal-bench` in the crate),
 //! which it empties first and removes at the end. Measures, on one glommio executor:
-//! - the device floor: one 4 KiB O_DIRECT write + fdatasync into a preallocated, zero-filled
-//!   file (the best a WAL append could do);
+//! - the device floor: one 4 KiB O_DIRECT pwrite + fdatasync into a preallocated, zero-filled
+//!   file, from a plain thread with blocking syscalls (the best a WAL append could do);
+//! - the same through glommio, as a write then an fdatasync (io_uring runs the fdatasync on a
+//!   worker thread), and as one O_DSYNC write (`DirectFile::write_durable_at`, what the WAL
+//!   does);
 //! - one appender of 256-byte entries: latency of each durable append;
 //! - 16, 256 and 1024 concurrent appenders: durable records/s, bytes written per record and
 //!   records per fdatasync (group commit).
 //!
 //! The last three lines are for scripts:
-//! `floor_us <median>`, `single_append_us <median>`, `appenders_1024_records_per_s <n>`.
+//! `floor_us <median>` (the device floor), `glommio_sync_us <median>`, `glommio_dsync_us <median>`,
+//! `single_append_us <median>`, `appenders_1024_records_per_s <n>`.
 //! Environment: WAL_BENCH_DIR, WAL_BENCH_SECONDS (per appender run, default 3).
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -50,11 +54,52 @@ fn entry(index: u64) -> Entry {
     Entry { term: 1, index, entry_type: 0, data: vec![(index % 251) as u8; ENTRY_DATA_BYTES] }
 }
 
-async fn floor_us(dir: &Path) -> f64 {
+const FLOOR_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The device floor: blocking O_DIRECT pwrite + fdatasync from this thread, no executor.
+fn device_floor_us(dir: &Path) -> f64 {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let path = fresh_dir(&dir.join("device-floor")).join("floor.dat");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .expect("open O_DIRECT");
+    let layout = std::alloc::Layout::from_size_align(FLOOR_FILE_BYTES, 4096).expect("layout");
+    // SAFETY: a non-zero size; zeroed, so every byte is initialized; freed below.
+    let memory = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!memory.is_null(), "allocation failed");
+    // SAFETY: `memory` holds FLOOR_FILE_BYTES initialized bytes, aligned for O_DIRECT.
+    let zeros = unsafe { std::slice::from_raw_parts_mut(memory, FLOOR_FILE_BYTES) };
+    file.write_all_at(zeros, 0).expect("zero-fill");
+    file.sync_data().expect("sync");
+    let mut samples = Vec::with_capacity(FLOOR_SAMPLES);
+    for i in 0..FLOOR_SAMPLES + WARMUP_SAMPLES {
+        let sector = &mut zeros[..4096];
+        sector.fill(i as u8);
+        let offset = (i % (FLOOR_FILE_BYTES / 4096)) as u64 * 4096;
+        let start = Instant::now();
+        file.write_all_at(sector, offset).expect("write");
+        file.sync_data().expect("sync");
+        if i >= WARMUP_SAMPLES {
+            samples.push(start.elapsed());
+        }
+    }
+    // SAFETY: allocated above with this layout; `zeros` is not used after this.
+    unsafe { std::alloc::dealloc(memory, layout) };
+    let (median, p99) = percentiles_us(&mut samples);
+    println!("floor: 4 KiB O_DIRECT pwrite + fdatasync, blocking: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)");
+    median
+}
+
+/// The same write through glommio: a write then an fdatasync, or (`dsync`) one
+/// `write_durable_at` (an O_DSYNC write).
+async fn glommio_floor_us(dir: &Path, dsync: bool) -> f64 {
     let storage = GlommioStorage::open(fresh_dir(&dir.join("floor"))).await.expect("storage");
     let file = storage.create_file("floor.dat").await.expect("create");
-    let size_bytes = 4 * 1024 * 1024;
-    let mut zeros = file.alloc_write_buffer(size_bytes);
+    let mut zeros = file.alloc_write_buffer(FLOOR_FILE_BYTES);
     zeros.as_mut().fill(0);
     file.write_at(zeros, 0).await.expect("zero-fill");
     file.sync_data().await.expect("sync");
@@ -62,18 +107,21 @@ async fn floor_us(dir: &Path) -> f64 {
     for i in 0..FLOOR_SAMPLES + WARMUP_SAMPLES {
         let mut buffer = file.alloc_write_buffer(4096);
         buffer.as_mut().fill(i as u8);
-        let offset = (i % (size_bytes / 4096)) as u64 * 4096;
+        let offset = (i % (FLOOR_FILE_BYTES / 4096)) as u64 * 4096;
         let start = Instant::now();
-        file.write_at(buffer, offset).await.expect("write");
-        file.sync_data().await.expect("sync");
+        if dsync {
+            file.write_durable_at(buffer, offset).await.expect("durable write");
+        } else {
+            file.write_at(buffer, offset).await.expect("write");
+            file.sync_data().await.expect("sync");
+        }
         if i >= WARMUP_SAMPLES {
             samples.push(start.elapsed());
         }
     }
     let (median, p99) = percentiles_us(&mut samples);
-    println!(
-        "floor: 4 KiB O_DIRECT write + fdatasync: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)"
-    );
+    let how = if dsync { "one O_DSYNC write" } else { "write, then fdatasync" };
+    println!("glommio: 4 KiB O_DIRECT {how}: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)");
     median
 }
 
@@ -161,20 +209,24 @@ fn main() {
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("wal bench in {} (load average {})", dir.display(), load.trim());
-    let results =
+    let floor = device_floor_us(&dir);
+    let (sync, dsync, single, many) =
         LocalExecutorBuilder::new(Placement::Unbound).io_memory(1024 * 1024).make().expect("glommio executor").run(
             async {
-                let floor = floor_us(&dir).await;
+                let sync = glommio_floor_us(&dir, false).await;
+                let dsync = glommio_floor_us(&dir, true).await;
                 let single = single_append_us(&dir).await;
                 appenders_records_per_s(&dir, 16, run_time).await;
                 appenders_records_per_s(&dir, 256, run_time).await;
                 let many = appenders_records_per_s(&dir, 1024, run_time).await;
-                (floor, single, many)
+                (sync, dsync, single, many)
             },
         );
     let _ = std::fs::remove_dir_all(&dir);
-    println!("single append / floor = {:.2}", results.1 / results.0);
-    println!("floor_us {:.1}", results.0);
-    println!("single_append_us {:.1}", results.1);
-    println!("appenders_1024_records_per_s {:.0}", results.2);
+    println!("single append / floor = {:.2}", single / floor);
+    println!("floor_us {floor:.1}");
+    println!("glommio_sync_us {sync:.1}");
+    println!("glommio_dsync_us {dsync:.1}");
+    println!("single_append_us {single:.1}");
+    println!("appenders_1024_records_per_s {many:.0}");
 }

@@ -572,7 +572,7 @@ fn a_failed_fsync_is_sticky_and_never_retried() {
         let io_now = disk.stats().io_count;
         disk.fail_sync_at_io(io_now + 1);
         let error = wal.append(&[entry(2, 1, 10)], None).await.expect_err("fsync fails");
-        assert!(matches!(error, WriteError::Io { operation: "syncing", .. }), "{error}");
+        assert!(matches!(error, WriteError::Io { operation: "writing and syncing", .. }), "{error}");
         let syncs = disk.stats().syncs;
         let again = wal.append(&[entry(3, 1, 10)], None).await.expect_err("sticky");
         assert_eq!(again.to_string(), error.to_string());

@@ -8,6 +8,7 @@
 
 use super::{DirectFile, Storage, SECTOR_SIZE_BYTES};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,13 @@ impl GlommioStorage {
         options
     }
 
+    /// The O_DSYNC handle of an existing file, for `write_durable_at`.
+    async fn open_durable(&self, name: &str) -> io::Result<DmaFile> {
+        let mut options = self.open_options();
+        options.custom_flags(libc::O_DSYNC);
+        Ok(options.dma_open(self.file_path(name)).await?)
+    }
+
     fn file_path(&self, name: &str) -> PathBuf {
         assert!(!name.is_empty() && !name.contains('/'), "bad file name {name:?}");
         self.path.join(name)
@@ -66,12 +74,12 @@ impl Storage for GlommioStorage {
 
     async fn create_file(&self, name: &str) -> io::Result<GlommioFile> {
         let file = self.open_options().create_new(true).dma_open(self.file_path(name)).await?;
-        GlommioFile::new(file)
+        GlommioFile::new(file, self.open_durable(name).await?)
     }
 
     async fn open_file(&self, name: &str) -> io::Result<GlommioFile> {
         let file = self.open_options().dma_open(self.file_path(name)).await?;
-        GlommioFile::new(file)
+        GlommioFile::new(file, self.open_durable(name).await?)
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -127,13 +135,28 @@ async fn probe_direct_io(directory: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// One `DmaFile`.
+/// One file through two `DmaFile` handles: `file` for plain writes, reads and fdatasync, and
+/// `durable` (O_DSYNC) for `write_durable_at`.
+///
+/// Why two: a write then an fdatasync is two io_uring operations, and io_uring can only run the
+/// fdatasync on a worker thread, which inherits the executor's CPU: on a busy core the sync
+/// waits for that thread to be scheduled beside the executor, and on an idle one it costs two
+/// more wakeups. An O_DSYNC write is one operation, submitted inline: the kernel writes, then
+/// flushes (or writes with FUA) before it completes. Measured through glommio on this
+/// project's VM (2026-11-30), 4 KiB writes: write + fdatasync 140 to 159 µs, O_DSYNC write 118 to
+/// 138 µs, against 78 to 108 µs for pwrite + fdatasync from a plain thread.
 pub struct GlommioFile {
     file: DmaFile,
+    durable: DmaFile,
+    /// Plain writes started, and the count covered by the last successful `sync_data`. An
+    /// O_DSYNC write makes only itself durable (with FUA it flushes nothing else), so
+    /// `write_durable_at` takes that path only when no plain write is unsynced.
+    plain_writes: Cell<u64>,
+    synced_writes: Cell<u64>,
 }
 
 impl GlommioFile {
-    fn new(file: DmaFile) -> io::Result<GlommioFile> {
+    fn new(file: DmaFile, durable: DmaFile) -> io::Result<GlommioFile> {
         // Our sector must be a multiple of what the device needs, or O_DIRECT writes fail.
         if !(SECTOR_SIZE_BYTES as u64).is_multiple_of(file.alignment()) {
             return Err(io::Error::new(
@@ -141,8 +164,22 @@ impl GlommioFile {
                 format!("device needs {} byte alignment for direct I/O", file.alignment()),
             ));
         }
-        Ok(GlommioFile { file })
+        Ok(GlommioFile { file, durable, plain_writes: Cell::new(0), synced_writes: Cell::new(0) })
     }
+}
+
+/// Checks a direct write's alignment and that it wrote everything.
+async fn write_whole(file: &DmaFile, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
+    assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
+    let len_bytes = buffer.len();
+    let written_bytes = file.write_at(buffer, offset_bytes).await?;
+    if written_bytes != len_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short direct write: {written_bytes} of {len_bytes} bytes at {offset_bytes}"),
+        ));
+    }
+    Ok(())
 }
 
 impl DirectFile for GlommioFile {
@@ -155,16 +192,8 @@ impl DirectFile for GlommioFile {
     }
 
     async fn write_at(&self, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
-        assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
-        let len_bytes = buffer.len();
-        let written_bytes = self.file.write_at(buffer, offset_bytes).await?;
-        if written_bytes != len_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short direct write: {written_bytes} of {len_bytes} bytes at {offset_bytes}"),
-            ));
-        }
-        Ok(())
+        self.plain_writes.set(self.plain_writes.get() + 1);
+        write_whole(&self.file, buffer, offset_bytes).await
     }
 
     async fn read_at(&self, offset_bytes: u64, len_bytes: usize) -> io::Result<ReadResult> {
@@ -172,10 +201,58 @@ impl DirectFile for GlommioFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        Ok(self.file.fdatasync().await?)
+        let covered = self.plain_writes.get();
+        self.file.fdatasync().await?;
+        self.synced_writes.set(self.synced_writes.get().max(covered));
+        Ok(())
+    }
+
+    async fn write_durable_at(&self, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
+        if self.synced_writes.get() < self.plain_writes.get() {
+            self.write_at(buffer, offset_bytes).await?;
+            return self.sync_data().await;
+        }
+        write_whole(&self.durable, buffer, offset_bytes).await
     }
 
     async fn size_bytes(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(file: &GlommioFile, byte: u8) -> DmaBuffer {
+        let mut buffer = file.alloc_write_buffer(SECTOR_SIZE_BYTES);
+        buffer.as_mut().fill(byte);
+        buffer
+    }
+
+    /// A durable write after an unsynced plain write syncs that one too (the O_DSYNC handle
+    /// would not), and both handles write the same file.
+    #[test]
+    fn a_durable_write_covers_earlier_plain_writes() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let storage = GlommioStorage::open(&path).await.expect("storage");
+                let file = storage.create_file("data").await.expect("create");
+                file.write_durable_at(filled(&file, 1), 0).await.expect("durable write");
+                assert_eq!((file.plain_writes.get(), file.synced_writes.get()), (0, 0), "O_DSYNC path");
+                file.write_at(filled(&file, 2), 4096).await.expect("plain write");
+                assert!(file.synced_writes.get() < file.plain_writes.get());
+                file.write_durable_at(filled(&file, 3), 8192).await.expect("durable write");
+                assert_eq!(file.synced_writes.get(), file.plain_writes.get(), "the plain write was synced");
+                let bytes = file.read_at(0, 3 * 4096).await.expect("read");
+                for (sector, byte) in [(0, 1u8), (1, 2), (2, 3)] {
+                    assert!(bytes[sector * 4096..(sector + 1) * 4096].iter().all(|b| *b == byte), "sector {sector}");
+                }
+            });
     }
 }

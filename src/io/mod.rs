@@ -52,6 +52,15 @@ pub trait DirectFile {
     /// fdatasync: makes every completed write durable. Never retried after a failure.
     async fn sync_data(&self) -> std::io::Result<()>;
 
+    /// `write_at` then `sync_data`, as one operation where the implementation has one (the
+    /// glommio file: one O_DSYNC write, with no separate fsync for io_uring to hand to a worker
+    /// thread). Same contract: on `Ok`, this and every earlier completed write are durable; a
+    /// failure is never retried.
+    async fn write_durable_at(&self, buffer: Self::WriteBuffer, offset_bytes: u64) -> std::io::Result<()> {
+        self.write_at(buffer, offset_bytes).await?;
+        self.sync_data().await
+    }
+
     /// The file's size in bytes.
     async fn size_bytes(&self) -> std::io::Result<u64>;
 }

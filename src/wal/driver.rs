@@ -46,8 +46,11 @@ async fn next_work<S: Storage>(shared: &Shared<S>) -> Option<Work<S::File>> {
 
 async fn write_batch<S: Storage>(shared: &Shared<S>, batch: WriteBatch<S::File>) -> Result<u64, WriteError> {
     let describe = || shared.storage.describe(&batch.file_name);
-    batch.file.write_at(batch.buffer, batch.offset).await.map_err(|e| WriteError::io(describe(), "writing", e))?;
-    batch.file.sync_data().await.map_err(|e| WriteError::io(describe(), "syncing", e))?;
+    batch
+        .file
+        .write_durable_at(batch.buffer, batch.offset)
+        .await
+        .map_err(|e| WriteError::io(describe(), "writing and syncing", e))?;
     shared.state.borrow_mut().stats.syncs += 1;
     Ok(batch.complete_ticket)
 }

@@ -7,7 +7,8 @@
 //!
 //! - the flusher takes every record appended since its last write (up to
 //!   `WRITE_SIZE_MAX_BYTES`), prepends the in-memory tail sector, seals the crc chain, writes the
-//!   sectors with one aligned direct write, runs one `sync_data`, and wakes the appenders whose
+//!   sectors with one aligned direct write made durable at once (`write_durable_at`: a write
+//!   and a `sync_data`, one O_DSYNC write on glommio), and wakes the appenders whose
 //!   records are now durable, in append order. Appends made while a write is in flight queue for
 //!   the next one: that is the group commit, and at most one write + sync is ever in flight;
 //! - the preparer keeps one zero-filled, synced segment file (`prepared-N.wal.tmp`) ready, so that a
