@@ -403,6 +403,17 @@ fn an_unfinished_compaction_resumes_after_a_restart() {
 /// snapshot's revision, even though the writer went on and reused free pages meanwhile.
 #[test]
 fn an_image_is_a_consistent_store_while_writes_go_on() {
+    image_while_writes_go_on(Durability::Durable);
+}
+
+/// The same from a visible commit, as the server takes its images: that meta has no free list
+/// on disk, so the image finds the free pages itself and carries a free list of its own.
+#[test]
+fn an_image_of_a_visible_commit_is_a_consistent_store_while_writes_go_on() {
+    image_while_writes_go_on(Durability::Visible);
+}
+
+fn image_while_writes_go_on(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
     let put_round = |store: &mut Store, round: u32| {
@@ -411,19 +422,21 @@ fn an_image_is_a_consistent_store_while_writes_go_on() {
             txn.put(format!("key{key:04}").as_bytes(), format!("round{round}-{}", "x".repeat(200)).as_bytes(), 0);
         }
         txn.end();
-        store.commit().unwrap();
+        store.commit_with(durability).unwrap();
     };
     for round in 0..3 {
         put_round(&mut store, round);
     }
     store.compact(store.current_revision()).unwrap();
     while store.compact_step() {}
-    store.commit().unwrap();
+    store.commit_with(durability).unwrap();
+    store.check().unwrap();
     let image = store.reader().snapshot().image().unwrap();
     let revision = image.revision();
     // Writes after the image reuse the pages the compaction freed.
     for round in 3..8 {
         put_round(&mut store, round);
+        store.check().unwrap();
     }
     let mut bytes = Vec::new();
     let mut offset = 0;
@@ -437,11 +450,54 @@ fn an_image_is_a_consistent_store_while_writes_go_on() {
     std::fs::write(&copy_path, &bytes).unwrap();
     let copy = Store::open(&copy_path, StoreOptions::default()).unwrap();
     copy.check().unwrap();
+    assert!(copy.size_in_use_bytes() < copy.size_bytes(), "the compaction's free pages are on the copy's free list");
     assert_eq!(copy.current_revision(), revision);
     let all = RangeOptions { revision: 0, limit: 0, keys_only: false, count_only: false };
     let result = copy.reader().snapshot().range(b"key", b"kez", &all).unwrap();
     assert_eq!(result.kvs.len(), 300);
     assert!(result.kvs.iter().all(|kv| kv.value.starts_with(b"round2-")));
+}
+
+/// A visible commit writes the pages of its tree changes and no free list: after a
+/// compaction freed thousands of pages, one put still writes a handful of pages, where a free
+/// list written each commit would take a page per 254 free pages.
+#[test]
+fn a_visible_commit_writes_no_free_list_however_long_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+    for round in 0..10u32 {
+        let mut txn = store.write();
+        for key in 0..2000u32 {
+            txn.put(format!("key{key:05}").as_bytes(), format!("round{round}-{}", "x".repeat(300)).as_bytes(), 0);
+        }
+        txn.end();
+        store.commit().unwrap();
+    }
+    store.compact(store.current_revision()).unwrap();
+    while store.compact_step() {}
+    store.commit().unwrap();
+    store.commit().unwrap(); // both metas on disk past the compaction: its pages are free
+    let free_pages = (store.size_bytes() - store.size_in_use_bytes()) / 4096;
+    assert!(free_pages > 2000, "the compaction freed {free_pages} pages");
+    for round in 0..3u8 {
+        let mut txn = store.write();
+        txn.put(b"key00007", &[round; 100], 0);
+        txn.end();
+        let job = store.prepare_commit_with(Durability::Visible).unwrap();
+        assert!(job.page_count() <= 8, "a one-put visible commit wrote {} pages", job.page_count());
+        store.finish_commit(job.run()).unwrap();
+        store.check().unwrap();
+    }
+    // The next checkpoint writes the free list, and the store reopens from it.
+    let job = store.prepare_commit().unwrap();
+    assert!(job.page_count() as u64 > free_pages / 254, "the checkpoint writes the whole free list");
+    store.finish_commit(job.run()).unwrap();
+    store.check().unwrap();
+    store.check_durable().unwrap();
+    drop(store);
+    let reopened = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+    reopened.check().unwrap();
+    assert_eq!(all(&reopened, 0).iter().find(|kv| kv.key == b"key00007").unwrap().value, [2; 100]);
 }
 
 /// A few aux table changes (some values in overflow pages).
@@ -681,12 +737,13 @@ fn visible_commits_are_read_at_once_without_fsync_and_a_checkpoint_makes_them_du
     assert_eq!(crashed.aux_scan(AUX_TABLE_LEASES), vec![(b"lease-1".to_vec(), b"ttl 10".to_vec())]);
     assert!(crashed.aux_scan(AUX_TABLE_MEMBERS).is_empty());
     assert_eq!(crashed.consistent_index(), 10);
-    // A checkpoint with nothing new to write makes the last visible commit durable.
+    // A checkpoint with no tree changes makes the last visible commit's state durable: its
+    // trees, and a free list (a visible commit keeps its own in memory), in one more txn.
     let committed = store.committed_txn_id();
     let job = store.prepare_commit().unwrap();
     assert!(job.is_durable());
     store.finish_commit(job.run()).unwrap();
-    assert_eq!((store.committed_txn_id(), store.last_durable_txn()), (committed, committed));
+    assert_eq!((store.committed_txn_id(), store.last_durable_txn()), (committed + 1, committed + 1));
     assert_eq!(sim.sync_count(), syncs + 2, "pages synced, then the meta");
     let nothing = store.prepare_commit().unwrap();
     assert!(!nothing.is_durable(), "nothing left to make durable");

@@ -185,10 +185,49 @@ impl Walk<'_> {
     }
 }
 
+/// The writer's free list, for a visible commit's meta (`FREELIST_UNWRITTEN`): the free pages,
+/// and the pages of the last durable free list, which stay allocated until the next durable
+/// commit replaces them.
+pub struct InMemoryFreeList<'a> {
+    pub free: &'a [PageId],
+    pub chain: &'a [PageId],
+}
+
+impl Walk<'_> {
+    fn in_memory_free_list(&mut self, list: &InMemoryFreeList) -> Result<u64, CheckError> {
+        for &id in list.chain {
+            let page = self.mark(id, "free list")?;
+            if header(page).kind != KIND_FREELIST {
+                return Err(fail(Some(id), "bad free list page"));
+            }
+        }
+        for &id in list.free {
+            if id < META_PAGES || id >= self.pages.page_count() || core::mem::replace(&mut self.seen[id as usize], true)
+            {
+                return Err(fail(Some(id), "free page outside the file or reachable twice"));
+            }
+        }
+        Ok(list.free.len() as u64)
+    }
+}
+
+/// The pages the trees of `meta` reach (kv, rev, aux, overflow chains), checked as `check`
+/// does; meta pages count as reached.
+pub fn reached_pages(pages: Pages, meta: &Meta) -> Result<Vec<bool>, CheckError> {
+    let mut walk = Walk { pages, seen: vec![false; meta.page_count as usize], leaf_depth: None, entries: 0 };
+    walk.seen[0] = true;
+    walk.seen[1] = true;
+    for root in [meta.kv_root, meta.rev_root, meta.aux_root] {
+        walk.whole_tree(root)?;
+    }
+    Ok(walk.seen)
+}
+
 /// Every page is reached exactly once (meta, tree, overflow, free list, free entry); trees are
 /// ordered and balanced; checksums hold; the kv and rev trees describe the same revisions;
-/// aux keys are well formed.
-pub fn check(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
+/// aux keys are well formed. A visible commit's meta has no free list on disk: `in_memory`
+/// is the writer's (required then, ignored otherwise).
+pub fn check(pages: Pages, meta: &Meta, in_memory: Option<InMemoryFreeList>) -> Result<(), CheckError> {
     if meta.checksum != meta.compute_checksum() {
         return Err(fail(None, "meta checksum"));
     }
@@ -201,7 +240,12 @@ pub fn check(pages: Pages, meta: &Meta) -> Result<(), CheckError> {
     let kv_entries = walk.whole_tree(meta.kv_root)?;
     let rev_entries = walk.whole_tree(meta.rev_root)?;
     let aux_entries = walk.whole_tree(meta.aux_root)?;
-    let free = walk.free_list(meta.freelist_head)?;
+    let free = if meta.freelist_head == FREELIST_UNWRITTEN {
+        let list = in_memory.ok_or_else(|| fail(None, "a visible commit's meta has no free list on disk"))?;
+        walk.in_memory_free_list(&list)?
+    } else {
+        walk.free_list(meta.freelist_head)?
+    };
     if let Some(leaked) = walk.seen.iter().position(|seen| !seen) {
         return Err(fail(Some(leaked as u64), "page neither in a tree nor on the free list"));
     }

@@ -15,7 +15,9 @@
 //!   `RINGDMV1`, format version, page size, txn id, roots of the kv tree, the rev tree and the
 //!   free list, page count, free page count, current / compact revision, consistent index,
 //!   kv entry count, the rev tree position where an unfinished compaction resumes, the aux
-//!   tree's root and entry count, and a crc32 of the preceding 128 bytes. A durable
+//!   tree's root and entry count, and a crc32 of the preceding 128 bytes. A visible commit's
+//!   meta (never written to disk) has `FREELIST_UNWRITTEN` as its free list root: its free list
+//!   is in the writer's memory. A durable
 //!   checkpoint writes its meta into the slot holding the older of the two metas on disk (or
 //!   into a slot without a valid meta), so the newer one is never touched while the new one
 //!   may be torn. Txn ids of the two slots need not be consecutive or of any parity (visible
@@ -57,16 +59,19 @@
 //!
 //! # Commits: visible and durable (DESIGN §5)
 //!
-//! Every commit is a txn: it spills the dirty nodes to fresh pages, writes the whole free list
-//! and makes a meta that describes a complete, consistent file. How far it goes:
+//! Every commit is a txn: it spills the dirty nodes to fresh pages and makes a meta that
+//! describes a complete, consistent tree. A durable checkpoint also writes the whole free list;
+//! a visible commit keeps it in memory (a page per 254 free pages each commit would dwarf the
+//! trees' few pages after a large compaction), and the last durable free list's pages stay
+//! allocated until the next checkpoint replaces them. How far a commit goes:
 //! * `Durability::Visible`: the pages are pwritten, which puts them in the page cache where
 //!   every core's shared mapping reads them, and the meta is published to readers in memory.
 //!   No fdatasync, no meta page written: a crash forgets the commit, and the server replays its
 //!   Raft WAL from the consistent index of the last durable checkpoint.
 //! * `Durability::Durable` (a checkpoint; `commit` and `prepare_commit`): pwrite, fdatasync
 //!   (which also flushes every visible commit's pages since the last checkpoint), the meta
-//!   page into its slot, fdatasync. With nothing changed since the last visible commit it
-//!   writes that commit's meta.
+//!   page into its slot, fdatasync. With no tree changed since the last visible commit it
+//!   writes the free list and a meta in one more txn.
 //!
 //! After any crash, whatever visible commits followed the last checkpoint and whichever of
 //! their writes reached the disk, open finds exactly the last durable checkpoint (or the one
@@ -97,7 +102,8 @@
 //! 1. Committed pages are never modified in place: a commit writes new pages; a checkpoint
 //!    fdatasyncs them before it writes its meta page, and fdatasyncs again.
 //! 2. Every page below the page count is reached exactly once: a meta page, a tree node, an
-//!    overflow page, a free list page, or a free list entry.
+//!    overflow page, a free list page, or a free list entry (for a visible commit, an entry of
+//!    the writer's in-memory free list, and the last durable free list's pages).
 //! 3. Keys are strictly ordered within nodes and within their parent's separators; all leaves
 //!    of a tree are at the same depth; every page a meta reaches passes its checksum.
 //! 4. The kv and rev trees hold the same revisions (same tombstone flags); aux keys are a

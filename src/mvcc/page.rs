@@ -60,6 +60,9 @@ pub const OVERFLOW_DATA_SIZE: usize = PAGE_SIZE - HEADER_SIZE;
 /// (page id u64, freed-at txn u64) pairs.
 pub const FREELIST_ENTRY_SIZE: usize = 16;
 pub const FREELIST_ENTRIES_MAX: usize = (PAGE_SIZE - HEADER_SIZE) / FREELIST_ENTRY_SIZE;
+/// `Meta::freelist_head` of a visible commit: its free list is in the writer's memory only.
+/// Such a meta never reaches the disk (a durable checkpoint always writes a free list).
+pub const FREELIST_UNWRITTEN: PageId = u64::MAX;
 /// Tree keys end with a 16-byte revision suffix (see `cmp_keys`).
 pub const KEY_SUFFIX_SIZE: usize = 16;
 /// The longest user key the store accepts: its kv cell (slot, header, key, suffix, overflow
@@ -157,6 +160,20 @@ pub fn seal_page(page: &mut [u8]) {
 
 pub fn page_is_intact(page: &[u8]) -> bool {
     page.len() == PAGE_SIZE && header(page).checksum == page_checksum(page)
+}
+
+/// Fills `page` as one free list page: `entries` (page id, freed-at txn; at most
+/// FREELIST_ENTRIES_MAX), written by `txn_id`, followed by page `next` (0 at the end); sealed.
+pub fn write_free_list_page(page: &mut [u8], entries: &[(PageId, TxnId)], txn_id: TxnId, next: PageId) {
+    assert!(entries.len() <= FREELIST_ENTRIES_MAX);
+    write_header(page, KIND_FREELIST, entries.len() as u16, txn_id, next);
+    page[HEADER_SIZE + entries.len() * FREELIST_ENTRY_SIZE..].fill(0);
+    for (slot, (id, freed_at)) in entries.iter().enumerate() {
+        let at = HEADER_SIZE + slot * FREELIST_ENTRY_SIZE;
+        page[at..at + 8].copy_from_slice(&id.to_le_bytes());
+        page[at + 8..at + 16].copy_from_slice(&freed_at.to_le_bytes());
+    }
+    seal_page(page);
 }
 
 pub fn write_header(page: &mut [u8], kind: u8, count: u16, txn_id: TxnId, next: PageId) {

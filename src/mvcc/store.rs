@@ -177,36 +177,73 @@ impl Snapshot {
 /// its page count; free pages are written as zeros, because the writer may be reusing them
 /// while the copy is made. Pages a snapshot reaches are never modified while it lives, so the
 /// copy opens as a valid store at exactly the snapshot's revision.
+///
+/// A visible commit's meta has no free list on disk (`FREELIST_UNWRITTEN`): the image then
+/// finds the free pages by walking the trees, and appends a free list of its own after the
+/// snapshot's pages, which its meta names.
 pub struct Image {
     snapshot: Snapshot,
     free_pages: BTreeSet<PageId>,
+    /// The meta the copy carries: the snapshot's, or with the appended free list.
+    meta: Meta,
+    /// The appended free list pages, from page `snapshot.meta.page_count` on.
+    appended: Vec<Box<[u8]>>,
 }
 
 impl Snapshot {
     pub fn image(self) -> Result<Image, OpenError> {
         let pages = self.shared.pages(self.meta.page_count);
         let path = self.shared.file.path().to_path_buf();
-        let (entries, _chain) = load_free_list(&path, &self.meta, pages)?;
-        let free_pages = entries.into_iter().map(|(page, _)| page).collect();
-        Ok(Image { snapshot: self, free_pages })
+        if self.meta.freelist_head != FREELIST_UNWRITTEN {
+            let (entries, _chain) = load_free_list(&path, &self.meta, pages)?;
+            let free_pages = entries.into_iter().map(|(page, _)| page).collect();
+            let meta = self.meta;
+            return Ok(Image { snapshot: self, free_pages, meta, appended: Vec::new() });
+        }
+        let reached = super::check::reached_pages(pages, &self.meta)
+            .map_err(|error| corrupt(&path, format!("meta txn {}: {error}", self.meta.txn_id)))?;
+        let free: Vec<(PageId, TxnId)> =
+            (META_PAGES..self.meta.page_count).filter(|&id| !reached[id as usize]).map(|id| (id, 0)).collect();
+        let first = self.meta.page_count;
+        let chunks: Vec<&[(PageId, TxnId)]> = free.chunks(FREELIST_ENTRIES_MAX).collect();
+        let appended: Vec<Box<[u8]>> = chunks
+            .iter()
+            .enumerate()
+            .map(|(index, entries)| {
+                let mut page = vec![0u8; PAGE_SIZE].into_boxed_slice();
+                let next = if index + 1 < chunks.len() { first + index as u64 + 1 } else { 0 };
+                write_free_list_page(&mut page, entries, self.meta.txn_id, next);
+                page
+            })
+            .collect();
+        let meta = Meta {
+            freelist_head: if appended.is_empty() { 0 } else { first },
+            page_count: first + appended.len() as u64,
+            free_page_count: free.len() as u64,
+            ..self.meta
+        }
+        .sealed();
+        let free_pages = free.into_iter().map(|(page, _)| page).collect();
+        Ok(Image { snapshot: self, free_pages, meta, appended })
     }
 }
 
 impl Image {
     pub fn len_bytes(&self) -> u64 {
-        self.snapshot.meta.page_count * PAGE_SIZE as u64
+        self.meta.page_count * PAGE_SIZE as u64
     }
 
     pub fn revision(&self) -> Revision {
-        self.snapshot.meta.current_revision
+        self.meta.current_revision
     }
 
     /// Appends up to `max_bytes` of the image from `offset` (page-aligned) to `out`.
     pub fn read_chunk(&self, offset: u64, max_bytes: usize, out: &mut Vec<u8>) {
         assert_eq!(offset % PAGE_SIZE as u64, 0, "image chunks are page-aligned");
         assert!(max_bytes >= PAGE_SIZE);
-        let meta = &self.snapshot.meta;
-        let pages = self.snapshot.shared.pages(meta.page_count);
+        let meta = &self.meta;
+        let snapshot_pages = self.snapshot.meta.page_count;
+        let pages = self.snapshot.shared.pages(snapshot_pages);
         let first = offset / PAGE_SIZE as u64;
         let last = (first + (max_bytes / PAGE_SIZE) as u64).min(meta.page_count);
         for id in first..last {
@@ -216,6 +253,8 @@ impl Image {
                 } else {
                     out.resize(out.len() + PAGE_SIZE, 0);
                 }
+            } else if id >= snapshot_pages {
+                out.extend_from_slice(&self.appended[(id - snapshot_pages) as usize]);
             } else if self.free_pages.contains(&id) {
                 out.resize(out.len() + PAGE_SIZE, 0);
             } else {
@@ -964,7 +1003,13 @@ impl Store {
             self.in_flight = Some(InFlight { meta: self.committed, slot: None, file_len_bytes });
             return Ok(CommitJob { txn_id: self.committed.txn_id, work: None });
         }
-        let (meta, pages) = if self.changed { self.spill()? } else { (self.committed, Vec::new()) };
+        // A durable checkpoint writes a free list; the last visible commit has none on disk.
+        let free_list_unwritten = self.committed.freelist_head == FREELIST_UNWRITTEN;
+        let (meta, pages) = if self.changed || (slot.is_some() && free_list_unwritten) {
+            self.spill(durability)?
+        } else {
+            (self.committed, Vec::new())
+        };
         let (file_len_bytes, truncate_to_bytes) = self.truncation(meta.page_count, slot);
         let meta_write = slot.map(|slot| (meta.encode_page(), slot as u64 * PAGE_SIZE as u64));
         self.in_flight = Some(InFlight { meta, slot, file_len_bytes });
@@ -973,11 +1018,18 @@ impl Store {
         Ok(CommitJob { txn_id: meta.txn_id, work: Some(work) })
     }
 
-    /// Writes the dirty nodes of every tree and then the free list to the pages of a new txn;
-    /// returns its meta, the page ids and their bytes.
-    fn spill(&mut self) -> Result<(Meta, PageWrites), StoreError> {
+    /// Writes the dirty nodes of every tree to the pages of a new txn, and for a durable
+    /// commit the free list; returns its meta, the page ids and their bytes.
+    ///
+    /// A visible commit keeps its free list in memory (`FREELIST_UNWRITTEN`): its meta never
+    /// reaches the disk, readers never read a free list, and writing it would cost every
+    /// commit a page per 254 free pages (hundreds after a large compaction) where the trees
+    /// cost a few. The chain of the last durable free list stays allocated until the next
+    /// durable commit replaces it.
+    fn spill(&mut self, durability: Durability) -> Result<(Meta, PageWrites), StoreError> {
         let txn_id = self.committed.txn_id + 1;
-        self.release_freed(txn_id);
+        let durable = durability == Durability::Durable;
+        self.release_freed(txn_id, durable);
         let mut sink = Sink {
             txn_id,
             ready: core::mem::take(&mut self.free_ready),
@@ -988,7 +1040,11 @@ impl Store {
         let rev_root = tree::spill(&mut self.rev, &mut sink);
         let aux_root = tree::spill(&mut self.aux, &mut sink);
         trim_tail(&mut sink);
-        let (freelist_head, free_page_count) = self.write_free_list(&mut sink);
+        let (freelist_head, free_page_count) = if durable {
+            self.write_free_list(&mut sink)
+        } else {
+            (FREELIST_UNWRITTEN, (sink.ready.len() + self.free_pending.len()) as u64)
+        };
         self.free_ready = core::mem::take(&mut sink.ready);
         let map_size_bytes = self.shared.file.map_len_bytes();
         if sink.page_count * PAGE_SIZE as u64 > map_size_bytes {
@@ -1051,17 +1107,18 @@ impl Store {
         pins
     }
 
-    /// Moves the pages freed since the last commit (and the last commit's free list pages)
-    /// to the pending list, then every pending page no pin reaches to the ready list: a page
+    /// Moves the pages freed since the last commit (and, when this commit writes a new free
+    /// list, the pages of the last one) to the pending list, then every pending page no pin
+    /// reaches to the ready list: a page
     /// written by txn A and freed by txn T is reached by the metas of txns [A, T) (see "Page
     /// reuse" in mod.rs for a worked example). Every later pin is at least the published txn,
     /// which is >= T, so a ready page stays ready.
-    fn release_freed(&mut self, txn_id: TxnId) {
+    fn release_freed(&mut self, txn_id: TxnId, replaces_free_list: bool) {
         assert!(txn_id >= 2 && txn_id == self.committed.txn_id + 1);
         let shared = Arc::clone(&self.shared);
         let pages = shared.pages(self.committed.page_count);
         let freed = core::mem::take(&mut self.freed);
-        let old_chain = core::mem::take(&mut self.freelist_pages);
+        let old_chain = if replaces_free_list { core::mem::take(&mut self.freelist_pages) } else { Vec::new() };
         for id in freed.into_iter().chain(old_chain) {
             // The page is reachable from the published meta, so its header is the one its
             // writer sealed.
@@ -1107,15 +1164,7 @@ impl Store {
             let end = (start + FREELIST_ENTRIES_MAX).min(entries.len());
             let next = chain.get(index + 1).copied().unwrap_or(0);
             let txn_id = sink.txn_id;
-            let page = sink.buffer(page_id);
-            write_header(page, KIND_FREELIST, (end - start) as u16, txn_id, next);
-            page[HEADER_SIZE + (end - start) * FREELIST_ENTRY_SIZE..].fill(0);
-            for (slot, (id, freed_at)) in entries[start..end].iter().enumerate() {
-                let at = HEADER_SIZE + slot * FREELIST_ENTRY_SIZE;
-                page[at..at + 8].copy_from_slice(&id.to_le_bytes());
-                page[at + 8..at + 16].copy_from_slice(&freed_at.to_le_bytes());
-            }
-            seal_page(page);
+            write_free_list_page(sink.buffer(page_id), &entries[start..end], txn_id, next);
         }
         self.freelist_pages = chain.clone();
         (chain.first().copied().unwrap_or(0), entries.len() as u64)
@@ -1283,7 +1332,10 @@ impl Store {
     /// Walks the last commit's file state and proves its invariants (see `check.rs`).
     pub fn check(&self) -> Result<(), CheckError> {
         let pages = self.shared.pages(self.committed.page_count);
-        super::check::check(pages, &self.committed)
+        let free: Vec<PageId> =
+            self.free_ready.iter().copied().chain(self.free_pending.iter().map(|page| page.id)).collect();
+        let in_memory = super::check::InMemoryFreeList { free: &free, chain: &self.freelist_pages };
+        super::check::check(pages, &self.committed, Some(in_memory))
     }
 
     /// Walks what each meta on disk reaches, as a crash now would find it (its pages are
@@ -1295,7 +1347,7 @@ impl Store {
                 let reason = format!("durable meta txn {} counts pages past the file's end", meta.txn_id);
                 return Err(CheckError { page: Some(meta.page_count), reason });
             }
-            super::check::check(self.shared.pages(meta.page_count), meta)?;
+            super::check::check(self.shared.pages(meta.page_count), meta, None)?;
         }
         Ok(())
     }
