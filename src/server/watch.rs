@@ -21,7 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,23 +57,36 @@ const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
 pub struct Publisher {
     revision: AtomicI64,
     wakers: Vec<AtomicWaker>,
+    /// Whether each core's hub has streams. A commit wakes only those hubs: waking an idle
+    /// core costs the raft core an eventfd write and that core a wakeup, on every commit.
+    /// (SeqCst with `revision`: a hub that sets its flag and then reads the revision, and a
+    /// publish that stores the revision and then reads the flag, cannot both miss the other.)
+    listening: Vec<AtomicBool>,
 }
 
 impl Publisher {
     pub fn new(cores: usize, revision: i64) -> Publisher {
-        Publisher { revision: AtomicI64::new(revision), wakers: (0..cores).map(|_| AtomicWaker::new()).collect() }
+        Publisher {
+            revision: AtomicI64::new(revision),
+            wakers: (0..cores).map(|_| AtomicWaker::new()).collect(),
+            listening: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+        }
     }
 
     /// After a checkpoint: every hub looks at the new history.
     /// The revision watchers may deliver up to.
     pub fn published(&self) -> i64 {
-        self.revision.load(Ordering::Acquire)
+        self.revision.load(Ordering::SeqCst)
     }
 
     pub fn publish(&self, revision: i64) {
-        let previous = self.revision.swap(revision, Ordering::AcqRel);
+        let previous = self.revision.swap(revision, Ordering::SeqCst);
         debug_assert!(previous <= revision, "the published revision only grows");
-        self.wakers.iter().for_each(AtomicWaker::wake);
+        for (waker, listening) in self.wakers.iter().zip(&self.listening) {
+            if listening.load(Ordering::SeqCst) {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -153,7 +166,7 @@ impl Hub {
     }
 
     fn published_revision(&self) -> i64 {
-        self.shared.watch.revision.load(Ordering::Acquire)
+        self.shared.watch.revision.load(Ordering::SeqCst)
     }
 
     fn poke(&self) {
@@ -188,6 +201,7 @@ impl Hub {
             range_watchers: Cell::new(0),
         });
         self.streams.borrow_mut().push(Rc::downgrade(&stream));
+        self.shared.watch.listening[self.core].store(true, Ordering::SeqCst);
         (stream, responses)
     }
 
@@ -225,6 +239,11 @@ impl Hub {
     fn pass(&self) -> bool {
         let snapshot = self.shared.snapshot();
         self.streams.borrow_mut().retain(|stream| stream.strong_count() > 0);
+        if self.streams.borrow().is_empty() {
+            // Streams open on this core only, so none can appear before the flag is cleared;
+            // the next one sets it again and its watchers' creation pokes this hub.
+            self.shared.watch.listening[self.core].store(false, Ordering::SeqCst);
+        }
         let streams: Vec<Rc<WatchStream>> = self.streams.borrow().iter().filter_map(|s| s.upgrade()).collect();
         let shared = shared_reads(&streams, &snapshot);
         let mut encoded = EncodedPass::new(&self.header(snapshot.revision()));
