@@ -129,7 +129,9 @@ pub use error::{CheckError, MvccError, OpenError, StoreError};
 pub use file::{CrashMode, MmapFile, SimFile, StoreFile};
 pub use page::{AUX_KEY_SIZE_MAX_BYTES, KEY_SIZE_MAX_BYTES};
 pub use read::{Bounds, HistoryEvent};
-pub use store::{CommitDone, CommitJob, Durability, Image, Reader, Snapshot, Store, StoreOptions, WriteTxn};
+pub use store::{
+    CommitDone, CommitJob, Durability, Image, Reader, Snapshot, Store, StoreOptions, WriteTxn, WritebackJob,
+};
 
 /// An etcd revision (main revision of a write transaction).
 pub type Revision = i64;

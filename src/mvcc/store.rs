@@ -363,6 +363,20 @@ pub struct CommitDone {
     txn_id: TxnId,
 }
 
+/// Starts the writeback of every page written so far (`Store::writeback_job`); runs on any
+/// thread, alongside commits.
+pub struct WritebackJob {
+    file: Arc<dyn StoreFile>,
+}
+
+impl WritebackJob {
+    /// Queues the file's dirty pages for writeback without waiting for it. A hint: an error
+    /// here (the kernel's) is left to the next checkpoint's fdatasync to report.
+    pub fn run(self) {
+        let _ = self.file.start_writeback(0, 0);
+    }
+}
+
 impl CommitJob {
     /// Pages the job writes (0 for a commit with nothing to write).
     pub fn page_count(&self) -> usize {
@@ -977,6 +991,13 @@ impl Store {
             assert!(self.tree_remove(TreeKind::Rev, &rev_key(main, sub)));
             self.kv_entry_count -= 1;
         }
+    }
+
+    /// A job that starts writing back the pages visible commits wrote, so that the next
+    /// checkpoint's fdatasync, which the writer waits for, finds little left to write. Run it
+    /// off the writer's thread: it submits the I/O of every dirty page.
+    pub fn writeback_job(&self) -> WritebackJob {
+        WritebackJob { file: Arc::clone(&self.shared.file) }
     }
 
     /// A durable checkpoint's in-memory part (`prepare_commit_with(Durability::Durable)`).
