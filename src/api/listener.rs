@@ -4,11 +4,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::server::Core;
@@ -49,47 +47,9 @@ async fn serve_connection(mut stream: TcpStream, core: Rc<Core>) {
     }
     buffer.truncate(filled);
     if buffer.starts_with(HTTP2_PREFACE) {
-        let replay = Replay { prefix: buffer, position: 0, inner: stream };
-        crate::api::grpc::serve(crate::io::stream::TokioIo::new(replay), core).await;
+        // h2 reads the preface again: it is replayed ahead of the socket.
+        crate::api::grpc::serve(crate::io::stream::TokioIo::with_prefix(stream, buffer), core).await;
     } else {
         crate::api::gateway::serve(stream, buffer, core).await;
-    }
-}
-
-/// A stream that first yields bytes already read from it.
-struct Replay {
-    prefix: Vec<u8>,
-    position: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
-        if self.position < self.prefix.len() {
-            let available = &self.prefix[self.position..];
-            let count = available.len().min(out.len());
-            out[..count].copy_from_slice(&available[..count]);
-            self.position += count;
-            if self.position == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.position = 0;
-            }
-            return Poll::Ready(Ok(count));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, out)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
     }
 }

@@ -25,14 +25,21 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
 }
 
-/// The tokio-io view of a futures-io stream.
+/// The tokio-io view of a futures-io stream, optionally with bytes already read from it
+/// replayed first (the listener sniffs the HTTP/2 preface, which h2 then reads again).
 pub struct TokioIo<T> {
     inner: T,
+    prefix: Vec<u8>,
+    position: usize,
 }
 
 impl<T> TokioIo<T> {
     pub fn new(inner: T) -> TokioIo<T> {
-        TokioIo { inner }
+        TokioIo::with_prefix(inner, Vec::new())
+    }
+
+    pub fn with_prefix(inner: T, prefix: Vec<u8>) -> TokioIo<T> {
+        TokioIo { inner, prefix, position: 0 }
     }
 }
 
@@ -42,6 +49,16 @@ impl<T: AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<T> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.position < self.prefix.len() {
+            let count = (self.prefix.len() - self.position).min(buf.remaining());
+            buf.put_slice(&self.prefix[self.position..self.position + count]);
+            self.position += count;
+            if self.position == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.position = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let initialized_unfilled = buf.initialized().len() - buf.filled().len();
         if initialized_unfilled > 0 {
             // No zeroing needed: `initialize_unfilled_to` only zeroes beyond what is initialized.
@@ -120,6 +137,10 @@ mod tests {
         for (capacity, initialized) in [(1, false), (7, true), (8192, false), (8192, true), (200_000, false)] {
             let mut stream = TokioIo::new(Chunks(chunks.clone()));
             assert_eq!(read_all(&mut stream, capacity, initialized), expected, "capacity {capacity}");
+            let prefix = b"PRI * HTTP/2.0".to_vec();
+            let mut stream = TokioIo::with_prefix(Chunks(chunks.clone()), prefix.clone());
+            let with_prefix: Vec<u8> = [prefix, expected.clone()].concat();
+            assert_eq!(read_all(&mut stream, capacity, initialized), with_prefix, "prefix, capacity {capacity}");
         }
     }
 }
