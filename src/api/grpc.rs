@@ -284,7 +284,7 @@ const SNAPSHOT_READ_BYTES: usize = 1024 * 1024;
 /// message is sent only once flow control has room for it, so a slow client holds back the
 /// stream instead of filling memory.
 async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
-    let mut image = match core.snapshot_image() {
+    let mut image = match core.snapshot_image().await {
         Ok(image) => image,
         Err(status) => return send_status(&mut respond, &status),
     };

@@ -486,9 +486,14 @@ impl Core {
         propose_as!(self, Command::Alarm(request), Alarm)
     }
 
-    /// A consistent copy of the db for Maintenance.Snapshot.
-    pub fn snapshot_image(&self) -> Result<mvcc::Image, Status> {
-        self.shared.snapshot().image().map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
+    /// A consistent copy of the db for Maintenance.Snapshot. Taken on the blocking pool: an
+    /// image of a visible commit walks the trees (`mvcc::Image`).
+    pub async fn snapshot_image(&self) -> Result<mvcc::Image, Status> {
+        let snapshot = self.shared.snapshot();
+        glommio::executor()
+            .spawn_blocking(move || snapshot.image())
+            .await
+            .map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
     }
 
     /// etcd's /health: unhealthy while an alarm is raised.

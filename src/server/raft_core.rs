@@ -798,18 +798,19 @@ impl RaftCore {
     /// follower then receives at or below the db's applied index are skipped when applied).
     fn send_snapshot(&mut self, message: Message) {
         let to = message.to;
-        let image = match self.shared.snapshot().image() {
-            Ok(image) => image,
-            Err(error) => {
-                eprintln!("ringd: cannot take an image of the db for member {to:x}: {error}");
-                self.raft.report_snapshot(to, false);
-                return;
-            }
-        };
+        let snapshot = self.shared.snapshot();
         let transport = self.transport.clone();
         let events = self.events.clone();
         glommio::spawn_local(async move {
-            let delivered = transport.send_snapshot(message, Box::new(ImageSource(image))).await;
+            // On the blocking pool: an image of a visible commit walks the trees, which for a
+            // large db must not hold up this core's Raft.
+            let delivered = match glommio::executor().spawn_blocking(move || snapshot.image()).await {
+                Ok(image) => transport.send_snapshot(message, Box::new(ImageSource(image))).await,
+                Err(error) => {
+                    eprintln!("ringd: cannot take an image of the db for member {to:x}: {error}");
+                    false
+                }
+            };
             let _ = events.unbounded_send(Event::SnapshotSent(to, delivered));
         })
         .detach();
