@@ -209,6 +209,16 @@ fn bench_put_batches(
             elapsed
         })
     });
+    // The last commit is visible: its meta has no free list on disk, so an image of it walks
+    // the trees to find the free pages (`Snapshot::image`; the server runs it on its blocking
+    // pool, for a follower's snapshot and for Maintenance.Snapshot).
+    group.throughput(Throughput::Elements(1));
+    let reader = store.reader();
+    group.bench_function("image_of_a_visible_commit", |bench| {
+        bench.iter(|| black_box(reader.snapshot().image().unwrap().len_bytes()))
+    });
+    drop(reader);
+    group.throughput(Throughput::Elements(PUT_BATCH));
     store.commit().unwrap();
     group
         .bench_function("put_batch_durable_each", |bench| bench.iter(|| put_batch(store, random, Durability::Durable)));
