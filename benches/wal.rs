@@ -56,6 +56,10 @@ fn entry(index: u64) -> Entry {
 
 const FLOOR_FILE_BYTES: usize = 4 * 1024 * 1024;
 
+/// One sector, aligned as O_DIRECT needs.
+#[repr(C, align(4096))]
+struct Sector([u8; 4096]);
+
 /// The device floor: blocking O_DIRECT pwrite + fdatasync from this thread, no executor.
 fn device_floor_us(dir: &Path) -> f64 {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -67,28 +71,23 @@ fn device_floor_us(dir: &Path) -> f64 {
         .custom_flags(libc::O_DIRECT)
         .open(&path)
         .expect("open O_DIRECT");
-    let layout = std::alloc::Layout::from_size_align(FLOOR_FILE_BYTES, 4096).expect("layout");
-    // SAFETY: a non-zero size; zeroed, so every byte is initialized; freed below.
-    let memory = unsafe { std::alloc::alloc_zeroed(layout) };
-    assert!(!memory.is_null(), "allocation failed");
-    // SAFETY: `memory` holds FLOOR_FILE_BYTES initialized bytes, aligned for O_DIRECT.
-    let zeros = unsafe { std::slice::from_raw_parts_mut(memory, FLOOR_FILE_BYTES) };
-    file.write_all_at(zeros, 0).expect("zero-fill");
+    let mut sector = Box::new(Sector([0; 4096]));
+    let sectors = FLOOR_FILE_BYTES / 4096;
+    for index in 0..sectors {
+        file.write_all_at(&sector.0, (index * 4096) as u64).expect("zero-fill");
+    }
     file.sync_data().expect("sync");
     let mut samples = Vec::with_capacity(FLOOR_SAMPLES);
     for i in 0..FLOOR_SAMPLES + WARMUP_SAMPLES {
-        let sector = &mut zeros[..4096];
-        sector.fill(i as u8);
-        let offset = (i % (FLOOR_FILE_BYTES / 4096)) as u64 * 4096;
+        sector.0.fill(i as u8);
+        let offset = (i % sectors) as u64 * 4096;
         let start = Instant::now();
-        file.write_all_at(sector, offset).expect("write");
+        file.write_all_at(&sector.0, offset).expect("write");
         file.sync_data().expect("sync");
         if i >= WARMUP_SAMPLES {
             samples.push(start.elapsed());
         }
     }
-    // SAFETY: allocated above with this layout; `zeros` is not used after this.
-    unsafe { std::alloc::dealloc(memory, layout) };
     let (median, p99) = percentiles_us(&mut samples);
     println!("floor: 4 KiB O_DIRECT pwrite + fdatasync, blocking: median {median:.1} us, p99 {p99:.1} us ({FLOOR_SAMPLES} samples)");
     median

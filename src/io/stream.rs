@@ -6,8 +6,7 @@
 //! never known to be initialized: so it zeroed about 8 KiB before every read, also before
 //! each read that found nothing (4% of the raft core's time at 100 writing clients). Here a
 //! read goes into one scratch buffer per thread, which is initialized once, and only the
-//! bytes received are copied on. When the caller's buffer is already initialized, the read
-//! goes straight into it.
+//! bytes received are copied on.
 
 use std::cell::RefCell;
 use std::io;
@@ -29,8 +28,8 @@ thread_local! {
 /// replayed first (the listener sniffs the HTTP/2 preface, which h2 then reads again).
 pub struct TokioIo<T> {
     inner: T,
+    /// Bytes still to replay (a few dozen: the sniffed preface).
     prefix: Vec<u8>,
-    position: usize,
 }
 
 impl<T> TokioIo<T> {
@@ -39,7 +38,7 @@ impl<T> TokioIo<T> {
     }
 
     pub fn with_prefix(inner: T, prefix: Vec<u8>) -> TokioIo<T> {
-        TokioIo { inner, prefix, position: 0 }
+        TokioIo { inner, prefix }
     }
 }
 
@@ -49,22 +48,10 @@ impl<T: AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<T> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.position < self.prefix.len() {
-            let count = (self.prefix.len() - self.position).min(buf.remaining());
-            buf.put_slice(&self.prefix[self.position..self.position + count]);
-            self.position += count;
-            if self.position == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.position = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        let initialized_unfilled = buf.initialized().len() - buf.filled().len();
-        if initialized_unfilled > 0 {
-            // No zeroing needed: `initialize_unfilled_to` only zeroes beyond what is initialized.
-            let slice = buf.initialize_unfilled_to(initialized_unfilled);
-            let read = ready!(Pin::new(&mut self.inner).poll_read(cx, slice))?;
-            buf.advance(read);
+        if !self.prefix.is_empty() {
+            let count = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..count]);
+            self.prefix.drain(..count);
             return Poll::Ready(Ok(()));
         }
         SCRATCH.with(|scratch| {

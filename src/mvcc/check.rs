@@ -94,6 +94,22 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
+    /// A walk over the pages `meta` counts, its two meta pages reached.
+    fn new(pages: Pages<'a>, meta: &Meta) -> Walk<'a> {
+        let mut walk = Walk { pages, seen: vec![false; meta.page_count as usize], leaf_depth: None, entries: 0 };
+        walk.seen[0] = true;
+        walk.seen[1] = true;
+        walk
+    }
+
+    /// A free list entry: a page inside the file that nothing else reaches.
+    fn mark_free(&mut self, id: PageId) -> Result<(), CheckError> {
+        if id < META_PAGES || id >= self.pages.page_count() || core::mem::replace(&mut self.seen[id as usize], true) {
+            return Err(fail(Some(id), "free page outside the file or reachable twice"));
+        }
+        Ok(())
+    }
+
     fn free_list(&mut self, head: PageId) -> Result<u64, CheckError> {
         let (mut next, mut free) = (head, 0);
         while next != 0 {
@@ -103,13 +119,7 @@ impl<'a> Walk<'a> {
                 return Err(fail(Some(next), "bad free list page"));
             }
             for index in 0..page_header.count as usize {
-                let id = read_u64(page, HEADER_SIZE + index * FREELIST_ENTRY_SIZE);
-                if id < META_PAGES
-                    || id >= self.pages.page_count()
-                    || core::mem::replace(&mut self.seen[id as usize], true)
-                {
-                    return Err(fail(Some(id), "free page outside the file or reachable twice"));
-                }
+                self.mark_free(read_u64(page, HEADER_SIZE + index * FREELIST_ENTRY_SIZE))?;
                 free += 1;
             }
             next = page_header.next;
@@ -202,10 +212,7 @@ impl Walk<'_> {
             }
         }
         for &id in list.free {
-            if id < META_PAGES || id >= self.pages.page_count() || core::mem::replace(&mut self.seen[id as usize], true)
-            {
-                return Err(fail(Some(id), "free page outside the file or reachable twice"));
-            }
+            self.mark_free(id)?;
         }
         Ok(list.free.len() as u64)
     }
@@ -214,9 +221,7 @@ impl Walk<'_> {
 /// The pages the trees of `meta` reach (kv, rev, aux, overflow chains), checked as `check`
 /// does; meta pages count as reached.
 pub fn reached_pages(pages: Pages, meta: &Meta) -> Result<Vec<bool>, CheckError> {
-    let mut walk = Walk { pages, seen: vec![false; meta.page_count as usize], leaf_depth: None, entries: 0 };
-    walk.seen[0] = true;
-    walk.seen[1] = true;
+    let mut walk = Walk::new(pages, meta);
     for root in [meta.kv_root, meta.rev_root, meta.aux_root] {
         walk.whole_tree(root)?;
     }
@@ -234,9 +239,7 @@ pub fn check(pages: Pages, meta: &Meta, in_memory: Option<InMemoryFreeList>) -> 
     if meta.page_count < META_PAGES || meta.page_count > pages.page_count() {
         return Err(fail(None, format!("meta page count {} outside the mapping", meta.page_count)));
     }
-    let mut walk = Walk { pages, seen: vec![false; meta.page_count as usize], leaf_depth: None, entries: 0 };
-    walk.seen[0] = true;
-    walk.seen[1] = true;
+    let mut walk = Walk::new(pages, meta);
     let kv_entries = walk.whole_tree(meta.kv_root)?;
     let rev_entries = walk.whole_tree(meta.rev_root)?;
     let aux_entries = walk.whole_tree(meta.aux_root)?;

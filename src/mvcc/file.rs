@@ -27,9 +27,9 @@ pub trait StoreFile: Send + Sync + 'static {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()>;
-    /// Asks the kernel to start writing back the written bytes of a range, without waiting
-    /// for it (a hint: the next `sync_data` then has less left to write).
-    fn start_writeback(&self, _offset: u64, _len_bytes: u64) -> io::Result<()> {
+    /// Asks the kernel to start writing back the file's written bytes, without waiting for it
+    /// (a hint: the next `sync_data` then has less left to write).
+    fn start_writeback(&self) -> io::Result<()> {
         Ok(())
     }
     fn set_len(&self, len_bytes: u64) -> io::Result<()>;
@@ -91,18 +91,12 @@ impl StoreFile for MmapFile {
         self.file.write_all_at(data, offset)
     }
 
-    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: queues the range's dirty pages for writeback.
-    fn start_writeback(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file (offset 0, length 0 = to
+    /// the end): queues its dirty pages for writeback.
+    fn start_writeback(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on a descriptor we own; it touches no memory of ours.
-        let result = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as libc::off64_t,
-                len_bytes as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
+        let result = unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         if result != 0 {
             return Err(io::Error::last_os_error());
         }

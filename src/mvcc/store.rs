@@ -373,7 +373,7 @@ impl WritebackJob {
     /// Queues the file's dirty pages for writeback without waiting for it. A hint: an error
     /// here (the kernel's) is left to the next checkpoint's fdatasync to report.
     pub fn run(self) {
-        let _ = self.file.start_writeback(0, 0);
+        let _ = self.file.start_writeback();
     }
 }
 

@@ -54,8 +54,9 @@
 //! (kept in memory and rewritten) plus everything appended since the previous write, padded with
 //! zeros to a 4 KiB boundary, at a 4 KiB-aligned offset, with O_DIRECT, made durable as by one
 //! `fdatasync` (`DirectFile::write_durable_at`: on glommio one O_DSYNC write, so io_uring needs
-//! no worker thread for a separate fsync). A write is at most 4 MiB. Only one write + sync is in flight; appends made meanwhile go into
-//! the next one (group commit), and an append is acknowledged only after its sync.
+//! no worker thread for a separate fsync). A write is at most 4 MiB. Only one write + sync is
+//! in flight; appends made meanwhile go into the next one (group commit), and an append is
+//! acknowledged only after its sync.
 //!
 //! Log semantics (see `entry_log`): replaying records in order, an entry whose index is at or
 //! below the last one truncates the log there (a Raft conflict, as in etcd's WAL); a snapshot
