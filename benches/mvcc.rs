@@ -17,7 +17,7 @@ use ringd::mvcc::{Durability, RangeOptions, Store, StoreOptions};
 
 /// The allocator of the `ringd` binary, so that the store is measured as the server runs it.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ringd::allocator::Allocator = ringd::allocator::Allocator;
 
 const KEY_COUNT: u64 = 1_000_000;
 const VALUE_SIZE_BYTES: usize = 256;

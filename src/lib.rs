@@ -12,7 +12,9 @@
 //! - `transport`: Raft messages between members over TCP.
 //! - `lease`: the lessor: leases, their keys and expiry, as a clock-free state machine.
 //! - `testing`: the simulated disk and the linearizability checker used by the test suites.
+//! - `allocator`: the global allocator of the binaries and benchmarks (mimalloc).
 
+pub mod allocator;
 pub mod api;
 pub mod client;
 pub mod io;

@@ -3,7 +3,7 @@
 /// mimalloc: a 4 KiB page buffer (every copy on write of the store) costs glibc malloc a trip
 /// through its bins; with mimalloc puts were about 6% faster (benches/mvcc.rs).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: ringd::allocator::Allocator = ringd::allocator::Allocator;
 
 fn main() {
     let flags = ringd::server::Flags::parse_or_exit();

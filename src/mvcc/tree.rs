@@ -476,27 +476,34 @@ impl<'a> NodeRef<'a> {
             let order = cmp_keys(self.key(index), key);
             order == Ordering::Less || (below == Ordering::Greater && order == Ordering::Equal)
         };
-        prefetch_lines(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
+        let slots: &[[u8; SLOT_SIZE]] = bytemuck::cast_slice(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
+        prefetch_lines(bytemuck::cast_slice(slots));
+        let head_at = |index: usize| u32::from_le_bytes(slots[index]) >> SLOT_OFFSET_BITS;
         let prefix_len = node_prefix_len(page);
         let user = user_part(key);
         let head = key_head(user, prefix_len);
         let (mut low, mut high) = (first, count);
         while low < high {
             let mid = (low + high) / 2;
-            if slot(page, mid).1 < head {
+            if head_at(mid) < head {
                 low = mid + 1;
             } else {
                 high = mid;
             }
         }
-        let mut tie_end = count;
-        let mut upper = low;
-        while upper < tie_end {
-            let mid = (upper + tie_end) / 2;
-            if slot(page, mid).1 <= head {
-                upper = mid + 1;
-            } else {
-                tie_end = mid;
+        // The keys whose head equals `key`'s: usually none (a branch's separators rarely share
+        // a head with the key sought), so one slot tells before a search for their end.
+        let mut tie_end = low;
+        if low < count && head_at(low) == head {
+            let mut upper = low + 1;
+            tie_end = count;
+            while upper < tie_end {
+                let mid = (upper + tie_end) / 2;
+                if head_at(mid) <= head {
+                    upper = mid + 1;
+                } else {
+                    tie_end = mid;
+                }
             }
         }
         while low < tie_end {
@@ -536,10 +543,14 @@ const CHILD_PREFETCH_BYTES: usize = 256;
 /// memory about once instead of once per probe.
 fn prefetch_lines(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    for at in (0..bytes.len()).step_by(64) {
-        // SAFETY: a prefetch is a hint that never faults; the address is inside `bytes`.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(at).cast())
+    {
+        let mut at = 0;
+        while at < bytes.len() {
+            // SAFETY: a prefetch is a hint that never faults; the address is inside `bytes`.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(at).cast())
+            }
+            at += 64;
         }
     }
 }
