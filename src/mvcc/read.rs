@@ -209,8 +209,12 @@ pub fn range(
 ) -> Result<RangeResult, MvccError> {
     let revision = resolve_revision(options.revision, current, compacted)?;
     let limit = if options.limit > 0 { options.limit as usize } else { usize::MAX };
-    let mut result = RangeResult { kvs: Vec::new(), count: 0, revision: current };
-    scan(pages, root, Bounds::new(key, range_end), revision, |visible| {
+    let bounds = Bounds::new(key, range_end);
+    // A single key has at most one: one allocation of its size, not the growth path's four.
+    let kvs =
+        if matches!(bounds, Bounds::Single(_)) && !options.count_only { Vec::with_capacity(1) } else { Vec::new() };
+    let mut result = RangeResult { kvs, count: 0, revision: current };
+    scan(pages, root, bounds, revision, |visible| {
         let header = record_header(pages, visible.value);
         if header.tombstone {
             return true;
