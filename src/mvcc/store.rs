@@ -282,14 +282,22 @@ enum TreeKind {
     Aux,
 }
 
-/// A page on the free list that something may still reach: the meta of every txn in
-/// [written_at, freed_at) reaches it (the commit `written_at` wrote it, the commit
-/// `freed_at` no longer uses it). Entries read at open have written_at 0 (unknown).
-#[derive(Clone, Copy, Debug)]
-struct PendingPage {
-    id: PageId,
-    written_at: TxnId,
+/// The pages one commit freed that something may still reach: the meta of every txn in
+/// [written_at, freed_at) reaches a page (the commit `written_at` wrote it, the commit
+/// `freed_at` no longer uses it). So a page is free once no pin is in that range: once the
+/// newest pin below `freed_at` is older than the page. That pin only gets older (pins that
+/// go away are old; new ones are at least the published txn), so a group whose newest page
+/// is not newer than it has nothing to free, and a commit passes over it without looking at
+/// its pages. (Looking at every pending page each commit cost the commits between two
+/// checkpoints a time quadratic in their number.) Entries read at open have written_at 0
+/// (unknown).
+#[derive(Debug)]
+struct PendingGroup {
     freed_at: TxnId,
+    /// The largest written_at in `pages`.
+    newest_written_at: TxnId,
+    /// (written_at, id).
+    pages: Vec<(TxnId, PageId)>,
 }
 
 /// A commit between `prepare_commit_with` and `finish_commit`.
@@ -323,8 +331,9 @@ pub struct Store {
     kv_entry_count: u64,
     /// Committed pages this (uncommitted) txn no longer uses.
     freed: Vec<PageId>,
-    /// Free pages a durable meta, the published meta or a live snapshot may still reach.
-    free_pending: Vec<PendingPage>,
+    /// Free pages a durable meta, the published meta or a live snapshot may still reach, by
+    /// the commit that freed them.
+    free_pending: Vec<PendingGroup>,
     /// Free pages nothing can reach, sorted descending so `pop` takes the lowest.
     free_ready: Vec<PageId>,
     /// Pages holding the committed free list.
@@ -358,9 +367,17 @@ struct CommitWork {
     truncate_to_bytes: Option<u64>,
 }
 
-#[derive(Debug)]
 pub struct CommitDone {
     txn_id: TxnId,
+    /// The written pages' buffers, for the writer's next nodes (`tree::recycle_page_buffers`
+    /// on the thread that finishes the commit, the one that makes nodes dirty).
+    buffers: Vec<Box<[u8]>>,
+}
+
+impl std::fmt::Debug for CommitDone {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "CommitDone {{ txn_id: {}, buffers: {} }}", self.txn_id, self.buffers.len())
+    }
 }
 
 /// Starts the writeback of every page written so far (`Store::writeback_job`); runs on any
@@ -391,7 +408,7 @@ impl CommitJob {
     /// pwrite of the dirty pages; for a durable commit then fdatasync, write of the meta page
     /// into its slot, fdatasync; then the truncation of free tail pages, if any.
     pub fn run(self) -> Result<CommitDone, StoreError> {
-        let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id }) };
+        let Some(work) = self.work else { return Ok(CommitDone { txn_id: self.txn_id, buffers: Vec::new() }) };
         let path = work.file.path().to_path_buf();
         let fail = |operation, error| StoreError::io(&path, operation, error);
         work.write_pages().map_err(|e| fail("write", e))?;
@@ -407,7 +424,8 @@ impl CommitJob {
             // that loses the truncation leaves a longer file, which is harmless.
             work.file.set_len(len_bytes).map_err(|e| fail("truncate", e))?;
         }
-        Ok(CommitDone { txn_id: self.txn_id })
+        let buffers = work.pages.into_iter().map(|(_, bytes)| bytes).collect();
+        Ok(CommitDone { txn_id: self.txn_id, buffers })
     }
 }
 
@@ -678,8 +696,15 @@ impl Store {
         let (entries, freelist_pages) = load_free_list(&path, &meta, shared.pages(meta.page_count))?;
         // Who wrote a listed page is unknown here: written_at 0 keeps it until every meta
         // older than its freed_at is gone (ready entries, freed_at 0, are free at once).
-        let free_pending =
-            entries.into_iter().map(|(id, freed_at)| PendingPage { id, written_at: 0, freed_at }).collect();
+        let mut free_pending: Vec<PendingGroup> = Vec::new();
+        let mut entries = entries;
+        entries.sort_unstable_by_key(|&(id, freed_at)| (freed_at, id));
+        for (id, freed_at) in entries {
+            match free_pending.last_mut() {
+                Some(group) if group.freed_at == freed_at => group.pages.push((0, id)),
+                _ => free_pending.push(PendingGroup { freed_at, newest_written_at: 0, pages: vec![(0, id)] }),
+            }
+        }
         Ok(Store {
             shared,
             committed: meta,
@@ -1064,7 +1089,7 @@ impl Store {
         let (freelist_head, free_page_count) = if durable {
             self.write_free_list(&mut sink)
         } else {
-            (FREELIST_UNWRITTEN, (sink.ready.len() + self.free_pending.len()) as u64)
+            (FREELIST_UNWRITTEN, (sink.ready.len() + self.pending_page_count()) as u64)
         };
         self.free_ready = core::mem::take(&mut sink.ready);
         let map_size_bytes = self.shared.file.map_len_bytes();
@@ -1140,23 +1165,35 @@ impl Store {
         let pages = shared.pages(self.committed.page_count);
         let freed = core::mem::take(&mut self.freed);
         let old_chain = if replaces_free_list { core::mem::take(&mut self.freelist_pages) } else { Vec::new() };
+        let mut group = Vec::with_capacity(freed.len() + old_chain.len());
         for id in freed.into_iter().chain(old_chain) {
             // The page is reachable from the published meta, so its header is the one its
             // writer sealed.
             let written_at = header(pages.page(id)).txn_id;
             assert!(written_at < txn_id, "page {id} freed by txn {txn_id} was written by txn {written_at}");
-            self.free_pending.push(PendingPage { id, written_at, freed_at: txn_id });
+            group.push((written_at, id));
+        }
+        if let Some(newest_written_at) = group.iter().map(|&(written_at, _)| written_at).max() {
+            self.free_pending.push(PendingGroup { freed_at: txn_id, newest_written_at, pages: group });
         }
         let pins = self.pins();
         let mut newly_ready = Vec::new();
-        self.free_pending.retain(|page| {
-            let first_pin = pins.partition_point(|&pin| pin < page.written_at);
-            let reached = pins.get(first_pin).is_some_and(|&pin| pin < page.freed_at);
-            if !reached {
-                newly_ready.push(page.id);
+        for group in &mut self.free_pending {
+            let below = pins.partition_point(|&pin| pin < group.freed_at);
+            let newest_pin_below = below.checked_sub(1).map(|index| pins[index]);
+            let reached = |written_at: TxnId| newest_pin_below.is_some_and(|pin| written_at <= pin);
+            if reached(group.newest_written_at) {
+                continue;
             }
-            reached
-        });
+            group.pages.retain(|&(written_at, id)| {
+                if !reached(written_at) {
+                    newly_ready.push(id);
+                }
+                reached(written_at)
+            });
+            group.newest_written_at = group.pages.iter().map(|&(written_at, _)| written_at).max().unwrap_or(0);
+        }
+        self.free_pending.retain(|group| !group.pages.is_empty());
         if !newly_ready.is_empty() {
             // Merge instead of re-sorting the whole (possibly large) ready list.
             newly_ready.sort_unstable_by(|a, b| b.cmp(a));
@@ -1166,19 +1203,27 @@ impl Store {
         debug_assert!(self.free_ready.windows(2).all(|pair| pair[0] > pair[1]));
     }
 
+    fn pending_page_count(&self) -> usize {
+        self.free_pending.iter().map(|group| group.pages.len()).sum()
+    }
+
+    fn pending_pages(&self) -> impl Iterator<Item = PageId> + '_ {
+        self.free_pending.iter().flat_map(|group| group.pages.iter().map(|&(_, id)| id))
+    }
+
     /// Writes the free list (ready pages recorded as txn 0, pending ones with the txn that
     /// freed them) on pages taken from the free list itself or from the end of the file.
     fn write_free_list(&mut self, sink: &mut Sink) -> (PageId, u64) {
         use tree::PageSink;
         let mut chain = Vec::new();
-        while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + self.free_pending.len() {
+        while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + self.pending_page_count() {
             chain.push(sink.allocate());
         }
         let entries: Vec<(PageId, TxnId)> = sink
             .ready
             .iter()
             .map(|&id| (id, 0))
-            .chain(self.free_pending.iter().map(|page| (page.id, page.freed_at)))
+            .chain(self.free_pending.iter().flat_map(|group| group.pages.iter().map(|&(_, id)| (id, group.freed_at))))
             .collect();
         for (index, &page_id) in chain.iter().enumerate() {
             let start = (index * FREELIST_ENTRIES_MAX).min(entries.len());
@@ -1204,6 +1249,7 @@ impl Store {
         };
         let meta = in_flight.meta;
         assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
+        tree::recycle_page_buffers(done.buffers);
         if meta.txn_id != self.committed.txn_id {
             assert_eq!(meta.txn_id, self.committed.txn_id + 1);
             self.committed = meta;
@@ -1353,8 +1399,7 @@ impl Store {
     /// Walks the last commit's file state and proves its invariants (see `check.rs`).
     pub fn check(&self) -> Result<(), CheckError> {
         let pages = self.shared.pages(self.committed.page_count);
-        let free: Vec<PageId> =
-            self.free_ready.iter().copied().chain(self.free_pending.iter().map(|page| page.id)).collect();
+        let free: Vec<PageId> = self.free_ready.iter().copied().chain(self.pending_pages()).collect();
         let in_memory = super::check::InMemoryFreeList { free: &free, chain: &self.freelist_pages };
         super::check::check(pages, &self.committed, Some(in_memory))
     }
