@@ -25,29 +25,38 @@ fn plain(layout: Layout) -> bool {
     layout.align() <= WORD_BYTES && layout.align() <= layout.size()
 }
 
+/// A block for `layout` from `plain_entry` (size) when word alignment covers it, else from
+/// `aligned_entry` (size, alignment).
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a nonzero size.
+#[inline]
+unsafe fn allocate(
+    layout: Layout,
+    plain_entry: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_entry: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let block = if plain(layout) {
+        unsafe { plain_entry(layout.size()) }
+    } else {
+        unsafe { aligned_entry(layout.size(), layout.align()) }
+    };
+    debug_assert!((block as usize).is_multiple_of(layout.align()));
+    block.cast()
+}
+
 // SAFETY: every path returns a block of at least `layout.size()` bytes aligned to
 // `layout.align()` (mimalloc's word alignment covers the plain path, the aligned entry points
 // the rest) or null, and frees with mimalloc what mimalloc allocated.
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let block = if plain(layout) {
-            unsafe { mi::mi_malloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) }
-        };
-        debug_assert!((block as usize).is_multiple_of(layout.align()));
-        block.cast()
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let block = if plain(layout) {
-            unsafe { mi::mi_zalloc(layout.size()) }
-        } else {
-            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) }
-        };
-        block.cast()
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]

@@ -696,9 +696,9 @@ impl Store {
         let (entries, freelist_pages) = load_free_list(&path, &meta, shared.pages(meta.page_count))?;
         // Who wrote a listed page is unknown here: written_at 0 keeps it until every meta
         // older than its freed_at is gone (ready entries, freed_at 0, are free at once).
+        // The list holds each commit's pages together (as `write_free_list` writes them); a
+        // commit whose pages were apart would only make two groups with one freed_at.
         let mut free_pending: Vec<PendingGroup> = Vec::new();
-        let mut entries = entries;
-        entries.sort_unstable_by_key(|&(id, freed_at)| (freed_at, id));
         for (id, freed_at) in entries {
             match free_pending.last_mut() {
                 Some(group) if group.freed_at == freed_at => group.pages.push((0, id)),
