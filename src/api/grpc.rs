@@ -73,19 +73,23 @@ where
     }
 }
 
+/// Every request's task holds this future, as large as its largest branch and copied when
+/// the task is spawned: the streaming paths, rare and large, are boxed, as are the largest of
+/// the unary calls (`service::call`). That took it from 3,520 to 1,576 bytes and ringd's CPU
+/// per put from 13.3 to 11.8 µs at 1000 clients (README, issue 6).
 async fn serve_stream(core: &Rc<Core>, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
     if path == SNAPSHOT_PATH {
         drop(body);
-        return stream_snapshot(core, respond).await;
+        return Box::pin(stream_snapshot(core, respond)).await;
     }
     if path == WATCH_PATH {
-        return serve_watch(core, body, respond).await;
+        return Box::pin(serve_watch(core, body, respond)).await;
     }
     if path == LEASE_KEEP_ALIVE_PATH {
-        return serve_keep_alive(core, body, respond).await;
+        return Box::pin(serve_keep_alive(core, body, respond)).await;
     }
     if path == OBSERVE_PATH {
-        return serve_observe(core, body, respond).await;
+        return Box::pin(serve_observe(core, body, respond)).await;
     }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
