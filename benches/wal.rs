@@ -51,7 +51,7 @@ fn percentiles_us(samples: &mut [Duration]) -> (f64, f64) {
 }
 
 fn entry(index: u64) -> Entry {
-    Entry { term: 1, index, entry_type: 0, data: vec![(index % 251) as u8; ENTRY_DATA_BYTES] }
+    Entry { term: 1, index, entry_type: 0, data: vec![(index % 251) as u8; ENTRY_DATA_BYTES].into() }
 }
 
 const FLOOR_FILE_BYTES: usize = 4 * 1024 * 1024;

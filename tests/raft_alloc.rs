@@ -30,7 +30,7 @@ fn steady_state_append_and_ack_do_not_allocate() {
         let committed = network.committed(1);
         // Built before measuring: in a server the transport decodes it into this buffer.
         let entries: Vec<Entry> = (1..=ENTRIES_PER_APPEND)
-            .map(|offset| Entry { term, index: last + offset, entry_type: 0, data: vec![round as u8; 16] })
+            .map(|offset| Entry { term, index: last + offset, entry_type: 0, data: vec![round as u8; 16].into() })
             .collect();
         let append = Message {
             msg_type: MessageType::MsgApp as i32,

@@ -40,7 +40,7 @@ fn stale_leader_after_partition_steps_down_and_loses_its_uncommitted_entries() {
     assert_eq!(network.member(1).term(), network.member(2).term());
     assert!(network.member(1).log().entry(stale_index).unwrap().data.is_empty());
     assert_eq!(network.member(1).log().entry(kept).unwrap().data, b"kept".to_vec());
-    let applied_1: Vec<Vec<u8>> = network.applied[&1].iter().map(|entry| entry.data.clone()).collect();
+    let applied_1: Vec<Vec<u8>> = network.applied[&1].iter().map(|entry| entry.data.to_vec()).collect();
     assert!(!applied_1.contains(&b"lost".to_vec()));
 }
 
@@ -456,7 +456,7 @@ fn append_overtaken_by_a_later_commit_still_delivers_its_new_entries() {
         log_term: network.member(2).log().term(committed - 1).unwrap(),
         entries: vec![
             network.member(2).log().entry(committed).unwrap().clone(),
-            ringd::raft::pb::Entry { term, index: committed + 1, entry_type: 0, data: b"b".to_vec() },
+            ringd::raft::pb::Entry { term, index: committed + 1, entry_type: 0, data: bytes::Bytes::from_static(b"b") },
         ],
         commit: committed,
         ..Default::default()

@@ -130,7 +130,7 @@ fn paper_5_3_leader_commits_an_entry_once_a_majority_stores_it() {
         network.stabilize();
     }
     assert_eq!(network.committed(3), index);
-    let applied: Vec<Vec<u8>> = network.applied[&3].iter().map(|entry| entry.data.clone()).collect();
+    let applied: Vec<Vec<u8>> = network.applied[&3].iter().map(|entry| entry.data.to_vec()).collect();
     assert!(applied.contains(&b"x".to_vec()));
 }
 

@@ -110,7 +110,7 @@ impl Raft {
         if change.node_id == NONE || next.voters.is_empty() {
             return Err(ProposeError::InvalidConfChange);
         }
-        let index = self.propose_entry(EntryType::EntryConfChange, change.encode_to_vec())?;
+        let index = self.propose_entry(EntryType::EntryConfChange, change.encode_to_vec().into())?;
         self.conf_history.push((index, next));
         self.apply_membership();
         Ok(index)

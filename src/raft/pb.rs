@@ -21,8 +21,8 @@ pub struct Entry {
     pub index: u64,
     #[prost(enumeration = "EntryType", tag = "1")]
     pub entry_type: i32,
-    #[prost(bytes = "vec", tag = "4")]
-    pub data: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: bytes::Bytes,
 }
 
 /// The state a member must persist before it answers a message (Raft paper, Figure 2).

@@ -179,7 +179,7 @@ impl RestartState {
                     term: 1,
                     index: position as u64 + 1,
                     entry_type: EntryType::EntryConfChange as i32,
-                    data: change.encode_to_vec(),
+                    data: change.encode_to_vec().into(),
                 }
             })
             .collect();
@@ -440,7 +440,8 @@ impl Raft {
         // Configuration entries are only proposed once an entry of this term commits
         // (thesis §4.1 safety fix), which this empty entry provides quickly; it also
         // commits everything earlier terms left behind (§5.4.2).
-        let entry = Entry { term: self.term, index: self.log.last_index() + 1, entry_type: 0, data: Vec::new() };
+        let entry =
+            Entry { term: self.term, index: self.log.last_index() + 1, entry_type: 0, data: bytes::Bytes::new() };
         self.log.append(entry);
         self.append_pending = true;
     }
@@ -729,7 +730,7 @@ impl Raft {
                 // Only the leader of this term answers; its commit is bounded as a heartbeat's.
                 self.log.commit_to(message.commit.min(self.log.last_index()));
                 if let Some(entry) = message.entries.pop() {
-                    self.read_states.push(ReadState { index: message.index, request_context: entry.data });
+                    self.read_states.push(ReadState { index: message.index, request_context: entry.data.to_vec() });
                 }
             }
             _ => {}
@@ -745,7 +746,7 @@ impl Raft {
             MessageType::MsgHeartbeatResp => self.handle_heartbeat_response(message),
             MessageType::MsgReadIndex => {
                 if let Some(entry) = message.entries.pop() {
-                    self.read_index_from(entry.data, message.from);
+                    self.read_index_from(entry.data.to_vec(), message.from);
                 }
             }
             MessageType::MsgTransferLeader => {
@@ -867,11 +868,11 @@ impl Raft {
 
     /// Appends `data` as a new entry (leader only); it is sent at the next Ready so that
     /// everything proposed between two Readies travels in one append per follower.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
-        self.propose_entry(EntryType::EntryNormal, data)
+    pub fn propose(&mut self, data: impl Into<bytes::Bytes>) -> Result<u64, ProposeError> {
+        self.propose_entry(EntryType::EntryNormal, data.into())
     }
 
-    pub(crate) fn propose_entry(&mut self, entry_type: EntryType, data: Vec<u8>) -> Result<u64, ProposeError> {
+    pub(crate) fn propose_entry(&mut self, entry_type: EntryType, data: bytes::Bytes) -> Result<u64, ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader_id });
         }
@@ -899,7 +900,7 @@ impl Raft {
             }
             _ if self.leader_id != NONE => {
                 let leader = self.leader_id;
-                let entry = Entry { data: context, ..Default::default() };
+                let entry = Entry { data: context.into(), ..Default::default() };
                 self.send(Message {
                     msg_type: MessageType::MsgReadIndex as i32,
                     to: leader,

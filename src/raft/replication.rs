@@ -295,7 +295,7 @@ impl Raft {
             self.read_states.push(ReadState { index, request_context: request.context });
             return;
         }
-        let entry = crate::raft::pb::Entry { data: request.context, ..Default::default() };
+        let entry = crate::raft::pb::Entry { data: request.context.into(), ..Default::default() };
         // The follower serves the read once it has applied `index`: tell it what is committed,
         // as a heartbeat would (never past what it is known to hold), so that it need not wait
         // for the next append or heartbeat when no round went before this answer.

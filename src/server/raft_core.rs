@@ -253,10 +253,10 @@ fn bootstrap(shared: &Shared) -> RestartState {
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let mut restart = RestartState::bootstrap(&ids);
     for entry in &mut restart.entries {
-        let mut change = ConfChange::decode(entry.data.as_slice()).expect("bootstrap encodes a ConfChange");
+        let mut change = ConfChange::decode(&entry.data[..]).expect("bootstrap encodes a ConfChange");
         let member = members.iter().find(|m| m.id == change.node_id).cloned();
         change.context = ConfContext { requester: 0, request_id: 0, member }.encode_to_vec();
-        entry.data = change.encode_to_vec();
+        entry.data = change.encode_to_vec().into();
     }
     restart
 }
@@ -463,7 +463,7 @@ impl RaftCore {
             ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member) }.encode_to_vec();
         self.waiters.borrow_mut().insert(id, reply);
         self.flush_batch();
-        if let Err(status) = self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec()) {
+        if let Err(status) = self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec().into()) {
             self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
         }
     }
@@ -604,15 +604,15 @@ impl RaftCore {
         self.shared.latency.record_since(0, Stage::Batch, self.batch_started);
         let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
         let data = Batch { member_id: self.shared.member_id, requests }.encode_to_vec();
-        if let Err(status) = self.propose_or_forward(EntryType::EntryNormal, data) {
+        if let Err(status) = self.propose_or_forward(EntryType::EntryNormal, data.into()) {
             self.waiters.borrow_mut().fail_all(ids.into_iter(), &status);
         }
     }
 
-    fn propose_or_forward(&mut self, entry_type: EntryType, data: Vec<u8>) -> Result<(), Status> {
+    fn propose_or_forward(&mut self, entry_type: EntryType, data: bytes::Bytes) -> Result<(), Status> {
         if self.raft.role() == Role::Leader {
             let result = match entry_type {
-                EntryType::EntryConfChange => match ConfChange::decode(data.as_slice()) {
+                EntryType::EntryConfChange => match ConfChange::decode(&data[..]) {
                     Ok(change) => self.raft.propose_conf_change(change).map(|_| ()),
                     Err(_) => {
                         return Err(Status::with_message(errors::Code::Internal, "undecodable conf change".to_owned()))
@@ -666,7 +666,7 @@ impl RaftCore {
                 let entry_type = EntryType::try_from(entry.entry_type).unwrap_or(EntryType::EntryNormal);
                 if self.raft.role() == Role::Leader {
                     if entry_type == EntryType::EntryConfChange {
-                        let refused = ConfChange::decode(entry.data.as_slice())
+                        let refused = ConfChange::decode(&entry.data[..])
                             .map_or(true, |change| self.check_conf_change(&change).is_err());
                         if refused {
                             continue;

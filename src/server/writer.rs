@@ -561,14 +561,14 @@ impl Turn<'_> {
         let index = entry.index;
         let members_changed = match EntryType::try_from(entry.entry_type) {
             Ok(EntryType::EntryConfChange) => {
-                let change = ConfChange::decode(entry.data.as_slice())
+                let change = ConfChange::decode(&entry.data[..])
                     .unwrap_or_else(|error| fatal(&format!("entry {index}: undecodable conf change: {error}")));
                 self.apply_conf_change(change);
                 true
             }
             _ if entry.data.is_empty() => false,
             _ => {
-                let batch = Batch::decode(entry.data.as_slice())
+                let batch = Batch::decode(&entry.data[..])
                     .unwrap_or_else(|error| fatal(&format!("entry {index}: undecodable request batch: {error}")));
                 self.apply_batch(batch)
             }

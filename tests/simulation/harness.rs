@@ -31,7 +31,7 @@ pub fn config(id: u64) -> Config {
 }
 
 pub fn entry(index: u64, term: u64) -> Entry {
-    Entry { index, term, data: format!("{}/{}", index, term).into_bytes(), ..Default::default() }
+    Entry { index, term, data: format!("{}/{}", index, term).into_bytes().into(), ..Default::default() }
 }
 
 /// A member restarting with `terms[i]` as the term of entry bootstrap_len + i + 1 (after
