@@ -205,7 +205,11 @@ pub fn key_head(user_part: &[u8], prefix_len: usize) -> u32 {
 
 /// Slot `index` of a node page: (cell offset, key head).
 pub fn slot(page: &[u8], index: usize) -> (usize, u32) {
-    let word = read_u32(page, HEADER_SIZE + index * SLOT_SIZE);
+    decode_slot(read_u32(page, HEADER_SIZE + index * SLOT_SIZE))
+}
+
+/// A slot's word as (cell offset, key head).
+pub fn decode_slot(word: u32) -> (usize, u32) {
     ((word & SLOT_OFFSET_MASK) as usize, word >> SLOT_OFFSET_BITS)
 }
 

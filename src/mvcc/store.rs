@@ -1186,10 +1186,11 @@ impl Store {
                 continue;
             }
             group.pages.retain(|&(written_at, id)| {
-                if !reached(written_at) {
+                let keep = reached(written_at);
+                if !keep {
                     newly_ready.push(id);
                 }
-                reached(written_at)
+                keep
             });
             group.newest_written_at = group.pages.iter().map(|&(written_at, _)| written_at).max().unwrap_or(0);
         }
@@ -1207,8 +1208,9 @@ impl Store {
         self.free_pending.iter().map(|group| group.pages.len()).sum()
     }
 
-    fn pending_pages(&self) -> impl Iterator<Item = PageId> + '_ {
-        self.free_pending.iter().flat_map(|group| group.pages.iter().map(|&(_, id)| id))
+    /// (page id, freed_at) of every pending page.
+    fn pending_entries(&self) -> impl Iterator<Item = (PageId, TxnId)> + '_ {
+        self.free_pending.iter().flat_map(|group| group.pages.iter().map(|&(_, id)| (id, group.freed_at)))
     }
 
     /// Writes the free list (ready pages recorded as txn 0, pending ones with the txn that
@@ -1216,15 +1218,13 @@ impl Store {
     fn write_free_list(&mut self, sink: &mut Sink) -> (PageId, u64) {
         use tree::PageSink;
         let mut chain = Vec::new();
-        while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + self.pending_page_count() {
+        // Each page taken for the chain leaves the ready list, so its length is read anew.
+        let pending = self.pending_page_count();
+        while chain.len() * FREELIST_ENTRIES_MAX < sink.ready.len() + pending {
             chain.push(sink.allocate());
         }
-        let entries: Vec<(PageId, TxnId)> = sink
-            .ready
-            .iter()
-            .map(|&id| (id, 0))
-            .chain(self.free_pending.iter().flat_map(|group| group.pages.iter().map(|&(_, id)| (id, group.freed_at))))
-            .collect();
+        let entries: Vec<(PageId, TxnId)> =
+            sink.ready.iter().map(|&id| (id, 0)).chain(self.pending_entries()).collect();
         for (index, &page_id) in chain.iter().enumerate() {
             let start = (index * FREELIST_ENTRIES_MAX).min(entries.len());
             let end = (start + FREELIST_ENTRIES_MAX).min(entries.len());
@@ -1399,7 +1399,8 @@ impl Store {
     /// Walks the last commit's file state and proves its invariants (see `check.rs`).
     pub fn check(&self) -> Result<(), CheckError> {
         let pages = self.shared.pages(self.committed.page_count);
-        let free: Vec<PageId> = self.free_ready.iter().copied().chain(self.pending_pages()).collect();
+        let free: Vec<PageId> =
+            self.free_ready.iter().copied().chain(self.pending_entries().map(|(id, _)| id)).collect();
         let in_memory = super::check::InMemoryFreeList { free: &free, chain: &self.freelist_pages };
         super::check::check(pages, &self.committed, Some(in_memory))
     }

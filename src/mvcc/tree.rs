@@ -523,7 +523,7 @@ impl<'a> NodeRef<'a> {
         };
         let slots: &[[u8; SLOT_SIZE]] = bytemuck::cast_slice(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
         prefetch_lines(bytemuck::cast_slice(slots));
-        let head_at = |index: usize| u32::from_le_bytes(slots[index]) >> SLOT_OFFSET_BITS;
+        let head_at = |index: usize| decode_slot(u32::from_le_bytes(slots[index])).1;
         let prefix_len = node_prefix_len(page);
         let user = user_part(key);
         let head = key_head(user, prefix_len);

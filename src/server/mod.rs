@@ -108,6 +108,14 @@ impl Shared {
         self.reader.read().unwrap().snapshot()
     }
 
+    /// An image of the latest visible commit as of this call (a follower's snapshot,
+    /// Maintenance.Snapshot), made on the blocking pool when awaited: an image of a visible
+    /// commit walks the trees (`mvcc::Image`), which for a large db must not hold up a core.
+    pub fn image(&self) -> impl std::future::Future<Output = Result<mvcc::Image, mvcc::OpenError>> + 'static {
+        let snapshot = self.snapshot();
+        async move { glommio::executor().spawn_blocking(move || snapshot.image()).await }
+    }
+
     /// After a snapshot from the leader replaced the db file: reads go to the new store.
     pub fn replace_reader(&self, reader: mvcc::Reader) {
         *self.reader.write().unwrap() = reader;
@@ -486,14 +494,9 @@ impl Core {
         propose_as!(self, Command::Alarm(request), Alarm)
     }
 
-    /// A consistent copy of the db for Maintenance.Snapshot. Taken on the blocking pool: an
-    /// image of a visible commit walks the trees (`mvcc::Image`).
+    /// A consistent copy of the db for Maintenance.Snapshot (`Shared::image`).
     pub async fn snapshot_image(&self) -> Result<mvcc::Image, Status> {
-        let snapshot = self.shared.snapshot();
-        glommio::executor()
-            .spawn_blocking(move || snapshot.image())
-            .await
-            .map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
+        self.shared.image().await.map_err(|error| Status::with_message(errors::Code::Internal, error.to_string()))
     }
 
     /// etcd's /health: unhealthy while an alarm is raised.

@@ -798,13 +798,11 @@ impl RaftCore {
     /// follower then receives at or below the db's applied index are skipped when applied).
     fn send_snapshot(&mut self, message: Message) {
         let to = message.to;
-        let snapshot = self.shared.snapshot();
+        let image = self.shared.image();
         let transport = self.transport.clone();
         let events = self.events.clone();
         glommio::spawn_local(async move {
-            // On the blocking pool: an image of a visible commit walks the trees, which for a
-            // large db must not hold up this core's Raft.
-            let delivered = match glommio::executor().spawn_blocking(move || snapshot.image()).await {
+            let delivered = match image.await {
                 Ok(image) => transport.send_snapshot(message, Box::new(ImageSource(image))).await,
                 Err(error) => {
                     eprintln!("ringd: cannot take an image of the db for member {to:x}: {error}");
