@@ -83,7 +83,8 @@ fn benchmarks(criterion: &mut Criterion) {
     });
     drop(snapshot);
 
-    // One etcd Put = one write txn (one revision); PUT_BATCH of them per checkpoint, timed up
+    // One etcd Put = one write txn (one revision), written as the server writes a Put without
+    // prev_kv (`put_returning_previous_lease`); PUT_BATCH of them per checkpoint, timed up
     // to and including prepare_commit (the spill); the job's I/O runs outside the timing.
     group.throughput(Throughput::Elements(PUT_BATCH));
     let value = vec![0xA5u8; VALUE_SIZE_BYTES];
@@ -94,7 +95,7 @@ fn benchmarks(criterion: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..PUT_BATCH {
                     let mut txn = store.write();
-                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                    txn.put_returning_previous_lease(&key(random.next() % KEY_COUNT), &value, 0);
                 }
                 let job = store.prepare_commit().unwrap();
                 elapsed += started.elapsed();
@@ -113,7 +114,7 @@ fn benchmarks(criterion: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..PUT_BATCH_LARGE {
                     let mut txn = store.write();
-                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                    txn.put_returning_previous_lease(&key(random.next() % KEY_COUNT), &value, 0);
                 }
                 let job = store.prepare_commit().unwrap();
                 elapsed += started.elapsed();
@@ -130,7 +131,7 @@ fn benchmarks(criterion: &mut Criterion) {
             for _ in 0..iterations {
                 for _ in 0..PUT_BATCH {
                     let mut txn = store.write();
-                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                    txn.put_returning_previous_lease(&key(random.next() % KEY_COUNT), &value, 0);
                 }
                 let job = store.prepare_commit().unwrap();
                 let started = Instant::now();
@@ -177,7 +178,7 @@ fn put_batch(store: &mut Store, random: &mut Random, durability: Durability) {
     let value = [0xC3u8; VALUE_SIZE_BYTES];
     for _ in 0..PUT_BATCH {
         let mut txn = store.write();
-        txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+        txn.put_returning_previous_lease(&key(random.next() % KEY_COUNT), &value, 0);
     }
     store.commit_with(durability).unwrap();
 }
@@ -198,7 +199,7 @@ fn bench_put_batches(
             for _ in 0..iterations {
                 for _ in 0..PUT_BATCH {
                     let mut txn = store.write();
-                    txn.put(&key(random.next() % KEY_COUNT), &value, 0);
+                    txn.put_returning_previous_lease(&key(random.next() % KEY_COUNT), &value, 0);
                 }
                 let job = store.prepare_commit_with(Durability::Visible).unwrap();
                 let started = Instant::now();

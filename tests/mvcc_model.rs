@@ -334,8 +334,20 @@ impl Harness {
                         lease: *lease,
                     };
                     self.model.write(key, revision, sub, Some(kv));
+                    // Every other put goes through the variant that returns only the previous
+                    // lease (the server's Put without prev_kv); the checks that follow read what
+                    // both wrote.
+                    if (revision + sub) % 2 == 0 {
+                        assert_eq!(txn.put(key, &value, *lease), previous, "put's previous value");
+                    } else {
+                        let previous_lease = previous.as_ref().map(|p| p.lease);
+                        assert_eq!(
+                            txn.put_returning_previous_lease(key, &value, *lease),
+                            previous_lease,
+                            "put's previous lease"
+                        );
+                    }
                     sub += 1;
-                    assert_eq!(txn.put(key, &value, *lease), previous, "put's previous value");
                     shadow.put(key, &value, *lease);
                 }
                 TxnOp::Delete { key, end } => {

@@ -1442,7 +1442,11 @@ fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
 
 /// The live KeyValue of `user_key` that an entry (`found`, `value`) of the kv tree holds,
 /// if it is one of `user_key`'s revisions and not a tombstone.
-fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRef) -> Option<KeyValue> {
+/// A key's previous live revision as a put sees it: its record header, and the KeyValue when
+/// the caller asked for it.
+type Previous = (RecordHeader, Option<KeyValue>);
+
+fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRef, full: bool) -> Option<Previous> {
     let (found_user_key, main, _) = split_kv_key(found);
     if found_user_key != user_key {
         return None;
@@ -1451,11 +1455,13 @@ fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRe
     if header.tombstone {
         return None;
     }
-    Some(read::build_key_value(pages, &read::Visible { user_key, main, value }, header, false))
+    let key_value = full.then(|| read::build_key_value(pages, &read::Visible { user_key, main, value }, header, false));
+    Some((header, key_value))
 }
 
-/// The record of a put at revision `main` after `previous` (the key's live KeyValue, if any).
-fn encode_new_record(previous: Option<&KeyValue>, main: Revision, value: &[u8], lease: i64) -> Vec<u8> {
+/// The record of a put at revision `main` after `previous` (the header of the key's live
+/// revision, if any).
+fn encode_new_record(previous: Option<&RecordHeader>, main: Revision, value: &[u8], lease: i64) -> Vec<u8> {
     let (create_revision, version) = match previous {
         Some(previous) => (previous.create_revision, previous.version + 1),
         None => (main, 1),
@@ -1513,6 +1519,18 @@ impl WriteTxn<'_> {
     /// Writes `key`; returns its previous live KeyValue. Panics on an empty key or one longer
     /// than KEY_SIZE_MAX_BYTES (the server refuses those first).
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Option<KeyValue> {
+        self.put_inner(key, value, lease, true).and_then(|(_, previous)| previous)
+    }
+
+    /// `put` for a caller that needs only the lease of the key's previous live revision (an
+    /// etcd Put without prev_kv): the old key and value are not copied out.
+    pub fn put_returning_previous_lease(&mut self, key: &[u8], value: &[u8], lease: i64) -> Option<i64> {
+        self.put_inner(key, value, lease, false).map(|(header, _)| header.lease)
+    }
+
+    /// Writes `key`; returns the record header of its previous live revision, with that
+    /// revision as a KeyValue if `full`.
+    fn put_inner(&mut self, key: &[u8], value: &[u8], lease: i64, full: bool) -> Option<Previous> {
         assert!(
             !key.is_empty() && key.len() <= KEY_SIZE_MAX_BYTES,
             "key length {} outside [1, {KEY_SIZE_MAX_BYTES}]",
@@ -1525,13 +1543,25 @@ impl WriteTxn<'_> {
         // looked up first, as a range.
         let mut previous = None;
         let mut make = |pages: Pages, following: tree::Following| {
-            previous = following.and_then(|(found, value)| previous_revision(pages, key, found, value));
-            Value::new(new_key.len(), encode_new_record(previous.as_ref(), main, value, lease))
+            previous = following.and_then(|(found, value)| previous_revision(pages, key, found, value, full));
+            Value::new(
+                new_key.len(),
+                encode_new_record(previous.as_ref().map(|(header, _)| header), main, value, lease),
+            )
         };
         if !self.store.tree_insert_new(TreeKind::Kv, &new_key, &mut make) {
-            previous =
+            let found =
                 self.range(key, &[], &RangeOptions::default()).expect("the current revision is readable").kvs.pop();
-            let record = encode_new_record(previous.as_ref(), main, value, lease);
+            previous = found.map(|kv| {
+                let header = RecordHeader {
+                    tombstone: false,
+                    create_revision: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                };
+                (header, full.then_some(kv))
+            });
+            let record = encode_new_record(previous.as_ref().map(|(header, _)| header), main, value, lease);
             self.store.tree_insert(TreeKind::Kv, &new_key, record);
         }
         self.finish_revision(key, false);

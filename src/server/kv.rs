@@ -298,12 +298,15 @@ fn put_unchecked(
     } else {
         (request.value.clone(), request.lease)
     };
-    let previous = txn.put(&request.key, &value, lease);
-    leases.written(&request.key, previous.as_ref().map_or(0, |kv| kv.lease), lease);
-    Ok(pb::PutResponse {
-        header: Some(pb::ResponseHeader::default()),
-        prev_kv: if request.prev_kv { previous.map(to_pb) } else { None },
-    })
+    // Without prev_kv only the previous lease is needed: the old value is not copied out.
+    let (previous_lease, prev_kv) = if request.prev_kv {
+        let previous = txn.put(&request.key, &value, lease);
+        (previous.as_ref().map_or(0, |kv| kv.lease), previous.map(to_pb))
+    } else {
+        (txn.put_returning_previous_lease(&request.key, &value, lease).unwrap_or(0), None)
+    };
+    leases.written(&request.key, previous_lease, lease);
+    Ok(pb::PutResponse { header: Some(pb::ResponseHeader::default()), prev_kv })
 }
 
 pub fn delete_range(
