@@ -1440,12 +1440,12 @@ fn merge_descending(a: Vec<PageId>, b: Vec<PageId>) -> Vec<PageId> {
     }
 }
 
-/// The live KeyValue of `user_key` that an entry (`found`, `value`) of the kv tree holds,
-/// if it is one of `user_key`'s revisions and not a tombstone.
 /// A key's previous live revision as a put sees it: its record header, and the KeyValue when
 /// the caller asked for it.
 type Previous = (RecordHeader, Option<KeyValue>);
 
+/// The live revision of `user_key` that an entry (`found`, `value`) of the kv tree holds, if
+/// it is one of `user_key`'s revisions and not a tombstone; as a KeyValue too if `full`.
 fn previous_revision(pages: Pages, user_key: &[u8], found: &[u8], value: ValueRef, full: bool) -> Option<Previous> {
     let (found_user_key, main, _) = split_kv_key(found);
     if found_user_key != user_key {
