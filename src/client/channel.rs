@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
 
 use crate::client::error::{code_from_number, percent_decode, Error};
 
@@ -111,11 +111,7 @@ impl Channel {
     pub async fn unary_bytes(&self, path: &str, framed: Bytes) -> Result<Bytes, Error> {
         debug_assert!(framed.len() >= PREFIX_BYTES && path.starts_with('/'));
         let mut send = self.ready().await?;
-        let request = Request::post(format!("http://{}{path}", self.authority))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|error| Error::internal(error.to_string()))?;
+        let request = grpc_request(&self.authority, path)?;
         let (response, mut body) = send
             .send_request(request, false)
             .map_err(|error| Error::unavailable(format!("send to {}: {error}", self.authority)))?;
@@ -151,6 +147,18 @@ impl Channel {
 }
 
 /// The error a header block's non-zero `grpc-status` carries, if any.
+/// A gRPC call's request head: POST of `path` on `authority`. The header values are made
+/// once (`from_static`); a `&str` value is validated and copied for every request.
+pub(crate) fn grpc_request(authority: &str, path: &str) -> Result<Request<()>, Error> {
+    let mut request = Request::post(format!("http://{authority}{path}"))
+        .body(())
+        .map_err(|error| Error::internal(error.to_string()))?;
+    let headers = request.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    Ok(request)
+}
+
 pub(crate) fn status_error(headers: &HeaderMap) -> Option<Error> {
     status_of(headers).and_then(Result::err)
 }

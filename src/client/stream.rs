@@ -9,9 +9,8 @@ use std::marker::PhantomData;
 use bytes::{Buf, Bytes, BytesMut};
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
-use http::Request;
 
-use crate::client::channel::{encode, status_error, Channel};
+use crate::client::channel::{encode, grpc_request, status_error, Channel};
 use crate::client::error::Error;
 
 const PREFIX_BYTES: usize = 5;
@@ -39,11 +38,7 @@ impl Channel {
     ) -> Result<BidiStream<Q, R>, Error> {
         debug_assert!(path.starts_with('/') && reply_bytes_max > 0);
         let mut send = self.ready().await?;
-        let request = Request::post(format!("http://{}{path}", self.authority()))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|error| Error::internal(error.to_string()))?;
+        let request = grpc_request(self.authority(), path)?;
         let (response, stream) = send
             .send_request(request, false)
             .map_err(|error| Error::unavailable(format!("open {name} on {}: {error}", self.authority())))?;
