@@ -146,7 +146,6 @@ impl Channel {
     }
 }
 
-/// The error a header block's non-zero `grpc-status` carries, if any.
 /// A gRPC call's request head: POST of `path` on `authority`. The header values are made
 /// once (`from_static`); a `&str` value is validated and copied for every request.
 pub(crate) fn grpc_request(authority: &str, path: &str) -> Result<Request<()>, Error> {
@@ -159,6 +158,7 @@ pub(crate) fn grpc_request(authority: &str, path: &str) -> Result<Request<()>, E
     Ok(request)
 }
 
+/// The error a header block's non-zero `grpc-status` carries, if any.
 pub(crate) fn status_error(headers: &HeaderMap) -> Option<Error> {
     status_of(headers).and_then(Result::err)
 }

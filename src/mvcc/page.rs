@@ -208,6 +208,11 @@ pub fn slot(page: &[u8], index: usize) -> (usize, u32) {
     decode_slot(read_u32(page, HEADER_SIZE + index * SLOT_SIZE))
 }
 
+/// The first `count` slots of a node page, as words for `decode_slot`.
+pub fn slot_words(page: &[u8], count: usize) -> &[[u8; SLOT_SIZE]] {
+    bytemuck::cast_slice(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE])
+}
+
 /// A slot's word as (cell offset, key head).
 pub fn decode_slot(word: u32) -> (usize, u32) {
     ((word & SLOT_OFFSET_MASK) as usize, word >> SLOT_OFFSET_BITS)

@@ -152,8 +152,11 @@ impl SlottedPage {
         let mut bytes = page_buffer();
         bytes.copy_from_slice(page);
         let count = read_u16(&bytes, 6) as usize;
-        let slots: &[[u8; SLOT_SIZE]] = bytemuck::cast_slice(&bytes[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
-        let cells_start = slots.iter().map(|slot| decode_slot(u32::from_le_bytes(*slot)).0).min().unwrap_or(PAGE_SIZE);
+        let cells_start = slot_words(&bytes, count)
+            .iter()
+            .map(|word| decode_slot(u32::from_le_bytes(*word)).0)
+            .min()
+            .unwrap_or(PAGE_SIZE);
         SlottedPage { bytes, cells_start, garbage: 0 }
     }
 
@@ -525,7 +528,7 @@ impl<'a> NodeRef<'a> {
             let order = cmp_keys(self.key(index), key);
             order == Ordering::Less || (below == Ordering::Greater && order == Ordering::Equal)
         };
-        let slots: &[[u8; SLOT_SIZE]] = bytemuck::cast_slice(&page[HEADER_SIZE..HEADER_SIZE + count * SLOT_SIZE]);
+        let slots = slot_words(page, count);
         prefetch_lines(bytemuck::cast_slice(slots));
         let head_at = |index: usize| decode_slot(u32::from_le_bytes(slots[index])).1;
         let prefix_len = node_prefix_len(page);
