@@ -1233,6 +1233,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // ringd: when the preemption timer in `latency_preemption_timeout_src` fires and the
+    // period it was armed with; `None` when that source is a user timer (see `wait`).
+    latency_preemption_deadline: Cell<Option<(Instant, Duration)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1364,6 +1367,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1825,22 +1829,48 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // ringd (RINGD-PATCH.md): upstream cancels the preemption timer here and arms a new
+        // one below, on every turn: two io_uring operations and their completions per turn
+        // for a timer of 100 ms. The timer is kept instead while it has not fired, was armed
+        // with the period wanted now and has at least half of it left; a task queue may then
+        // be preempted up to half a period early, which costs one more turn of the loop.
+        // It is never kept when we may sleep: sleeping needs `preempt_timer()` to be `None`.
+        let now = Instant::now();
+        let kept_preemption_timer = match (
+            self.latency_preemption_timeout_src.take(),
+            self.latency_preemption_deadline.take(),
+        ) {
+            (Some(source), Some((deadline, period)))
+                if source.result().is_none()
+                    && preempt_timer() == Some(period)
+                    && deadline.saturating_duration_since(now) >= period / 2 =>
+            {
+                Some((source, deadline, period))
+            }
+            // Cancel the old timer (or user timer): if we won't sleep, we will register
+            // the new timer with its new value. But if we will sleep, there might be a
+            // timer registered that needs to be removed otherwise we'll wake up when it
+            // expires.
+            _ => None,
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. ringd: an armed one that has not fired is kept (it fires after
+        // `ring_depth` completions since it was armed, instead of since this turn).
+        match self.throughput_preemption_timeout_src.take() {
+            Some(source) if source.result().is_none() => {
+                self.throughput_preemption_timeout_src.set(Some(source))
+            }
+            fired => {
+                self.throughput_preemption_timeout_src.set(Some(
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    ),
+                ));
+                drop(fired);
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1890,9 +1920,15 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        if let Some((timer, deadline, period)) = kept_preemption_timer {
+            self.latency_preemption_timeout_src.set(Some(timer));
+            self.latency_preemption_deadline.set(Some((deadline, period)));
+        } else if let Some(preempt) = preempt_timer() {
+            // A user timer armed for the sleep above is dropped (cancelled) here.
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            self.latency_preemption_deadline
+                .set(Some((Instant::now() + preempt, preempt)));
             flush_rings!(lat_ring, main_ring)?;
         }
 
