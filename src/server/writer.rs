@@ -174,11 +174,16 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     Ok(())
 }
 
+/// Threads of each executor's blocking pool: the raft core's runs the store's commits and
+/// writeback and the WAL's large durable writes (`io::glommio_storage`), which must not wait
+/// behind a checkpoint's fdatasync.
+const BLOCKING_THREADS: usize = 2;
+
 fn builder(core: usize, cpu: usize) -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("ringd-core-{core}"))
         .io_memory(IO_MEMORY_BYTES)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
 }
 
 /// Binds every listen address on this core and spawns their accept loops.
