@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringd (RINGD-PATCH.md): pairs with the fence a reactor makes between announcing
+        // that it will sleep and its last look at its channels (`Reactor::wait`): either it
+        // sees what the caller queued, or the caller sees `should_notify` set.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
