@@ -292,10 +292,8 @@ mod tests {
         buffer
     }
 
-    /// A durable write of `POOL_DURABLE_WRITE_MIN_BYTES` or more goes through the blocking
-    /// pool and lands where asked, around the small ones written through io_uring.
-    #[test]
-    fn a_large_durable_write_from_the_pool_lands_between_small_ones() {
+    /// Runs `test` on an executor with a new file `data` in a fresh directory.
+    fn on_new_file<F: std::future::Future<Output = ()>>(test: impl FnOnce(GlommioFile) -> F) {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().to_path_buf();
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -304,55 +302,55 @@ mod tests {
             .expect("executor")
             .run(async move {
                 let storage = GlommioStorage::open(&path).await.expect("storage");
-                let file = storage.create_file("data").await.expect("create");
-                let large_sectors = POOL_DURABLE_WRITE_MIN_BYTES / SECTOR_SIZE_BYTES + 1;
-                file.write_durable_at(filled(&file, 1), 0).await.expect("small durable write");
-                let large = filled_sectors(&file, 2, large_sectors);
-                assert!(large.len() >= POOL_DURABLE_WRITE_MIN_BYTES);
-                file.write_durable_at(large, SECTOR_SIZE_BYTES as u64).await.expect("large durable write");
-                let after = ((1 + large_sectors) * SECTOR_SIZE_BYTES) as u64;
-                file.write_durable_at(filled(&file, 3), after).await.expect("small durable write");
-                assert_eq!((file.plain_writes.get(), file.synced_writes.get()), (0, 0), "no plain write");
-                let total = (2 + large_sectors) * SECTOR_SIZE_BYTES;
-                let bytes = file.read_at(0, total).await.expect("read");
-                assert_eq!(bytes.len(), total);
-                for sector in 0..2 + large_sectors {
-                    let byte = if sector == 0 {
-                        1
-                    } else if sector <= large_sectors {
-                        2
-                    } else {
-                        3
-                    };
-                    let range = sector * SECTOR_SIZE_BYTES..(sector + 1) * SECTOR_SIZE_BYTES;
-                    assert!(bytes[range].iter().all(|b| *b == byte), "sector {sector}");
-                }
+                test(storage.create_file("data").await.expect("create")).await;
             });
+    }
+
+    /// A durable write of `POOL_DURABLE_WRITE_MIN_BYTES` or more goes through the blocking
+    /// pool and lands where asked, around the small ones written through io_uring.
+    #[test]
+    fn a_large_durable_write_from_the_pool_lands_between_small_ones() {
+        on_new_file(|file| async move {
+            let large_sectors = POOL_DURABLE_WRITE_MIN_BYTES / SECTOR_SIZE_BYTES + 1;
+            file.write_durable_at(filled(&file, 1), 0).await.expect("small durable write");
+            let large = filled_sectors(&file, 2, large_sectors);
+            assert!(large.len() >= POOL_DURABLE_WRITE_MIN_BYTES);
+            file.write_durable_at(large, SECTOR_SIZE_BYTES as u64).await.expect("large durable write");
+            let after = ((1 + large_sectors) * SECTOR_SIZE_BYTES) as u64;
+            file.write_durable_at(filled(&file, 3), after).await.expect("small durable write");
+            assert_eq!((file.plain_writes.get(), file.synced_writes.get()), (0, 0), "no plain write");
+            let total = (2 + large_sectors) * SECTOR_SIZE_BYTES;
+            let bytes = file.read_at(0, total).await.expect("read");
+            assert_eq!(bytes.len(), total);
+            for sector in 0..2 + large_sectors {
+                let byte = if sector == 0 {
+                    1
+                } else if sector <= large_sectors {
+                    2
+                } else {
+                    3
+                };
+                let range = sector * SECTOR_SIZE_BYTES..(sector + 1) * SECTOR_SIZE_BYTES;
+                assert!(bytes[range].iter().all(|b| *b == byte), "sector {sector}");
+            }
+        });
     }
 
     /// A durable write after an unsynced plain write syncs that one too (the O_DSYNC handle
     /// would not), and both handles write the same file.
     #[test]
     fn a_durable_write_covers_earlier_plain_writes() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path().to_path_buf();
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .make()
-            .expect("executor")
-            .run(async move {
-                let storage = GlommioStorage::open(&path).await.expect("storage");
-                let file = storage.create_file("data").await.expect("create");
-                file.write_durable_at(filled(&file, 1), 0).await.expect("durable write");
-                assert_eq!((file.plain_writes.get(), file.synced_writes.get()), (0, 0), "O_DSYNC path");
-                file.write_at(filled(&file, 2), 4096).await.expect("plain write");
-                assert!(file.synced_writes.get() < file.plain_writes.get());
-                file.write_durable_at(filled(&file, 3), 8192).await.expect("durable write");
-                assert_eq!(file.synced_writes.get(), file.plain_writes.get(), "the plain write was synced");
-                let bytes = file.read_at(0, 3 * 4096).await.expect("read");
-                for (sector, byte) in [(0, 1u8), (1, 2), (2, 3)] {
-                    assert!(bytes[sector * 4096..(sector + 1) * 4096].iter().all(|b| *b == byte), "sector {sector}");
-                }
-            });
+        on_new_file(|file| async move {
+            file.write_durable_at(filled(&file, 1), 0).await.expect("durable write");
+            assert_eq!((file.plain_writes.get(), file.synced_writes.get()), (0, 0), "O_DSYNC path");
+            file.write_at(filled(&file, 2), 4096).await.expect("plain write");
+            assert!(file.synced_writes.get() < file.plain_writes.get());
+            file.write_durable_at(filled(&file, 3), 8192).await.expect("durable write");
+            assert_eq!(file.synced_writes.get(), file.plain_writes.get(), "the plain write was synced");
+            let bytes = file.read_at(0, 3 * 4096).await.expect("read");
+            for (sector, byte) in [(0, 1u8), (1, 2), (2, 3)] {
+                assert!(bytes[sector * 4096..(sector + 1) * 4096].iter().all(|b| *b == byte), "sector {sector}");
+            }
+        });
     }
 }
