@@ -123,13 +123,20 @@ const LEASE_KEEP_ALIVE_PATH: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 const OBSERVE_PATH: &str = "/v3electionpb.Election/Observe";
 
 /// Ends a server stream with the grpc-status (and grpc-message) trailers of how it ended.
+/// Every unary reply ends here too.
 fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) {
     let mut trailers = HeaderMap::new();
-    let status = ended.err().unwrap_or(Status::new(errors::Code::Ok, ""));
-    trailers.insert(GRPC_STATUS, HeaderValue::from(status.code as u8 as u16));
-    if status.code != errors::Code::Ok {
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
-            trailers.insert(GRPC_MESSAGE, message);
+    match ended {
+        Ok(()) => {
+            trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        }
+        Err(status) => {
+            trailers.insert(GRPC_STATUS, HeaderValue::from(status.code as u8 as u16));
+            if status.code != errors::Code::Ok {
+                if let Ok(message) = HeaderValue::from_str(&percent_encode(&status.message)) {
+                    trailers.insert(GRPC_MESSAGE, message);
+                }
+            }
         }
     }
     let _ = stream.send_trailers(trailers);
@@ -334,9 +341,7 @@ async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
     if !send_when_room(&mut stream, ProtobufCodec.encode(&checksum)).await {
         return;
     }
-    let mut trailers = HeaderMap::new();
-    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
-    let _ = stream.send_trailers(trailers);
+    end_stream(&mut stream, Ok(()));
 }
 
 /// Sends `data` piece by piece as the peer's flow-control window grants room, so at most one
@@ -412,9 +417,7 @@ fn send_reply(respond: &mut SendResponse<Bytes>, reply: Bytes) {
     if stream.send_data(reply, false).is_err() {
         return;
     }
-    let mut trailers = HeaderMap::new();
-    trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
-    let _ = stream.send_trailers(trailers);
+    end_stream(&mut stream, Ok(()));
 }
 
 /// The trailers-only form: one HEADERS frame with END_STREAM carrying the status.

@@ -10,7 +10,9 @@ use super::{DirectFile, Storage, SECTOR_SIZE_BYTES};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use std::cell::Cell;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A directory of direct-I/O files, locked against other users for as long as it is open.
 pub struct GlommioStorage {
@@ -152,12 +154,16 @@ async fn probe_direct_io(directory: &Path) -> io::Result<()> {
 /// bound to the CPU that took the write's interrupt; while the executors keep both CPUs busy
 /// that worker waits for one: at 1000 writing clients the WAL's writes took 3.3 to 3.8 ms at
 /// the median (`wal_sync`), against 0.6 to 0.9 ms with every write from the pool, whose
-/// unbound thread issues the flush itself (0.8 to 2.2 ms with this size rule). At one client the pool is slower (two more thread wakeups: 2.5k against
-/// 3.3k puts/s with every write from the pool), and a one-client write is small, hence the
-/// size rule.
+/// unbound thread issues the flush itself (0.8 to 2.2 ms with this size rule). At one client
+/// the pool is slower (two more thread wakeups: 2.5k against 3.3k puts/s with every write
+/// from the pool), and a one-client write is small, hence the size rule.
 pub struct GlommioFile {
     file: DmaFile,
     durable: DmaFile,
+    /// `durable`'s descriptor, duplicated once, for the pool's writes: a pool thread holds a
+    /// reference while it writes, so the descriptor stays open even if this file is closed
+    /// first (its write's future dropped).
+    durable_for_pool: Arc<OwnedFd>,
     /// Plain writes started, and the count covered by the last successful `sync_data`. An
     /// O_DSYNC write makes only itself durable (with FUA it flushes nothing else), so
     /// `write_durable_at` takes that path only when no plain write is unsynced.
@@ -174,7 +180,9 @@ impl GlommioFile {
                 format!("device needs {} byte alignment for direct I/O", file.alignment()),
             ));
         }
-        Ok(GlommioFile { file, durable, plain_writes: Cell::new(0), synced_writes: Cell::new(0) })
+        // SAFETY: `durable` keeps its descriptor open for as long as the borrow is used.
+        let durable_for_pool = Arc::new(unsafe { BorrowedFd::borrow_raw(durable.as_raw_fd()) }.try_clone_to_owned()?);
+        Ok(GlommioFile { file, durable, durable_for_pool, plain_writes: Cell::new(0), synced_writes: Cell::new(0) })
     }
 }
 
@@ -202,14 +210,10 @@ fn wrote_whole(written_bytes: usize, len_bytes: usize, offset_bytes: u64) -> io:
 /// clients' batches about 16 KiB (2026-11-30).
 const POOL_DURABLE_WRITE_MIN_BYTES: usize = 8 * 1024;
 
-/// `write_whole` as a blocking `pwrite` on the executor's blocking thread pool.
-async fn pool_write_whole(file: &DmaFile, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
-    use std::os::fd::{AsRawFd, BorrowedFd};
+/// `write_whole` as a blocking `pwrite` through `fd` on the executor's blocking thread pool.
+async fn pool_write_whole(fd: &Arc<OwnedFd>, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
     assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
-    // The pool thread writes through its own descriptor, which it closes: `file` may be
-    // closed while the call runs if this future is dropped.
-    // SAFETY: `file` keeps its descriptor open for as long as the borrow is used.
-    let fd = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) }.try_clone_to_owned()?;
+    let fd = Arc::clone(fd);
     /// Keeps the buffer alive while the pool thread reads it: dropped before the write is
     /// done (the future cancelled), it leaks the buffer rather than free memory in use.
     struct InFlight(Option<DmaBuffer>);
@@ -268,7 +272,7 @@ impl DirectFile for GlommioFile {
             return self.sync_data().await;
         }
         if buffer.len() >= POOL_DURABLE_WRITE_MIN_BYTES {
-            return pool_write_whole(&self.durable, buffer, offset_bytes).await;
+            return pool_write_whole(&self.durable_for_pool, buffer, offset_bytes).await;
         }
         write_whole(&self.durable, buffer, offset_bytes).await
     }
