@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{error_line, etcdctl, http, ringd_fails_to_start, stdout, Etcd, Ringd};
+use support::{b64, error_line, etcdctl, http, ringd_fails_to_start, stdout, Etcd, KeepAlive, Ringd};
 
 /// etcdctl invocations whose output must be the same from ringd and from real etcd, run in
 /// order on fresh servers: (arguments, stdin).
@@ -170,6 +170,61 @@ fn json_gateway_serves_kv_health_and_version() {
     // The server keeps serving after every bad request.
     let (status, _) = http(port, "POST", "/v3/maintenance/status", "{}");
     assert_eq!(status, 200);
+}
+
+/// `GET /debug/cores` over `observer`, until each core's live client connections satisfy
+/// `done` (a closed connection is uncounted when its core notices), for at most 10 s.
+fn wait_for_connections(observer: &mut KeepAlive, what: &str, done: impl Fn([u64; 2]) -> bool) -> [u64; 2] {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = observer.request("GET", "/debug/cores", "");
+        assert_eq!(status, 200, "{body}");
+        let cores: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (cores["cores"][0]["raft"].as_bool(), cores["cores"][1]["raft"].as_bool()),
+            (Some(true), Some(false))
+        );
+        let counts = [0, 1].map(|core| cores["cores"][core]["client_connections"].as_u64().unwrap());
+        if done(counts) {
+            return counts;
+        }
+        assert!(std::time::Instant::now() < deadline, "connections per core: {counts:?}; expected {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The kernel's SO_REUSEPORT hash picks the accepting core at random; ringd then serves each
+/// connection on the core with the fewest live connections, ties going to the raft core
+/// (core 0), where a write needs no crossing between cores. So each new connection's core
+/// follows from the counts before it, and every connection serves requests wherever it
+/// landed.
+#[test]
+fn connections_are_spread_evenly_over_the_cores_the_raft_core_first() {
+    let ringd = Ringd::start(&["--cores", "2"]);
+    let mut observer = KeepAlive::connect(ringd.port);
+    // The start-up probe's connection may still be counted (and so may have sent the
+    // observer to core 1): wait until only the observer is.
+    let alone = wait_for_connections(&mut observer, "the observer alone", |counts| counts[0] + counts[1] == 1);
+    let mut counts = alone;
+    let mut clients = Vec::new();
+    for opened in 1..=7 {
+        let mut client = KeepAlive::connect(ringd.port);
+        let key = b64(&format!("key-{opened}"));
+        let (status, body) = client.request("POST", "/v3/kv/put", &format!(r#"{{"key":"{key}","value":"{key}"}}"#));
+        assert_eq!(status, 200, "{body}");
+        clients.push(client);
+        counts[if counts[0] <= counts[1] { 0 } else { 1 }] += 1;
+        let expected = counts;
+        wait_for_connections(&mut observer, &format!("{expected:?}"), |counts| counts == expected);
+    }
+    assert_eq!(counts, [4, 4], "eight connections, four on each core");
+    for (index, client) in clients.iter_mut().enumerate() {
+        let (status, body) =
+            client.request("POST", "/v3/kv/range", r#"{"key":"a2V5","range_end":"a2V6","count_only":true}"#);
+        assert_eq!((status, body.contains(r#""count":"7""#)), (200, true), "connection {index}: {body}");
+    }
+    drop(clients);
+    wait_for_connections(&mut observer, &format!("{alone:?} again"), |counts| counts == alone);
 }
 
 #[test]

@@ -219,6 +219,7 @@ async fn route(
         ("GET", "/health") => health(core),
         ("GET", "/version") => json_reply(200, core.version_json()),
         ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
+        ("GET", "/debug/cores") => json_reply(200, core.cores_json()),
         // A POST was taken over by `serve_watch` or `serve_observe`; any other method is
         // refused as elsewhere.
         (_, WATCH_PATH | OBSERVE_PATH | KEEP_ALIVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),

@@ -80,6 +80,8 @@ pub struct Shared {
     pub members: RwLock<Vec<pb::Member>>,
     /// Per-stage latency histograms (GET /debug/latency).
     pub latency: latency::Latency,
+    /// Live client connections per core (`api::listener` places connections by them).
+    pub client_connections: crate::api::listener::ConnectionCounts,
     /// The origin of the lessor's clock (monotonic).
     pub started: std::time::Instant,
     pub db_size_bytes: AtomicU64,
@@ -188,6 +190,11 @@ pub struct Core {
 }
 
 impl Core {
+    /// This core's position (0: the raft core).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn max_request_bytes(&self) -> usize {
         self.shared.config.max_request_bytes
     }
@@ -515,6 +522,21 @@ impl Core {
         self.shared.latency.json()
     }
 
+    /// GET /debug/cores: each core's CPU and live client connections.
+    pub fn cores_json(&self) -> serde_json::Value {
+        let cores: Vec<serde_json::Value> = (0..self.shared.config.cores)
+            .map(|core| {
+                serde_json::json!({
+                    "core": core,
+                    "cpu": self.shared.config.cpus[core],
+                    "raft": core == 0,
+                    "client_connections": self.shared.client_connections[core].load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({ "cores": cores })
+    }
+
     pub fn version_json(&self) -> serde_json::Value {
         serde_json::json!({
             "etcdserver": ETCD_API_VERSION,
@@ -633,6 +655,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         raft_index: AtomicU64::new(0),
         members: RwLock::new(members),
         latency: latency::Latency::new(config.cores),
+        client_connections: crate::api::listener::connection_counts(config.cores),
         started: std::time::Instant::now(),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),

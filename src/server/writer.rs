@@ -129,6 +129,8 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
+    let mut lanes = crate::api::listener::lanes(cores).into_iter();
+    let raft_lanes = lanes.next().expect("at least one core");
     for _ in 1..cores {
         let (sender, receiver) = shared_channel::new_bounded::<Proposal>(QUEUE_REQUESTS_MAX);
         senders.push(sender);
@@ -139,15 +141,17 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_ready = ready_sender.clone();
     handles.push(
         builder(0, shared.config.cpus[0])
-            .spawn(move || async move { run_raft_core(writer_shared, store, receivers, writer_ready).await })
+            .spawn(
+                move || async move { run_raft_core(writer_shared, store, receivers, raft_lanes, writer_ready).await },
+            )
             .map_err(|e| StartError(format!("cannot start the raft core on CPU {}: {e}", shared.config.cpus[0])))?,
     );
-    for (index, sender) in senders.into_iter().enumerate() {
+    for (index, (sender, lanes)) in senders.into_iter().zip(lanes).enumerate() {
         let core_shared = shared.clone();
         let core_ready = ready_sender.clone();
         handles.push(
             builder(index + 1, shared.config.cpus[index + 1])
-                .spawn(move || async move { run_client_core(core_shared, index + 1, sender, core_ready).await })
+                .spawn(move || async move { run_client_core(core_shared, index + 1, sender, lanes, core_ready).await })
                 .map_err(|e| {
                     StartError(format!("cannot start core {} on CPU {}: {e}", index + 1, shared.config.cpus[index + 1]))
                 })?,
@@ -186,13 +190,25 @@ fn builder(core: usize, cpu: usize) -> LocalExecutorBuilder {
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
 }
 
-/// Binds every listen address on this core and spawns their accept loops.
-fn serve_clients(core: std::rc::Rc<super::Core>, addresses: &[SocketAddr]) -> Result<(), String> {
+/// Binds every listen address on this core, then (in a task, once this core's connection
+/// handoff lanes are connected) runs their accept loops.
+fn serve_clients(
+    core: Rc<super::Core>,
+    lanes: crate::api::listener::Lanes,
+    addresses: &[SocketAddr],
+) -> Result<(), String> {
+    let mut listeners = Vec::with_capacity(addresses.len());
     for &address in addresses {
-        let listener =
-            crate::api::listener::bind(address).map_err(|e| format!("cannot listen on http://{address}: {e}"))?;
-        glommio::spawn_local(crate::api::listener::accept_loop(listener, core.clone())).detach();
+        listeners
+            .push(crate::api::listener::bind(address).map_err(|e| format!("cannot listen on http://{address}: {e}"))?);
     }
+    glommio::spawn_local(async move {
+        let balancer = Rc::new(crate::api::listener::Balancer::connect(lanes, core.clone()).await);
+        for listener in listeners {
+            glommio::spawn_local(crate::api::listener::accept_loop(listener, core.clone(), balancer.clone())).detach();
+        }
+    })
+    .detach();
     Ok(())
 }
 
@@ -200,6 +216,7 @@ async fn run_raft_core(
     shared: Arc<Shared>,
     store: mvcc::Store,
     receivers: Vec<SharedReceiver<Proposal>>,
+    lanes: crate::api::listener::Lanes,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let started = match raft_core::open(&shared, store.consistent_index()).await {
@@ -281,7 +298,7 @@ async fn run_raft_core(
     raft.start();
     let core = super::local_core(shared.clone(), sender);
     glommio::spawn_local(super::compactor::run(core.clone(), shared.config.auto_compaction)).detach();
-    let _ = ready.send(serve_clients(core, &shared.config.listen_client_addresses));
+    let _ = ready.send(serve_clients(core, lanes, &shared.config.listen_client_addresses));
     raft.run(queue, events_received, incoming_received).await;
 }
 
@@ -289,11 +306,12 @@ async fn run_client_core(
     shared: Arc<Shared>,
     index: usize,
     sender: SharedSender<Proposal>,
+    lanes: crate::api::listener::Lanes,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let sender = sender.connect().await;
     let core = super::remote_core(shared.clone(), index, sender);
-    let _ = ready.send(serve_clients(core, &shared.config.listen_client_addresses));
+    let _ = ready.send(serve_clients(core, lanes, &shared.config.listen_client_addresses));
     // The accept loops run forever; park this task without spinning.
     futures::future::pending::<()>().await;
 }

@@ -276,6 +276,49 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// One HTTP/1.1 keep-alive connection to the gateway: every request goes over the same
+/// TCP connection (so the same core serves them all).
+pub struct KeepAlive {
+    stream: std::io::BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive { stream: std::io::BufReader::new(stream) }
+    }
+
+    /// Sends one request and reads its reply (which must carry a Content-Length).
+    pub fn request(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::{BufRead, Read};
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).unwrap();
+        let status = status_line.split_whitespace().nth(1).expect("an HTTP status line").parse().unwrap();
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = Some(value.trim().parse::<usize>().unwrap());
+                }
+            }
+        }
+        let mut body = vec![0; length.expect("a Content-Length")];
+        self.stream.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+}
+
 /// POSTs `body` to a streaming gateway path and returns its first `count` result lines
 /// (grpc-gateway's `{"result": ...}`), reading at most START_TIMEOUT per line.
 pub fn gateway_stream_results(port: u16, path: &str, body: &str, count: usize) -> Vec<String> {
