@@ -72,8 +72,17 @@ pub struct Global {
     #[arg(long, global = true)]
     pub plot: Option<PathBuf>,
     /// Executors (threads) the load runs on; connections and clients are spread over them
-    #[arg(long, global = true, default_value_t = 1)]
+    /// [default: the CPUs this process may run on, as etcd's Go benchmark uses them all]
+    #[arg(long, global = true, default_value_t = default_client_cores(), hide_default_value = true)]
     pub client_cores: usize,
+}
+
+/// One executor per CPU this process may run on: etcd's benchmark is a Go program, whose
+/// goroutines run on every CPU (GOMAXPROCS). With one executor, ringbench's own HTTP/2 work
+/// held ringd back at 100 and 1000 clients on a 2-CPU machine (36.7k against 45.4k and 72.5k
+/// against 103.0k puts/s, 2026-11-30) while etcd, bound by its own CPU, did the same either way.
+pub fn default_client_cores() -> usize {
+    std::thread::available_parallelism().map(|cpus| cpus.get()).unwrap_or(1)
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
