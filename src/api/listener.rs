@@ -21,11 +21,9 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use glommio::{GlommioError, ResourceType};
 
-use crate::server::Core;
+use crate::server::{Core, RAFT_CORE};
 
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The core that runs Raft, the WAL and the apply task.
-const RAFT_CORE: usize = 0;
 /// Connections queued from one core toward another; past it the accepting core serves them.
 const HANDOFF_CONNECTIONS_MAX: usize = 256;
 

@@ -50,6 +50,9 @@ pub use writer::Command;
 pub const ETCD_API_VERSION: &str = "3.5.0";
 /// The etcd cluster version string /version reports.
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+/// The core (executor index) that runs Raft, the WAL and the apply task; every other core
+/// forwards writes and linearizable reads to it.
+pub const RAFT_CORE: usize = 0;
 /// Requests the writer applies in one batch at most (one checkpoint each).
 pub const BATCH_REQUESTS_MAX: usize = 4096;
 /// Requests queued toward the writer from one core before senders wait.
@@ -529,7 +532,7 @@ impl Core {
                 serde_json::json!({
                     "core": core,
                     "cpu": self.shared.config.cpus[core],
-                    "raft": core == 0,
+                    "raft": core == RAFT_CORE,
                     "client_connections": self.shared.client_connections[core].load(Ordering::Relaxed),
                 })
             })
@@ -757,10 +760,10 @@ fn find_self(
     Ok((me.id, membership.cluster_id, members))
 }
 
-/// Builds the per-core handle for core 0 (local route).
+/// Builds the per-core handle for the raft core (local route).
 fn local_core(shared: Arc<Shared>, sender: mpsc::Sender<Proposal>) -> Rc<Core> {
-    let hub = start_hub(&shared, 0);
-    Rc::new(Core { shared, index: 0, route: Route::Local(sender), hub, leader_link: Default::default() })
+    let hub = start_hub(&shared, RAFT_CORE);
+    Rc::new(Core { shared, index: RAFT_CORE, route: Route::Local(sender), hub, leader_link: Default::default() })
 }
 
 /// Builds the per-core handle for another core (remote route).
