@@ -140,7 +140,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_shared = shared.clone();
     let writer_ready = ready_sender.clone();
     handles.push(
-        builder(0, shared.config.cpus[0])
+        builder(0, shared.config.cpus[0], shared.config.idle_poll)
             .spawn(
                 move || async move { run_raft_core(writer_shared, store, receivers, raft_lanes, writer_ready).await },
             )
@@ -150,7 +150,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
         let core_shared = shared.clone();
         let core_ready = ready_sender.clone();
         handles.push(
-            builder(index + 1, shared.config.cpus[index + 1])
+            builder(index + 1, shared.config.cpus[index + 1], shared.config.idle_poll)
                 .spawn(move || async move { run_client_core(core_shared, index + 1, sender, lanes, core_ready).await })
                 .map_err(|e| {
                     StartError(format!("cannot start core {} on CPU {}: {e}", index + 1, shared.config.cpus[index + 1]))
@@ -183,11 +183,18 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
 /// behind a checkpoint's fdatasync.
 const BLOCKING_THREADS: usize = 2;
 
-fn builder(core: usize, cpu: usize) -> LocalExecutorBuilder {
-    LocalExecutorBuilder::new(Placement::Fixed(cpu))
+/// A pinned executor that polls for `idle_poll` before it sleeps (`--idle-poll-us`; the
+/// vendored glommio yields the CPU on every round of that poll).
+fn builder(core: usize, cpu: usize, idle_poll: std::time::Duration) -> LocalExecutorBuilder {
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("ringd-core-{core}"))
         .io_memory(IO_MEMORY_BYTES)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS));
+    if idle_poll.is_zero() {
+        builder
+    } else {
+        builder.spin_before_park(idle_poll)
+    }
 }
 
 /// Binds every listen address on this core, then (in a task, once this core's connection

@@ -1495,6 +1495,12 @@ impl LocalExecutor {
                         break t.unwrap();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
+                            // ringd: give the CPU to any other runnable thread while polling
+                            // (RINGD-PATCH.md); the syscall also runs deferred io_uring
+                            // completions (COOP_TASKRUN), which a poll of the rings alone
+                            // would not see.
+                            // SAFETY: a syscall without arguments.
+                            unsafe { libc::sched_yield() };
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
                                     .park()
