@@ -106,9 +106,10 @@ pub struct Flags {
     pub cores: Option<usize>,
 
     /// The CPU that runs the raft core (Raft, the WAL, the store's writer); the other
-    /// executors take the next CPUs.
-    #[arg(long, env = "RINGD_RAFT_CORE", default_value_t = 0)]
-    pub raft_core: usize,
+    /// executors take the next CPUs [default: this member's position in --initial-cluster,
+    /// modulo the CPUs]
+    #[arg(long, env = "RINGD_RAFT_CORE")]
+    pub raft_core: Option<usize>,
 
     /// Microseconds an executor that ran out of work keeps polling for more (yielding its CPU
     /// to any other runnable thread) before it sleeps; 0 sleeps at once.
@@ -226,10 +227,13 @@ impl Flags {
         if cores == 0 || cores > available_cores {
             return Err(format!("--cores must be between 1 and {available_cores}"));
         }
-        if self.raft_core >= available_cores {
+        // Members started on one machine (a test or development cluster) then put their raft
+        // cores on different CPUs; on a machine of its own a member's raft core is on CPU 0.
+        let position = initial_cluster.iter().position(|member| member.name == self.name).unwrap_or(0);
+        let raft_core = self.raft_core.unwrap_or(position % available_cores);
+        if raft_core >= available_cores {
             return Err(format!("--raft-core must be a CPU between 0 and {}", available_cores - 1));
         }
-        let raft_core = self.raft_core;
         let cpus: Vec<usize> = std::iter::once(raft_core)
             .chain((0..available_cores).filter(|cpu| *cpu != raft_core))
             .take(cores)
@@ -407,6 +411,19 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..available).collect::<Vec<_>>());
         assert!(flags(&["--raft-core", &available.to_string()]).unwrap().into_config().is_err());
+    }
+
+    #[test]
+    fn the_raft_core_defaults_to_the_members_position_in_the_initial_cluster() {
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let urls = "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382";
+        for (position, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let peer_url = format!("http://127.0.0.1:{}", 2380 + position);
+            let args = ["--name", name, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", urls];
+            let config = flags(&args).unwrap().into_config().unwrap();
+            assert_eq!(config.cpus[0], position % available, "member {name}");
+        }
+        assert_eq!(flags(&[]).unwrap().into_config().unwrap().cpus[0], 0, "a lone member");
     }
 
     #[test]
