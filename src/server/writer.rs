@@ -140,7 +140,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_shared = shared.clone();
     let writer_ready = ready_sender.clone();
     handles.push(
-        builder(0, shared.config.cpus[0], shared.config.idle_poll)
+        builder(0, &shared.config)
             .spawn(
                 move || async move { run_raft_core(writer_shared, store, receivers, raft_lanes, writer_ready).await },
             )
@@ -150,7 +150,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
         let core_shared = shared.clone();
         let core_ready = ready_sender.clone();
         handles.push(
-            builder(index + 1, shared.config.cpus[index + 1], shared.config.idle_poll)
+            builder(index + 1, &shared.config)
                 .spawn(move || async move { run_client_core(core_shared, index + 1, sender, lanes, core_ready).await })
                 .map_err(|e| {
                     StartError(format!("cannot start core {} on CPU {}: {e}", index + 1, shared.config.cpus[index + 1]))
@@ -183,17 +183,17 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
 /// behind a checkpoint's fdatasync.
 const BLOCKING_THREADS: usize = 2;
 
-/// A pinned executor that polls for `idle_poll` before it sleeps (`--idle-poll-us`; the
-/// vendored glommio yields the CPU on every round of that poll).
-fn builder(core: usize, cpu: usize, idle_poll: std::time::Duration) -> LocalExecutorBuilder {
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+/// Core `core`'s executor, pinned to its CPU, polling for `--idle-poll-us` before it sleeps
+/// (the vendored glommio yields the CPU on every round of that poll).
+fn builder(core: usize, config: &super::Config) -> LocalExecutorBuilder {
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[core]))
         .name(&format!("ringd-core-{core}"))
         .io_memory(IO_MEMORY_BYTES)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS));
-    if idle_poll.is_zero() {
+    if config.idle_poll.is_zero() {
         builder
     } else {
-        builder.spin_before_park(idle_poll)
+        builder.spin_before_park(config.idle_poll)
     }
 }
 
