@@ -1495,18 +1495,19 @@ impl LocalExecutor {
                         break t.unwrap();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
-                            // ringd: give the CPU to any other runnable thread while polling
-                            // (RINGD-PATCH.md); the syscall also runs deferred io_uring
-                            // completions (COOP_TASKRUN), which a poll of the rings alone
-                            // would not see.
-                            // SAFETY: a syscall without arguments.
-                            unsafe { libc::sched_yield() };
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;
                             }
+                            // ringd: give the CPU to any other runnable thread while polling
+                            // (RINGD-PATCH.md); the syscall also runs deferred io_uring
+                            // completions (COOP_TASKRUN), which a poll of the rings alone
+                            // would not see. An executor that does not poll (no
+                            // `spin_before_park`) parks without it.
+                            // SAFETY: a syscall without arguments.
+                            unsafe { libc::sched_yield() };
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
