@@ -2,9 +2,9 @@
 //!
 //! What a server that does nothing else could reach on this machine in the 1-client rows of
 //! the compare tables (`tuning/scenarios/etcd-doc.toml`): one client sends a request of a put's
-//! size over loopback TCP and waits for a 64-byte answer; the server, on ringd's I/O stack
-//! (a glommio executor pinned to CPU 0 that polls for `--idle-poll-us`'s default before it
-//! sleeps, as ringd's raft core), answers
+//! size over loopback TCP and waits for a 64-byte answer; the server, on ringd's I/O stack (a
+//! glommio executor pinned to the first CPU the process may run on, polling for
+//! `--idle-poll-us`'s default before it sleeps, as a lone ringd's raft core), answers
 //! - `durable`: after one durable write through `DirectFile::write_durable_at`, the WAL's own
 //!   path, at the offsets a lone appender's 300-byte records take (it rewrites its tail sector);
 //! - `echo`: at once (the floor of a read that needs no disk).
@@ -14,9 +14,10 @@
 //! microsecond a real server spends on those comes on top. Rounds alternate the two modes.
 //!
 //! Last lines, for scripts: `durable_per_s <median of rounds>`, `echo_per_s <median>`.
-//! Environment: FLOOR_BENCH_DIR (default `target/floor-bench`; use the file system the
-//! servers' data dirs are on), FLOOR_BENCH_REQUESTS (per round, default 5000),
-//! FLOOR_BENCH_ROUNDS (default 3).
+//! Environment: FLOOR_BENCH_DIR (default `target`; a directory on the file system the
+//! servers' data dirs are on: the bench works in a new directory inside it, which it
+//! removes at the end), FLOOR_BENCH_REQUESTS (per round, default 5000), FLOOR_BENCH_ROUNDS
+//! (default 3).
 
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -32,15 +33,23 @@ const REQUEST_BYTES: usize = 300;
 const ANSWER_BYTES: usize = 64;
 const WARMUP_REQUESTS: usize = 200;
 
+/// A positive count from the environment, or `default` when unset.
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(value) => match value.parse::<usize>() {
+            Ok(count) if count > 0 => count,
+            _ => panic!("{name}={value:?}: expected a positive whole number"),
+        },
+    }
 }
 
-fn bench_dir() -> PathBuf {
+/// The directory the bench makes its own, new, directory in.
+fn base_dir() -> PathBuf {
     match std::env::var_os("FLOOR_BENCH_DIR") {
         // glommio opens a relative directory path as a bad descriptor.
         Some(dir) => std::path::absolute(dir).expect("FLOOR_BENCH_DIR as an absolute path"),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("floor-bench"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
     }
 }
 
@@ -91,7 +100,9 @@ fn round(dir: &Path, mode: Mode, requests: usize) -> Round {
     let idle_poll = Duration::from_micros(ringd::server::config::IDLE_POLL_US_DEFAULT);
     let (address_sender, address) = std::sync::mpsc::channel();
     let dir = dir.to_path_buf();
-    let server = LocalExecutorBuilder::new(Placement::Fixed(0))
+    // Where a lone ringd puts its raft core: the first CPU this process may run on.
+    let cpu = ringd::server::config::allowed_cpus()[0];
+    let server = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name("floor-server")
         .io_memory(256 * 1024)
         .spin_before_park(idle_poll)
@@ -132,11 +143,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let dir = bench_dir();
-    let requests = env_or("FLOOR_BENCH_REQUESTS", 5000).max(1);
-    let rounds = env_or("FLOOR_BENCH_ROUNDS", 3).max(1);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the bench directory");
+    let requests = env_or("FLOOR_BENCH_REQUESTS", 5000);
+    let rounds = env_or("FLOOR_BENCH_ROUNDS", 3);
+    let base = base_dir();
+    std::fs::create_dir_all(&base).expect("create FLOOR_BENCH_DIR");
+    let temp =
+        tempfile::Builder::new().prefix("floor-bench-").tempdir_in(&base).expect("a new directory in FLOOR_BENCH_DIR");
+    let dir = temp.path().to_path_buf();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("floor bench in {} (load average {}), {requests} requests per round", dir.display(), load.trim());
     let (mut durable, mut echo) = (Vec::new(), Vec::new());
@@ -156,7 +169,7 @@ fn main() {
             if mode == Mode::Durable { &mut durable } else { &mut echo }.push(result.per_s);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(temp);
     println!("durable_per_s {:.0}", median(durable));
     println!("echo_per_s {:.0}", median(echo));
 }

@@ -212,12 +212,16 @@ fn connections_are_spread_evenly_over_the_cores_the_raft_core_first() {
         let key = b64(&format!("key-{opened}"));
         let (status, body) = client.request("POST", "/v3/kv/put", &format!(r#"{{"key":"{key}","value":"{key}"}}"#));
         assert_eq!(status, 200, "{body}");
-        clients.push(client);
-        counts[if counts[0] <= counts[1] { 0 } else { 1 }] += 1;
+        let core = if counts[0] <= counts[1] { 0 } else { 1 };
+        counts[core] += 1;
         let expected = counts;
         wait_for_connections(&mut observer, &format!("{expected:?}"), |counts| counts == expected);
+        // Served where it was counted: the core that answers on this connection.
+        let (status, body) = client.request("GET", "/debug/cores", "");
+        let answered_by = serde_json::from_str::<serde_json::Value>(&body).unwrap()["answered_by"].as_u64();
+        assert_eq!((status, answered_by), (200, Some(core as u64)), "connection {opened}: {body}");
+        clients.push(client);
     }
-    assert_eq!(counts, [4, 4], "eight connections, four on each core");
     for (index, client) in clients.iter_mut().enumerate() {
         let (status, body) =
             client.request("POST", "/v3/kv/range", r#"{"key":"a2V5","range_end":"a2V6","count_only":true}"#);
@@ -225,6 +229,25 @@ fn connections_are_spread_evenly_over_the_cores_the_raft_core_first() {
     }
     drop(clients);
     wait_for_connections(&mut observer, &format!("{alone:?} again"), |counts| counts == alone);
+}
+
+/// Executors are pinned only to CPUs the process may run on (its affinity, which `taskset` or
+/// a cgroup cpuset narrows; a CPU outside a cpuset cannot be pinned to at all): allowed the
+/// last CPU alone, ringd serves one core, there.
+#[test]
+fn a_process_allowed_one_cpu_serves_on_that_cpu() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(cpus >= 2, "this test needs a machine with two CPUs or more");
+    let ringd = Ringd::start_on_cpu(cpus - 1, &[]);
+    let mut client = KeepAlive::connect(ringd.port);
+    let (status, body) = client.request("GET", "/debug/cores", "");
+    assert_eq!(status, 200, "{body}");
+    let cores: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cores = cores["cores"].as_array().unwrap();
+    assert_eq!(cores.len(), 1, "one allowed CPU, one core: {body}");
+    assert_eq!((cores[0]["cpu"].as_u64(), cores[0]["raft"].as_bool()), (Some(cpus as u64 - 1), Some(true)), "{body}");
+    assert!(ringd.etcdctl(&["put", "pinned", "yes"]).status.success());
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "pinned", "--print-value-only"])), "yes\n");
 }
 
 #[test]

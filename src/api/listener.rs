@@ -2,13 +2,17 @@
 //! core for each connection by a hash of its addresses) and sniffs each connection's first
 //! bytes: the HTTP/2 preface means gRPC, anything else is HTTP/1.1 for the JSON gateway.
 //!
-//! The core that accepts a connection may hand it to another (`Balancer`): each connection
-//! is served by the core with the fewest live client connections, ties going to the raft
-//! core. Writes and linearizable reads are answered on the raft core, so a connection served
-//! there saves two crossings between cores per request, each a wakeup of a sleeping core
-//! when the load is light (one client's put: 3.2k to 3.4k against 2.5k to 2.8k req/s on
-//! this project's VM). Under load the connections are spread evenly, which the kernel's hash
-//! does only on average.
+//! The core that accepts a connection may hand it to another (`Balancer`). The raft core
+//! has a lane to every other core and hands each connection it accepts to the core with the
+//! fewest live client connections (itself on a tie); every other core has a lane to the raft
+//! core only, and serves a connection itself unless the raft core has as few or fewer. With
+//! two cores, ringd's usual shape here, that is "fewest live connections, ties to the raft
+//! core" exactly; with more, a connection accepted on core 1 never goes to core 2, so the
+//! spread between the other cores is only as even as the kernel's hash makes it (a mesh of
+//! lanes between all cores would fix that, at cores² channels). Writes and linearizable
+//! reads are answered on the raft core, so a connection served there saves two crossings
+//! between cores per request, each a wakeup of a sleeping core when the load is light (one
+//! client's put: 3.2k to 3.4k against 2.5k to 2.8k req/s on this project's VM).
 
 use std::io;
 use std::net::SocketAddr;

@@ -105,9 +105,10 @@ pub struct Flags {
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
 
-    /// The CPU that runs the raft core (Raft, the WAL, the store's writer); the other
-    /// executors take the next CPUs [default: this member's position in --initial-cluster,
-    /// modulo the CPUs]
+    /// The CPU that runs the raft core (Raft, the WAL, the store's writer), one of those the
+    /// process may run on; the other executors take the next of them [default: the
+    /// process's CPUs in order, taken at this member's position in --initial-cluster, modulo
+    /// their number]
     #[arg(long, env = "RINGD_RAFT_CORE")]
     pub raft_core: Option<usize>,
 
@@ -115,6 +116,33 @@ pub struct Flags {
     /// to any other runnable thread) before it sleeps; 0 sleeps at once.
     #[arg(long, env = "RINGD_IDLE_POLL_US", default_value_t = IDLE_POLL_US_DEFAULT)]
     pub idle_poll_us: u64,
+}
+
+/// The longest idle poll: past it, an idle member would hardly ever let its CPUs sleep.
+pub const IDLE_POLL_US_MAX: u64 = 100_000;
+
+/// The CPUs this process may run on, in increasing order: its affinity mask, which `taskset`,
+/// a cgroup cpuset or a container's CPU set narrow. Executors are pinned to these only; a CPU
+/// outside a cpuset cannot be pinned to at all.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, which sched_getaffinity fills in;
+    // CPU_ISSET reads it, for indexes below CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let result = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = if result == 0 {
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        return (0..count).collect();
+    }
+    cpus
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter().map(|cpu| cpu.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// Waking a sleeping executor costs tens of µs on a VM (a halted vCPU), more than the round
@@ -222,20 +250,30 @@ impl Flags {
         if self.max_txn_ops == 0 {
             return Err("--max-txn-ops must be greater than 0".into());
         }
-        let available_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let allowed = allowed_cpus();
+        let available_cores = allowed.len();
         let cores = self.cores.unwrap_or(available_cores);
         if cores == 0 || cores > available_cores {
             return Err(format!("--cores must be between 1 and {available_cores}"));
         }
-        // Members started on one machine (a test or development cluster) then put their raft
-        // cores on different CPUs; on a machine of its own a member's raft core is on CPU 0.
-        let position = initial_cluster.iter().position(|member| member.name == self.name).unwrap_or(0);
-        let raft_core = self.raft_core.unwrap_or(position % available_cores);
-        if raft_core >= available_cores {
-            return Err(format!("--raft-core must be a CPU between 0 and {}", available_cores - 1));
+        if self.idle_poll_us > IDLE_POLL_US_MAX {
+            return Err(format!("--idle-poll-us must be at most {IDLE_POLL_US_MAX}"));
+        }
+        // Members started on one machine (a test or development cluster) put their raft cores
+        // on different CPUs; a lone member, or the first listed, takes the first allowed CPU.
+        let position = initial_cluster
+            .iter()
+            .position(|member| member.name == self.name)
+            .expect("parse_initial_cluster checked that --initial-cluster names this member");
+        let raft_core = self.raft_core.unwrap_or(allowed[position % available_cores]);
+        if !allowed.contains(&raft_core) {
+            return Err(format!(
+                "--raft-core must be one of the CPUs this process may run on ({})",
+                cpu_list(&allowed)
+            ));
         }
         let cpus: Vec<usize> = std::iter::once(raft_core)
-            .chain((0..available_cores).filter(|cpu| *cpu != raft_core))
+            .chain(allowed.iter().copied().filter(|cpu| *cpu != raft_core))
             .take(cores)
             .collect();
         let quota_backend_bytes =
@@ -403,27 +441,30 @@ mod tests {
 
     #[test]
     fn the_raft_core_takes_the_chosen_cpu_first() {
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let config = flags(&["--raft-core", &(available - 1).to_string()]).unwrap().into_config().unwrap();
-        assert_eq!(config.cpus[0], available - 1);
-        assert_eq!(config.cpus.len(), available);
+        let allowed = allowed_cpus();
+        let last = *allowed.last().unwrap();
+        let config = flags(&["--raft-core", &last.to_string()]).unwrap().into_config().unwrap();
+        assert_eq!(config.cpus[0], last);
+        assert_eq!(config.cpus.len(), allowed.len());
         let mut sorted = config.cpus.clone();
         sorted.sort();
-        assert_eq!(sorted, (0..available).collect::<Vec<_>>());
-        assert!(flags(&["--raft-core", &available.to_string()]).unwrap().into_config().is_err());
+        assert_eq!(sorted, allowed);
+        let outside = (0..).find(|cpu| !allowed.contains(cpu)).unwrap();
+        let refused = flags(&["--raft-core", &outside.to_string()]).unwrap().into_config().unwrap_err();
+        assert!(refused.contains("one of the CPUs this process may run on"), "{refused}");
     }
 
     #[test]
     fn the_raft_core_defaults_to_the_members_position_in_the_initial_cluster() {
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let allowed = allowed_cpus();
         let urls = "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382";
         for (position, name) in ["a", "b", "c"].into_iter().enumerate() {
             let peer_url = format!("http://127.0.0.1:{}", 2380 + position);
             let args = ["--name", name, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", urls];
             let config = flags(&args).unwrap().into_config().unwrap();
-            assert_eq!(config.cpus[0], position % available, "member {name}");
+            assert_eq!(config.cpus[0], allowed[position % allowed.len()], "member {name}");
         }
-        assert_eq!(flags(&[]).unwrap().into_config().unwrap().cpus[0], 0, "a lone member");
+        assert_eq!(flags(&[]).unwrap().into_config().unwrap().cpus[0], allowed[0], "a lone member");
     }
 
     #[test]
@@ -432,6 +473,12 @@ mod tests {
         assert_eq!(default.idle_poll, std::time::Duration::from_micros(200));
         let never = flags(&["--idle-poll-us", "0"]).unwrap().into_config().unwrap();
         assert!(never.idle_poll.is_zero());
-        assert!(flags(&["--idle-poll-us", "-1"]).is_err(), "a negative time is refused");
+        let negative = flags(&["--idle-poll-us=-1"]).unwrap_err().to_string();
+        assert!(negative.contains("invalid digit"), "a negative time is refused: {negative}");
+        let longest = IDLE_POLL_US_MAX.to_string();
+        assert!(flags(&["--idle-poll-us", &longest]).unwrap().into_config().is_ok());
+        let longer = (IDLE_POLL_US_MAX + 1).to_string();
+        let refused = flags(&["--idle-poll-us", &longer]).unwrap().into_config().unwrap_err();
+        assert!(refused.contains("--idle-poll-us must be at most 100000"), "{refused}");
     }
 }

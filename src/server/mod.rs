@@ -525,7 +525,8 @@ impl Core {
         self.shared.latency.json()
     }
 
-    /// GET /debug/cores: each core's CPU and live client connections.
+    /// GET /debug/cores: each core's CPU and live client connections, and the core that
+    /// serves the connection asking (`answered_by`).
     pub fn cores_json(&self) -> serde_json::Value {
         let cores: Vec<serde_json::Value> = (0..self.shared.config.cores)
             .map(|core| {
@@ -537,7 +538,7 @@ impl Core {
                 })
             })
             .collect();
-        serde_json::json!({ "cores": cores })
+        serde_json::json!({ "cores": cores, "answered_by": self.index })
     }
 
     pub fn version_json(&self) -> serde_json::Value {

@@ -129,6 +129,8 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
+    // The raft core is core 0: first in `config.cpus`, in the lanes and in the handles.
+    const _: () = assert!(super::RAFT_CORE == 0);
     let mut lanes = crate::api::listener::lanes(cores).into_iter();
     let raft_lanes = lanes.next().expect("at least one core");
     for _ in 1..cores {
@@ -140,11 +142,13 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
     let writer_shared = shared.clone();
     let writer_ready = ready_sender.clone();
     handles.push(
-        builder(0, &shared.config)
+        builder(super::RAFT_CORE, &shared.config)
             .spawn(
                 move || async move { run_raft_core(writer_shared, store, receivers, raft_lanes, writer_ready).await },
             )
-            .map_err(|e| StartError(format!("cannot start the raft core on CPU {}: {e}", shared.config.cpus[0])))?,
+            .map_err(|e| {
+                StartError(format!("cannot start the raft core on CPU {}: {e}", shared.config.cpus[super::RAFT_CORE]))
+            })?,
     );
     for (index, (sender, lanes)) in senders.into_iter().zip(lanes).enumerate() {
         let core_shared = shared.clone();
@@ -184,17 +188,13 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
 const BLOCKING_THREADS: usize = 2;
 
 /// Core `core`'s executor, pinned to its CPU, polling for `--idle-poll-us` before it sleeps
-/// (the vendored glommio yields the CPU on every round of that poll).
+/// (the vendored glommio yields the CPU on every round of that poll; with 0 it parks at once).
 fn builder(core: usize, config: &super::Config) -> LocalExecutorBuilder {
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[core]))
+    LocalExecutorBuilder::new(Placement::Fixed(config.cpus[core]))
         .name(&format!("ringd-core-{core}"))
         .io_memory(IO_MEMORY_BYTES)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS));
-    if config.idle_poll.is_zero() {
-        builder
-    } else {
-        builder.spin_before_park(config.idle_poll)
-    }
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
+        .spin_before_park(config.idle_poll)
 }
 
 /// Binds every listen address on this core, then (in a task, once this core's connection

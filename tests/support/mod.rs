@@ -134,9 +134,36 @@ impl Ringd {
     }
 
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Ringd {
+        Ringd::start_from(Command::new(env!("CARGO_BIN_EXE_ringd")), data_dir, extra_args)
+    }
+
+    /// Like `start`, with the process allowed to run on `cpu` only (as `taskset -c` does).
+    pub fn start_on_cpu(cpu: usize, extra_args: &[&str]) -> Ringd {
+        use std::os::unix::process::CommandExt;
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = temp.path().join("data");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringd"));
+        // SAFETY: between fork and exec the closure only makes async-signal-safe syscalls
+        // on a set of its own.
+        unsafe {
+            command.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut ringd = Ringd::start_from(command, &data_dir, extra_args);
+        ringd._temp = Some(temp);
+        ringd
+    }
+
+    fn start_from(mut command: Command, data_dir: &Path, extra_args: &[&str]) -> Ringd {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringd"))
+        let mut child = command
             .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
             .arg("--data-dir")
             .arg(data_dir)
