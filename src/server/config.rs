@@ -378,8 +378,13 @@ fn parse_initial_cluster(
 mod tests {
     use super::*;
 
+    /// The flags from `args` alone: the environment's ETCD_* and RINGD_* variables, which
+    /// the binary reads, are not consulted, so a shell that sets one cannot change a result.
     fn flags(args: &[&str]) -> Result<Flags, clap::Error> {
-        Flags::try_parse_from(std::iter::once("ringd").chain(args.iter().copied()))
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Flags::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.try_get_matches_from(std::iter::once("ringd").chain(args.iter().copied()))?;
+        Flags::from_arg_matches(&matches)
     }
 
     #[test]
