@@ -113,7 +113,7 @@ fn plan_workload(seed: u64, step_count: usize) -> Vec<Step> {
             }
             2 if last > snapshot + 3 => {
                 snapshot = last - 2;
-                let marker = SnapshotMarker { index: snapshot, term, conf_state: None };
+                let marker = SnapshotMarker { index: snapshot, term, conf_state: None, replaces_log: false };
                 steps.push(Step::Snapshot { marker, release: rng.coin() });
             }
             3 | 4 => steps.push(Step::Pause),
@@ -479,7 +479,9 @@ fn rotation_release_and_truncate_then_append() {
         assert!(segments_before >= 4, "{segments_before} segments");
         assert!(matches!(wal.release_below(10).await, Err(WriteError::InvalidRequest(_))), "no snapshot yet");
 
-        wal.save_snapshot_marker(SnapshotMarker { index: 50, term: 1, conf_state: None }).await.expect("marker");
+        wal.save_snapshot_marker(SnapshotMarker { index: 50, term: 1, conf_state: None, replaces_log: false })
+            .await
+            .expect("marker");
         let released = wal.release_below(51).await.expect("release");
         assert!(released >= 2, "released {released}");
         let segments_after = disk.file_names().iter().filter(|name| name.ends_with(".wal")).count();
@@ -519,12 +521,73 @@ fn a_snapshot_beyond_the_log_restarts_it() {
         let disk = SimDisk::new(SimDiskConfig::new(8));
         let (wal, _) = open_sim(&disk).await;
         wal.append(&[entry(1, 1, 10), entry(2, 1, 10)], None).await.expect("append");
-        wal.save_snapshot_marker(SnapshotMarker { index: 1000, term: 4, conf_state: None }).await.expect("marker");
+        wal.save_snapshot_marker(SnapshotMarker { index: 1000, term: 4, conf_state: None, replaces_log: false })
+            .await
+            .expect("marker");
         assert_eq!(wal.last_index(), 1000);
         wal.append(&[entry(1001, 4, 10)], None).await.expect("append after snapshot");
         close(wal).await;
         let (_, recovered) = open_sim(&disk).await;
         assert_eq!(indexes(&recovered.entries), [1001]);
+    });
+}
+
+/// A leader's snapshot installed over a log that did not hold its entry (an old leader's
+/// uncommitted suffix in an older term) ends that log: the entries above the snapshot written
+/// before its marker are gone after a restart too, while the entries appended after the marker
+/// survive, even once later segment heads repeat the marker (heads made before and after a
+/// restart).
+#[test]
+fn an_installed_snapshot_replaces_the_log_through_rotations_and_restarts() {
+    let wal_segments = |disk: &SimDisk| disk.file_names().iter().filter(|name| name.ends_with(".wal")).count();
+    run(async {
+        let disk = SimDisk::new(SimDiskConfig::new(10));
+        let (wal, _) = open_sim(&disk).await;
+        let stale: Vec<Entry> = (1..=20).map(|index| entry(index, 2, 300)).collect();
+        wal.append(&stale, Some(hard_state(2, 5))).await.expect("append the old suffix");
+        let marker_10 = || SnapshotMarker { index: 10, term: 3, conf_state: None, replaces_log: true };
+        wal.save_snapshot_marker(marker_10()).await.expect("marker");
+        assert_eq!(wal.last_index(), 10, "the log restarts after the snapshot");
+        let segments = wal_segments(&disk);
+        for index in 11..=40 {
+            wal.append(&[entry(index, 3, 700)], None).await.expect("append after the snapshot");
+        }
+        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        close(wal).await;
+
+        let (wal, recovered) = open_sim(&disk).await;
+        assert_eq!(recovered.snapshot.as_ref().map(|marker| (marker.index, marker.term)), Some((10, 3)));
+        assert_eq!(indexes(&recovered.entries), (11..=40).collect::<Vec<_>>(), "the old suffix is gone");
+        let segments = wal_segments(&disk);
+        for index in 41..=70 {
+            wal.append(&[entry(index, 3, 700)], None).await.expect("append after a restart");
+        }
+        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        close(wal).await;
+
+        let report = wal::check(&disk).await.expect("check");
+        assert_eq!((report.first_index, report.last_index), (Some(11), Some(70)));
+        let (_, recovered) = open_sim(&disk).await;
+        assert_eq!(indexes(&recovered.entries), (11..=70).collect::<Vec<_>>());
+        assert!(recovered.entries.iter().all(|entry| entry.term == 3));
+        assert_eq!(recovered.snapshot.map(|marker| (marker.index, marker.replaces_log)), Some((10, false)));
+
+        // A restart right after the marker: the heads that follow come from the recovered one.
+        let disk = SimDisk::new(SimDiskConfig::new(11));
+        let (wal, _) = open_sim(&disk).await;
+        wal.append(&stale, Some(hard_state(2, 5))).await.expect("append the old suffix");
+        wal.save_snapshot_marker(marker_10()).await.expect("marker");
+        close(wal).await;
+        let (wal, recovered) = open_sim(&disk).await;
+        assert!(recovered.entries.is_empty(), "the old suffix is gone: {:?}", indexes(&recovered.entries));
+        let segments = wal_segments(&disk);
+        for index in 11..=40 {
+            wal.append(&[entry(index, 3, 700)], None).await.expect("append after a restart");
+        }
+        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        close(wal).await;
+        let (_, recovered) = open_sim(&disk).await;
+        assert_eq!(indexes(&recovered.entries), (11..=40).collect::<Vec<_>>());
     });
 }
 
@@ -708,12 +771,16 @@ fn released_segments_leave_a_gap_that_the_latest_snapshot_covers() {
         for index in 1..=30 {
             wal.append(&[entry(index, 1, 700)], None).await.expect("append");
         }
-        wal.save_snapshot_marker(SnapshotMarker { index: 20, term: 1, conf_state: None }).await.expect("marker 20");
+        wal.save_snapshot_marker(SnapshotMarker { index: 20, term: 1, conf_state: None, replaces_log: false })
+            .await
+            .expect("marker 20");
         // Later segment heads repeat marker 20 while holding entries well past 21.
         for index in 31..=90 {
             wal.append(&[entry(index, 1, 700)], Some(hard_state(1, index))).await.expect("append");
         }
-        wal.save_snapshot_marker(SnapshotMarker { index: 70, term: 1, conf_state: None }).await.expect("marker 70");
+        wal.save_snapshot_marker(SnapshotMarker { index: 70, term: 1, conf_state: None, replaces_log: false })
+            .await
+            .expect("marker 70");
         assert!(wal.release_below(71).await.expect("release") >= 3);
         close(wal).await;
         let first_segment = disk.file_names().into_iter().find(|name| name.ends_with(".wal")).expect("segments");

@@ -198,7 +198,12 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
             );
             let voters: Vec<u64> = shared.members.read().unwrap().iter().map(|m| m.id).collect();
             let conf_state = crate::raft::pb::ConfState { voters, ..Default::default() };
-            let marker = crate::wal::SnapshotMarker { index: applied, term: 1, conf_state: Some(conf_state.clone()) };
+            let marker = crate::wal::SnapshotMarker {
+                index: applied,
+                term: 1,
+                conf_state: Some(conf_state.clone()),
+                replaces_log: false,
+            };
             let hard_state = crate::raft::pb::HardState { term: 1, vote: crate::raft::NONE, commit: applied };
             let marked = wal.save_snapshot_marker(marker);
             let written = wal.append(&[], Some(hard_state));
@@ -828,10 +833,13 @@ impl RaftCore {
                 std::process::exit(1);
             }
         };
+        // Raft hands a snapshot to install only when its log did not hold the snapshot's
+        // entry, and then drops its whole log: the WAL's entries above the index go too.
         let marker = crate::wal::SnapshotMarker {
             index: metadata.index,
             term: metadata.term,
             conf_state: metadata.conf_state.clone(),
+            replaces_log: true,
         };
         let durable = self.wal.save_snapshot_marker(marker);
         glommio::spawn_local(async move {
@@ -842,6 +850,7 @@ impl RaftCore {
         })
         .detach();
         self.snapshot_index = metadata.index;
+        self.bytes_since_snapshot = 0;
         let _ = self.apply.unbounded_send(ApplyWork::Install { index: metadata.index, path });
     }
 
@@ -852,7 +861,10 @@ impl RaftCore {
     fn maybe_snapshot(&mut self, index: u64) {
         let due = index >= self.snapshot_index + self.shared.config.snapshot_count
             || self.bytes_since_snapshot >= SNAPSHOT_WAL_BYTES;
-        if !due || index > self.raft.log().last_index() {
+        // The store may be ahead of what Raft has applied: after a leader's snapshot is
+        // installed (its db can be newer than the snapshot's index) or, after a restart, past
+        // a commit index the WAL holds only lazily. Raft snapshots only what it has applied.
+        if !due || index > self.raft.log().applied {
             return;
         }
         if index <= self.raft.log().snapshot_index() {
@@ -864,7 +876,12 @@ impl RaftCore {
         self.raft.compact_log(compact_to);
         self.snapshot_index = index;
         self.bytes_since_snapshot = 0;
-        let marker = crate::wal::SnapshotMarker { index, term: metadata.term, conf_state: metadata.conf_state.clone() };
+        let marker = crate::wal::SnapshotMarker {
+            index,
+            term: metadata.term,
+            conf_state: metadata.conf_state.clone(),
+            replaces_log: false,
+        };
         let durable = self.wal.save_snapshot_marker(marker);
         let wal = self.wal.clone();
         glommio::spawn_local(async move {

@@ -8,6 +8,8 @@
 //! 5 6 7              5..=7            the first entry starts the log
 //! 6                  5..=6            an index at or below the last truncates the suffix (a
 //!                                     Raft log conflict): etcd's WAL rule
+//! marker 4           5..=6            a snapshot below the log's end keeps it
+//! marker 5 replaces  (empty), next 6  unless it replaces the log (an installed snapshot)
 //! marker 20          (empty), next 21 a snapshot beyond the log replaces it
 //! 21 22              21..=22
 //! 30                 replay: gap      only legal when released segments held the entries
@@ -95,10 +97,11 @@ impl<T> EntryLog<T> {
         }
     }
 
-    /// A snapshot at `snapshot_index`: if the log ends before it, the log continues after it.
-    pub fn apply_snapshot(&mut self, snapshot_index: u64) {
+    /// A snapshot at `snapshot_index`: if the log ends before it, or if the snapshot
+    /// `replaces` the log, the log continues after it (and holds nothing).
+    pub fn apply_snapshot(&mut self, snapshot_index: u64, replaces: bool) {
         match self.next_index {
-            Some(next) if next > snapshot_index => {}
+            Some(next) if next > snapshot_index && !replaces => {}
             _ => {
                 self.items.clear();
                 self.next_index = Some(snapshot_index + 1);
@@ -135,7 +138,12 @@ mod tests {
         assert_eq!(indexes(&log), [5, 6, 7]);
         log.push(6, 6);
         assert_eq!(indexes(&log), [5, 6]);
-        log.apply_snapshot(20);
+        log.apply_snapshot(4, false);
+        assert_eq!(indexes(&log), [5, 6], "a snapshot below the log's end keeps it");
+        log.apply_snapshot(5, true);
+        assert!(log.is_empty(), "a snapshot that replaces the log drops what is above it");
+        assert_eq!(log.next_index(), Some(6));
+        log.apply_snapshot(20, false);
         assert!(log.is_empty());
         assert_eq!(log.next_index(), Some(21));
         log.push(21, 21);
@@ -174,8 +182,8 @@ mod tests {
             }
         }
 
-        fn apply_snapshot(&mut self, index: u64) {
-            if self.next.is_none_or(|next| next <= index) {
+        fn apply_snapshot(&mut self, index: u64, replaces: bool) {
+            if replaces || self.next.is_none_or(|next| next <= index) {
                 self.entries.clear();
                 self.next = Some(index + 1);
             }
@@ -189,13 +197,14 @@ mod tests {
             ..proptest::test_runner::Config::default()
         })]
         #[test]
-        fn matches_the_plain_model(operations in proptest::collection::vec((0u8..4, 1u64..40), 0..60)) {
+        fn matches_the_plain_model(operations in proptest::collection::vec((0u8..5, 1u64..40), 0..60)) {
             let (mut log, mut model) = (EntryLog::default(), Model::default());
             for (operation, index) in operations {
                 match operation {
                     0 | 1 => { log.push(index, index); model.push(index); }
                     2 => { log.truncate_from(index); model.truncate_from(index); }
-                    _ => { log.apply_snapshot(index); model.apply_snapshot(index); }
+                    3 => { log.apply_snapshot(index, false); model.apply_snapshot(index, false); }
+                    _ => { log.apply_snapshot(index, true); model.apply_snapshot(index, true); }
                 }
                 proptest::prop_assert_eq!(indexes(&log), model.entries.clone());
                 proptest::prop_assert_eq!(log.next_index(), model.next);

@@ -63,6 +63,19 @@ pub struct SnapshotMarker {
     pub term: u64,
     #[prost(message, optional, tag = "3")]
     pub conf_state: Option<ConfState>,
+    /// The log restarts after `index`: entries above it written before this marker are not
+    /// part of it. Set when Raft installs a leader's snapshot over a log that did not hold the
+    /// snapshot's entry (its later entries, if any, are from a history the cluster dropped).
+    /// Segment heads repeat the latest marker without it: it acts once, where it was written.
+    #[prost(bool, tag = "4")]
+    pub replaces_log: bool,
+}
+
+impl SnapshotMarker {
+    /// This marker as a segment head repeats it (see `replaces_log`).
+    pub fn repeated(&self) -> SnapshotMarker {
+        SnapshotMarker { replaces_log: false, ..self.clone() }
+    }
 }
 
 /// The seed record's payload.

@@ -37,7 +37,8 @@
 //! ```
 //!
 //! Record types: 1 seed, 2 entry (a prost `raftpb.Entry`), 3 hard state (prost `HardState`),
-//! 4 snapshot marker (prost [`SnapshotMarker`]: index, term, conf state). Type 0 does not exist:
+//! 4 snapshot marker (prost [`SnapshotMarker`]: index, term, conf state, whether it replaces the
+//! log). Type 0 does not exist:
 //! eight zero bytes where a header belongs mark the end of the records. Payloads are at most
 //! 3 MiB and a record never spans two segments.
 //!
@@ -60,8 +61,10 @@
 //!
 //! Log semantics (see `entry_log`): replaying records in order, an entry whose index is at or
 //! below the last one truncates the log there (a Raft conflict, as in etcd's WAL); a snapshot
-//! marker beyond the last entry restarts the log after it. Recovery returns the entries after
-//! the last snapshot marker.
+//! marker beyond the last entry restarts the log after it, and so does one that replaces the
+//! log (a leader's snapshot installed over a log that did not hold its entry: the entries
+//! above it written before it are dropped; a segment head repeats the marker without that
+//! flag). Recovery returns the entries after the last snapshot marker.
 //!
 //! # Invariants (checked by [`check`], which tests run after every crash and recovery)
 //!

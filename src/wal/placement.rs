@@ -227,8 +227,8 @@ impl<F> State<F> {
         let payload_len = marker.encoded_len();
         let (_, _, bytes) = self.place(record_size_bytes(payload_len));
         encode_record(bytes, RecordType::SnapshotMarker, |out| marker.encode(out).expect("Vec grows"));
-        self.locations.apply_snapshot(marker.index);
-        self.snapshot = Some(marker);
+        self.locations.apply_snapshot(marker.index, marker.replaces_log);
+        self.snapshot = Some(marker.repeated());
         self.stats.records += 1;
     }
 

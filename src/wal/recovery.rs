@@ -175,8 +175,8 @@ impl Replay {
             RecordType::HardState => self.hard_state = Some(HardState::decode(record.payload).map_err(undecodable)?),
             RecordType::SnapshotMarker => {
                 let marker = SnapshotMarker::decode(record.payload).map_err(undecodable)?;
-                self.log.apply_snapshot(marker.index);
-                self.snapshot = Some(marker);
+                self.log.apply_snapshot(marker.index, marker.replaces_log);
+                self.snapshot = Some(marker.repeated());
             }
         }
         Ok(())
@@ -412,7 +412,7 @@ fn finish<F>(
     }
     if let Some(next_index) = next_index {
         // Keep the log's position even when every entry is at or below the snapshot.
-        locations.apply_snapshot(next_index - 1);
+        locations.apply_snapshot(next_index - 1, false);
     }
     let (chain_crc, end_offset) = chain.unwrap_or((0, 0));
     for pair in entries.windows(2) {
