@@ -167,6 +167,39 @@ fn snapshot_arriving_while_appends_are_in_flight() {
     assert_eq!(network.member(3).log().term(index), network.member(1).log().term(index));
 }
 
+/// The server keeps the db of the snapshot the next Ready installs: a second, older snapshot
+/// that arrives before that Ready is refused and leaves the pending one in place.
+#[test]
+fn an_older_snapshot_does_not_displace_one_waiting_to_be_installed() {
+    use ringd::raft::pb::{ConfState, Snapshot, SnapshotMetadata};
+    let snapshot = |index: u64| Message {
+        msg_type: MessageType::MsgSnap as i32,
+        from: 1,
+        to: 2,
+        term: 2,
+        snapshot: Some(Snapshot {
+            data: Vec::new(),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(ConfState { voters: vec![1, 2, 3], ..Default::default() }),
+                index,
+                term: 2,
+            }),
+        }),
+        ..Default::default()
+    };
+    let mut follower = ringd::raft::Raft::new(config(2), Default::default(), Box::new(ringd::raft::SplitMix64::new(2)));
+    assert_eq!(follower.snapshot_to_install_index(), None);
+    follower.step(snapshot(10));
+    assert_eq!(follower.snapshot_to_install_index(), Some(10), "a snapshot beyond the log is taken");
+    follower.step(snapshot(5));
+    assert_eq!(follower.snapshot_to_install_index(), Some(10), "an older one is refused");
+    follower.step(snapshot(20));
+    assert_eq!(follower.snapshot_to_install_index(), Some(20), "a newer one replaces it");
+    let ready = follower.ready();
+    assert_eq!(ready.snapshot.and_then(|snapshot| snapshot.metadata).map(|metadata| metadata.index), Some(20));
+    assert_eq!(follower.snapshot_to_install_index(), None, "handed over");
+}
+
 /// Starts member `id` and has leader 1 add it as a learner, until the learner knows it is one.
 fn add_learner(network: &mut Network, id: u64) {
     let raft = ringd::raft::Raft::new(config(id), Default::default(), Box::new(ringd::raft::SplitMix64::new(id)));

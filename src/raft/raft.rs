@@ -844,6 +844,11 @@ impl Raft {
         self.send(Message { msg_type: MessageType::MsgAppResp as i32, to: message.from, index, ..Default::default() });
     }
 
+    /// The index of the leader's snapshot the next Ready hands over to install, if any.
+    pub fn snapshot_to_install_index(&self) -> Option<u64> {
+        self.snapshot_to_install.as_ref().and_then(|snapshot| snapshot.metadata.as_ref()).map(|metadata| metadata.index)
+    }
+
     /// Installs a snapshot from the leader unless our log already covers it; returns
     /// whether it replaced our log.
     fn restore_snapshot(&mut self, snapshot: Snapshot) -> bool {

@@ -390,10 +390,20 @@ impl RaftCore {
             Event::SnapshotSent(to, delivered) => self.raft.report_snapshot(to, delivered),
             Event::Peer(Incoming::Snapshot { message, path }) => {
                 let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
-                if let Some((_, previous)) = self.incoming_snapshot.replace((index, path)) {
-                    let _ = std::fs::remove_file(previous);
-                }
                 self.raft.step(message);
+                // Keep the db of the snapshot Raft will hand over to install (the next Ready),
+                // which is not this one if Raft refused it: a second snapshot received in the
+                // same turn must not replace the file of one already accepted.
+                let (kept, dropped) = match self.incoming_snapshot.take() {
+                    Some(previous) if self.raft.snapshot_to_install_index() != Some(index) => {
+                        (Some(previous), Some(path))
+                    }
+                    previous => (Some((index, path)), previous.map(|(_, path)| path)),
+                };
+                self.incoming_snapshot = kept;
+                if let Some(dropped) = dropped {
+                    let _ = std::fs::remove_file(dropped);
+                }
             }
         }
     }
