@@ -169,6 +169,10 @@ pub struct GlommioFile {
     /// `write_durable_at` takes that path only when no plain write is unsynced.
     plain_writes: Cell<u64>,
     synced_writes: Cell<u64>,
+    /// Plain writes not yet completed. A sync counts every started write as covered, which
+    /// holds only if none is in flight: the WAL's users write and sync one file one
+    /// operation at a time, and `sync_data` asserts it.
+    plain_writes_in_flight: Cell<u64>,
 }
 
 impl GlommioFile {
@@ -182,7 +186,14 @@ impl GlommioFile {
         }
         // SAFETY: `durable` keeps its descriptor open for as long as the borrow is used.
         let durable_for_pool = Arc::new(unsafe { BorrowedFd::borrow_raw(durable.as_raw_fd()) }.try_clone_to_owned()?);
-        Ok(GlommioFile { file, durable, durable_for_pool, plain_writes: Cell::new(0), synced_writes: Cell::new(0) })
+        Ok(GlommioFile {
+            file,
+            durable,
+            durable_for_pool,
+            plain_writes: Cell::new(0),
+            synced_writes: Cell::new(0),
+            plain_writes_in_flight: Cell::new(0),
+        })
     }
 }
 
@@ -251,7 +262,16 @@ impl DirectFile for GlommioFile {
     }
 
     async fn write_at(&self, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
+        /// Uncounts the write when it completes or its future is dropped.
+        struct InFlight<'a>(&'a Cell<u64>);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
         self.plain_writes.set(self.plain_writes.get() + 1);
+        self.plain_writes_in_flight.set(self.plain_writes_in_flight.get() + 1);
+        let _in_flight = InFlight(&self.plain_writes_in_flight);
         write_whole(&self.file, buffer, offset_bytes).await
     }
 
@@ -260,6 +280,7 @@ impl DirectFile for GlommioFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
+        assert_eq!(self.plain_writes_in_flight.get(), 0, "a sync must not race a plain write of the same file");
         let covered = self.plain_writes.get();
         self.file.fdatasync().await?;
         self.synced_writes.set(self.synced_writes.get().max(covered));
