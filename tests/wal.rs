@@ -532,6 +532,21 @@ fn a_snapshot_beyond_the_log_restarts_it() {
     });
 }
 
+/// Appends one 700-byte entry of `term` per index, enough to take the WAL into new segments.
+async fn append_through_rotations(
+    wal: &Rc<Wal<SimDisk>>,
+    disk: &SimDisk,
+    indexes: std::ops::RangeInclusive<u64>,
+    term: u64,
+) {
+    let segments = || disk.file_names().iter().filter(|name| name.ends_with(".wal")).count();
+    let before = segments();
+    for index in indexes {
+        wal.append(&[entry(index, term, 700)], None).await.expect("append");
+    }
+    assert!(segments() > before, "the appends rotated into new segments");
+}
+
 /// A leader's snapshot installed over a log that did not hold its entry (an old leader's
 /// uncommitted suffix in an older term) ends that log: the entries above the snapshot written
 /// before its marker are gone after a restart too, while the entries appended after the marker
@@ -539,7 +554,6 @@ fn a_snapshot_beyond_the_log_restarts_it() {
 /// restart).
 #[test]
 fn an_installed_snapshot_replaces_the_log_through_rotations_and_restarts() {
-    let wal_segments = |disk: &SimDisk| disk.file_names().iter().filter(|name| name.ends_with(".wal")).count();
     run(async {
         let disk = SimDisk::new(SimDiskConfig::new(10));
         let (wal, _) = open_sim(&disk).await;
@@ -548,21 +562,13 @@ fn an_installed_snapshot_replaces_the_log_through_rotations_and_restarts() {
         let marker_10 = || SnapshotMarker { index: 10, term: 3, conf_state: None, replaces_log: true };
         wal.save_snapshot_marker(marker_10()).await.expect("marker");
         assert_eq!(wal.last_index(), 10, "the log restarts after the snapshot");
-        let segments = wal_segments(&disk);
-        for index in 11..=40 {
-            wal.append(&[entry(index, 3, 700)], None).await.expect("append after the snapshot");
-        }
-        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        append_through_rotations(&wal, &disk, 11..=40, 3).await;
         close(wal).await;
 
         let (wal, recovered) = open_sim(&disk).await;
         assert_eq!(recovered.snapshot.as_ref().map(|marker| (marker.index, marker.term)), Some((10, 3)));
         assert_eq!(indexes(&recovered.entries), (11..=40).collect::<Vec<_>>(), "the old suffix is gone");
-        let segments = wal_segments(&disk);
-        for index in 41..=70 {
-            wal.append(&[entry(index, 3, 700)], None).await.expect("append after a restart");
-        }
-        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        append_through_rotations(&wal, &disk, 41..=70, 3).await;
         close(wal).await;
 
         let report = wal::check(&disk).await.expect("check");
@@ -580,11 +586,7 @@ fn an_installed_snapshot_replaces_the_log_through_rotations_and_restarts() {
         close(wal).await;
         let (wal, recovered) = open_sim(&disk).await;
         assert!(recovered.entries.is_empty(), "the old suffix is gone: {:?}", indexes(&recovered.entries));
-        let segments = wal_segments(&disk);
-        for index in 11..=40 {
-            wal.append(&[entry(index, 3, 700)], None).await.expect("append after a restart");
-        }
-        assert!(wal_segments(&disk) >= segments + 1, "the appends rotated into new segments");
+        append_through_rotations(&wal, &disk, 11..=40, 3).await;
         close(wal).await;
         let (_, recovered) = open_sim(&disk).await;
         assert_eq!(indexes(&recovered.entries), (11..=40).collect::<Vec<_>>());
