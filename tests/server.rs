@@ -172,6 +172,56 @@ fn json_gateway_serves_kv_health_and_version() {
     assert_eq!(status, 200);
 }
 
+/// A txn nested `depth` deep (a txn inside a txn is depth 2) whose innermost op puts `key`.
+fn nested_txn_json(depth: usize, key: &str) -> String {
+    let mut txn = format!(r#"{{"success":[{{"request_put":{{"key":"{}","value":"dg=="}}}}]}}"#, b64(key));
+    for _ in 1..depth {
+        txn = format!(r#"{{"success":[{{"request_txn":{txn}}}]}}"#);
+    }
+    txn
+}
+
+/// ringd refuses txns nested deeper than 32 levels (etcd has no limit): a deeper one would
+/// still decode as a request, but not inside the Raft entry that carries it, and every member
+/// would stop at that entry at every restart. Refused before it is proposed, it leaves the
+/// server serving; the deepest accepted one is applied.
+#[test]
+fn a_txn_nested_too_deeply_is_refused_before_raft_and_the_server_goes_on() {
+    let ringd = Ringd::start(&[]);
+    let (status, body) = http(ringd.port, "POST", "/v3/kv/txn", &nested_txn_json(33, "deep"));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains(r#""code":3"#)
+            && body.contains("etcdserver: txn request nested too deeply (ringd allows 32 levels)"),
+        "{body}"
+    );
+    let (status, body) = http(ringd.port, "POST", "/v3/kv/txn", &nested_txn_json(32, "deep"));
+    assert_eq!((status, body.contains(r#""succeeded":true"#)), (200, true), "{body}");
+    assert_eq!(stdout(&ringd.etcdctl(&["get", "deep", "--print-value-only"])), "v\n");
+    // Over gRPC, the depth that decodes as a request but not as an entry (50).
+    let endpoint = ringd::client::Endpoint::parse(&format!("127.0.0.1:{}", ringd.port)).unwrap();
+    let refused = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("a glommio executor for the test client")
+        .run(async move {
+            let channel = ringd::client::Channel::connect(&endpoint, std::time::Duration::from_secs(5)).await?;
+            use ringd::api::pb::etcdserverpb::{request_op::Request, PutRequest, RequestOp, TxnRequest, TxnResponse};
+            let put = PutRequest { key: b"deeper".to_vec(), value: b"v".to_vec(), ..Default::default() };
+            let mut txn = TxnRequest {
+                success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
+                ..Default::default()
+            };
+            for _ in 1..50 {
+                let op = RequestOp { request: Some(Request::RequestTxn(txn)) };
+                txn = TxnRequest { success: vec![op], ..Default::default() };
+            }
+            channel.unary::<_, TxnResponse>("/etcdserverpb.KV/Txn", &txn).await.map(|_| ())
+        })
+        .unwrap_err();
+    assert_eq!(refused.message, "etcdserver: txn request nested too deeply (ringd allows 32 levels)");
+    assert!(ringd.etcdctl(&["put", "after", "ok"]).status.success(), "the server goes on");
+}
+
 /// `GET /debug/cores` over `observer`, until each core's live client connections satisfy
 /// `done` (a closed connection is uncounted when its core notices), for at most 10 s.
 fn wait_for_connections(observer: &mut KeepAlive, what: &str, done: impl Fn([u64; 2]) -> bool) -> [u64; 2] {

@@ -108,6 +108,9 @@ pub const VALUE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserve
 pub const LEASE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserver: lease is provided");
 pub const TOO_MANY_OPS: Status = Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request");
 pub const DUPLICATE_KEY: Status = Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
+/// ringd's own: etcd has no limit on nested txns (`server::entry::TXN_DEPTH_MAX`).
+pub const TXN_TOO_DEEP: Status =
+    Status::new(Code::InvalidArgument, "etcdserver: txn request nested too deeply (ringd allows 32 levels)");
 pub const COMPACTED: Status = Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted");
 pub const FUTURE_REV: Status =
     Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision");

@@ -87,3 +87,44 @@ pub struct Members {
     #[prost(message, repeated, tag = "1")]
     pub members: Vec<pb::Member>,
 }
+
+/// The deepest nesting of txns a request may have (a txn inside a txn is depth 2). prost
+/// decodes at most 100 levels of nested messages; a txn takes two per level, and a `Batch`
+/// adds two more around the client's request, so a client's txn of depth 50 still decodes
+/// but an entry holding it would not, on any member, and every member would stop at it at
+/// every restart. etcd has no such limit; ringd refuses deeper txns before proposing them.
+pub const TXN_DEPTH_MAX: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn nested(depth: usize) -> pb::TxnRequest {
+        let put = pb::PutRequest { key: b"k".to_vec(), ..Default::default() };
+        let mut txn = pb::TxnRequest {
+            success: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(put)) }],
+            ..Default::default()
+        };
+        for _ in 1..depth {
+            let op = pb::RequestOp { request: Some(pb::request_op::Request::RequestTxn(txn)) };
+            txn = pb::TxnRequest { success: vec![op], ..Default::default() };
+        }
+        txn
+    }
+
+    fn entry_decodes(txn: pb::TxnRequest) -> bool {
+        let batch = Batch { member_id: 1, requests: vec![Request { id: 1, op: Some(Op::Txn(txn)) }] };
+        Batch::decode(batch.encode_to_vec().as_slice()).is_ok()
+    }
+
+    /// Every txn ringd accepts fits in an entry that every member can decode, with room to
+    /// spare; the depth at which a client's txn still decodes but its entry would not exists.
+    #[test]
+    fn the_deepest_txn_accepted_decodes_inside_an_entry() {
+        assert!(entry_decodes(nested(TXN_DEPTH_MAX + 8)));
+        let unsafe_depth = (TXN_DEPTH_MAX..200).find(|&depth| !entry_decodes(nested(depth))).unwrap();
+        let client_decodes = pb::TxnRequest::decode(nested(unsafe_depth).encode_to_vec().as_slice()).is_ok();
+        assert!(client_decodes, "depth {unsafe_depth}: the client's txn decodes, its entry does not");
+    }
+}

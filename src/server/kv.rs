@@ -82,16 +82,20 @@ pub fn check_delete(request: &pb::DeleteRangeRequest) -> Result<(), Status> {
 
 /// etcd's checkTxnRequest plus checkIntervals on both branches.
 pub fn check_txn(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), Status> {
-    check_txn_ops(request, max_txn_ops)?;
+    check_txn_ops(request, max_txn_ops, 1)?;
     check_intervals(&request.success)?;
     check_intervals(&request.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), Status> {
+/// `depth` is the nesting of `request` (1 for the client's own txn).
+fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize, depth: usize) -> Result<(), Status> {
     let ops = request.compare.len().max(request.success.len()).max(request.failure.len());
     if ops > max_txn_ops {
         return Err(errors::TOO_MANY_OPS);
+    }
+    if depth > super::entry::TXN_DEPTH_MAX {
+        return Err(errors::TXN_TOO_DEEP);
     }
     if request.compare.iter().any(|c| c.key.is_empty()) {
         return Err(errors::EMPTY_KEY);
@@ -101,7 +105,7 @@ fn check_txn_ops(request: &pb::TxnRequest, max_txn_ops: usize) -> Result<(), Sta
             Some(request_op::Request::RequestRange(r)) => check_range(r)?,
             Some(request_op::Request::RequestPut(r)) => check_put(r)?,
             Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r)?,
-            Some(request_op::Request::RequestTxn(r)) => check_txn_ops(r, max_txn_ops - ops)?,
+            Some(request_op::Request::RequestTxn(r)) => check_txn_ops(r, max_txn_ops - ops, depth + 1)?,
             None => return Err(errors::KEY_NOT_FOUND),
         }
     }
