@@ -608,6 +608,7 @@ where
     R: futures_lite::AsyncRead + Unpin,
 {
     loop {
+        watch.room_for_requests().await;
         match requests.next().await {
             Ok(Some(request)) => watch.handle(request),
             Ok(None) | Err(RequestError::Invalid(_)) => break,

@@ -253,10 +253,13 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
     let receiver = watch.clone();
     let receive = glommio::spawn_local(async move {
         let mut buffer = BytesMut::new();
-        while let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await {
+        loop {
+            receiver.room_for_requests().await;
+            let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await else { break };
             let request =
                 message.and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::WatchRequest>(&bytes))?;
             receiver.handle(request);
+            glommio::yield_if_needed().await;
         }
         Ok::<(), Status>(())
     });

@@ -145,6 +145,8 @@ pub struct WatchStream {
     /// range: whether a pass's events can concern the stream at all.
     single_keys: RefCell<rustc_hash::FxHashMap<Vec<u8>, usize>>,
     range_watchers: Cell<usize>,
+    /// The stream's request side, waiting in `room_for_requests` for the outbox to drain.
+    request_waker: RefCell<Option<std::task::Waker>>,
 }
 
 /// One core's watchers.
@@ -199,6 +201,7 @@ impl Hub {
             caught_up: Cell::new(0),
             single_keys: RefCell::new(rustc_hash::FxHashMap::default()),
             range_watchers: Cell::new(0),
+            request_waker: RefCell::new(None),
         });
         self.streams.borrow_mut().push(Rc::downgrade(&stream));
         self.shared.watch.listening[self.core].store(true, Ordering::SeqCst);
@@ -347,6 +350,23 @@ impl WatchStream {
         let _ = self.outbox.unbounded_send(outgoing);
     }
 
+    /// Resolves once the outbox has room: the request side waits here before it takes the
+    /// client's next request, so a client that sends requests (each queues a response) but
+    /// never reads cannot grow the outbox without bound; its requests wait in its own
+    /// stream's flow-control window instead, as etcd's receive loop blocks on a full
+    /// control queue.
+    pub async fn room_for_requests(&self) {
+        std::future::poll_fn(|cx| {
+            if self.outbox_full() {
+                *self.request_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await
+    }
+
     /// The send side took one response off the outbox.
     pub fn response_sent(&self) {
         let bytes = self.queued_sizes.borrow_mut().pop_front().expect("a response left that was never queued");
@@ -355,6 +375,11 @@ impl WatchStream {
         self.queued_bytes.set(queued_bytes - bytes);
         if queued_bytes >= OUTBOX_BYTES_MAX / 2 && queued_bytes - bytes < OUTBOX_BYTES_MAX / 2 {
             self.hub.poke();
+        }
+        if !self.outbox_full() {
+            if let Some(waker) = self.request_waker.borrow_mut().take() {
+                waker.wake();
+            }
         }
     }
 
