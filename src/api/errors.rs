@@ -108,6 +108,7 @@ pub const VALUE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserve
 pub const LEASE_PROVIDED: Status = Status::new(Code::InvalidArgument, "etcdserver: lease is provided");
 pub const TOO_MANY_OPS: Status = Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request");
 pub const DUPLICATE_KEY: Status = Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
+pub const INVALID_SORT_OPTION: Status = Status::new(Code::InvalidArgument, "etcdserver: invalid sort option");
 /// ringd's own: etcd has no limit on nested txns (`server::entry::TXN_DEPTH_MAX`).
 pub const TXN_TOO_DEEP: Status =
     Status::new(Code::InvalidArgument, "etcdserver: txn request nested too deeply (ringd allows 32 levels)");

@@ -53,6 +53,12 @@ pub fn check_range(request: &pb::RangeRequest) -> Result<(), Status> {
     if request.key.is_empty() {
         return Err(errors::EMPTY_KEY);
     }
+    // etcd 3.5's checkRangeRequest: values outside the enums are refused.
+    if range_request::SortOrder::try_from(request.sort_order).is_err()
+        || range_request::SortTarget::try_from(request.sort_target).is_err()
+    {
+        return Err(errors::INVALID_SORT_OPTION);
+    }
     Ok(())
 }
 
@@ -182,7 +188,7 @@ pub fn range(view: &impl View, request: &pb::RangeRequest) -> Result<pb::RangeRe
         || request.max_create_revision != 0;
     let mut limit = if needs_all { 0 } else { request.limit };
     if limit > 0 {
-        limit += 1; // one more to learn whether there are more
+        limit = limit.saturating_add(1); // one more to learn whether there are more
     }
     let options = RangeOptions {
         revision: request.revision,
@@ -557,5 +563,23 @@ mod tests {
         let request = pb::TxnRequest { success: ops, ..Default::default() };
         assert_eq!(check_txn(&request, 2), Err(errors::TOO_MANY_OPS));
         assert_eq!(check_txn(&request, 3), Ok(()));
+    }
+
+    /// etcd 3.5: a sort order or target outside its enum is refused, in a txn too.
+    #[test]
+    fn sort_options_outside_the_enums_are_refused_as_etcd_does() {
+        let range = |sort_order: i32, sort_target: i32| pb::RangeRequest {
+            key: b"k".to_vec(),
+            sort_order,
+            sort_target,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&range(2, 4)), Ok(()), "descend by value");
+        assert_eq!(check_range(&range(3, 0)), Err(errors::INVALID_SORT_OPTION));
+        assert_eq!(check_range(&range(0, 5)), Err(errors::INVALID_SORT_OPTION));
+        assert_eq!(check_range(&range(-1, 0)), Err(errors::INVALID_SORT_OPTION));
+        let op = pb::RequestOp { request: Some(request_op::Request::RequestRange(range(0, 9))) };
+        let txn = pb::TxnRequest { failure: vec![op], ..Default::default() };
+        assert_eq!(check_txn(&txn, 128), Err(errors::INVALID_SORT_OPTION));
     }
 }

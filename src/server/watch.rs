@@ -417,7 +417,9 @@ impl WatchStream {
         if self.watchers.borrow().contains_key(&id) {
             return self.send(refused(DUPLICATE_WATCH_ID));
         }
-        let start = if create.start_revision == 0 { revision + 1 } else { create.start_revision };
+        // A negative start is the oldest history there is (revision 1, or the compacted
+        // error), as in etcd's store; kept from overflowing the positions kept below it.
+        let start = if create.start_revision == 0 { revision + 1 } else { create.start_revision.max(1) };
         let has = |filter: FilterType| create.filters.contains(&(filter as i32));
         let watcher = Watcher {
             id,
