@@ -128,17 +128,11 @@ pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set, which sched_getaffinity fills in;
     // CPU_ISSET reads it, for indexes below CPU_SETSIZE.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let result = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    let cpus: Vec<usize> = if result == 0 {
-        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
-    } else {
-        Vec::new()
-    };
-    if cpus.is_empty() {
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
         let count = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         return (0..count).collect();
     }
-    cpus
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
 }
 
 fn cpu_list(cpus: &[usize]) -> String {

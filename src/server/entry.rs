@@ -94,6 +94,8 @@ pub struct Members {
 /// but an entry holding it would not, on any member, and every member would stop at it at
 /// every restart. etcd has no such limit; ringd refuses deeper txns before proposing them.
 pub const TXN_DEPTH_MAX: usize = 32;
+// `errors::TXN_TOO_DEEP` names the limit in its message.
+const _: () = assert!(TXN_DEPTH_MAX == 32);
 
 #[cfg(test)]
 mod tests {

@@ -394,13 +394,12 @@ impl RaftCore {
                 // Keep the db of the snapshot Raft will hand over to install (the next Ready),
                 // which is not this one if Raft refused it: a second snapshot received in the
                 // same turn must not replace the file of one already accepted.
-                let (kept, dropped) = match self.incoming_snapshot.take() {
-                    Some(previous) if self.raft.snapshot_to_install_index() != Some(index) => {
-                        (Some(previous), Some(path))
-                    }
-                    previous => (Some((index, path)), previous.map(|(_, path)| path)),
+                let accepted = self.raft.snapshot_to_install_index() == Some(index);
+                let dropped = if accepted || self.incoming_snapshot.is_none() {
+                    self.incoming_snapshot.replace((index, path)).map(|(_, previous)| previous)
+                } else {
+                    Some(path)
                 };
-                self.incoming_snapshot = kept;
                 if let Some(dropped) = dropped {
                     let _ = std::fs::remove_file(dropped);
                 }

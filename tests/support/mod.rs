@@ -126,11 +126,7 @@ pub struct Ringd {
 
 impl Ringd {
     pub fn start(extra_args: &[&str]) -> Ringd {
-        let temp = tempfile::tempdir().unwrap();
-        let data_dir = temp.path().join("data");
-        let mut ringd = Ringd::start_in(&data_dir, extra_args);
-        ringd._temp = Some(temp);
-        ringd
+        Ringd::start_in_temp(Command::new(env!("CARGO_BIN_EXE_ringd")), extra_args)
     }
 
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Ringd {
@@ -140,8 +136,6 @@ impl Ringd {
     /// Like `start`, with the process allowed to run on `cpu` only (as `taskset -c` does).
     pub fn start_on_cpu(cpu: usize, extra_args: &[&str]) -> Ringd {
         use std::os::unix::process::CommandExt;
-        let temp = tempfile::tempdir().unwrap();
-        let data_dir = temp.path().join("data");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringd"));
         // SAFETY: between fork and exec the closure only makes async-signal-safe syscalls
         // on a set of its own.
@@ -155,7 +149,13 @@ impl Ringd {
                 Ok(())
             });
         }
-        let mut ringd = Ringd::start_from(command, &data_dir, extra_args);
+        Ringd::start_in_temp(command, extra_args)
+    }
+
+    /// `command` started with a data dir of its own, removed when the `Ringd` drops.
+    fn start_in_temp(command: Command, extra_args: &[&str]) -> Ringd {
+        let temp = tempfile::tempdir().unwrap();
+        let mut ringd = Ringd::start_from(command, &temp.path().join("data"), extra_args);
         ringd._temp = Some(temp);
         ringd
     }
