@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Where one client's put spends its time, phase by phase, on the raft core's thread and on
+# the wire: a timeline from kernel tracepoints and uprobes, no instrumented build.
+#
+# Starts a ringd of its own (fresh data dir, ports 23980/23981, the embedded defaults), puts
+# WARMUP keys, then records `ringbench --conns=1 --clients=1 put` (TOTAL puts, 8-byte keys,
+# 256-byte values, as the 1-client row of tuning/scenarios/etcd-doc.toml) with `perf record`
+# attached to ringd: io_uring submissions and completions (the WAL's direct write), the
+# sendto/recvfrom of the client connection, the store's pwritev, and uprobes on three of
+# ringd's functions (RaftCore::handle, Turn::apply_entry, Store::finish_commit). Each put's
+# cycle runs from one WAL write's completion to the next; the table gives every phase's p50
+# and mean over the cycles that passed through all of them.
+#
+# The probes and tracepoints add a few µs per put (compare the req/s printed here with an
+# untraced run of the same ringbench command); read the phases against each other.
+#
+# Usage: bash tuning/put-timeline.sh   (after cargo build --release; needs root or
+#        perf_event_paranoid <= -1, perf from Debian's linux-perf, and python3)
+# Env: TOTAL (3000), WARMUP (2000), RINGD (target/release/ringd), RINGBENCH
+#      (target/release/ringbench), RINGD_ARGS (extra ringd flags, e.g. "--idle-poll-us 0"),
+#      KEEP=1 keeps the recording (perf.data, perf.txt) and prints where.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOTAL=${TOTAL:-3000}
+WARMUP=${WARMUP:-2000}
+RINGD=${RINGD:-target/release/ringd}
+RINGBENCH=${RINGBENCH:-target/release/ringbench}
+ENDPOINT=127.0.0.1:23980
+PEER=http://127.0.0.1:23981
+
+for tool in perf python3 nm; do
+  command -v "$tool" >/dev/null || { echo "put-timeline: $tool is missing (Debian: linux-perf, python3, binutils)" >&2; exit 2; }
+done
+for binary in "$RINGD" "$RINGBENCH"; do
+  [ -x "$binary" ] || { echo "put-timeline: $binary is missing; run cargo build --release first" >&2; exit 2; }
+done
+RINGD=$(realpath "$RINGD")
+
+data=$(mktemp -d)
+pid=
+probes=()
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  for probe in "${probes[@]}"; do perf probe -q -d "$probe" >/dev/null 2>&1 || true; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "put-timeline: the recording is in $data"; else rm -rf "$data"; fi
+}
+trap cleanup EXIT
+
+# One uprobe per function, found by its mangled name's tail (the hash differs per build) and
+# named after this run, so that a probe left by another run cannot collide with it.
+add_probe() {
+  local label=$1 tail=$2 symbol event
+  symbol=$(nm "$RINGD" | awk -v tail="$tail" '!found && $3 ~ tail && $3 !~ /drop_in_place/ {print $3; found = 1}')
+  [ -n "$symbol" ] || { echo "put-timeline: no symbol matching $tail in $RINGD" >&2; exit 2; }
+  event="put_timeline_$$_$label"
+  if ! perf probe -q -x "$RINGD" -a "$event=$symbol" >"$data/probe.log" 2>&1; then
+    echo "put-timeline: perf probe could not add $symbol:" >&2
+    cat "$data/probe.log" >&2
+    exit 2
+  fi
+  # perf names the event group after the binary; read the whole name back.
+  probes+=("$(perf probe -l 2>/dev/null | awk -v event="$event" '!found && $1 ~ (":" event "$") {print $1; found = 1}')")
+  [ -n "${probes[-1]}" ] || { echo "put-timeline: perf probe did not list $event" >&2; exit 2; }
+}
+add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
+add_probe apply_entry '4Turn11apply_entry17h[0-9a-f]+E$'
+add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
+
+# shellcheck disable=SC2086
+"$RINGD" --data-dir "$data/ringd" --listen-client-urls "http://$ENDPOINT" --advertise-client-urls "http://$ENDPOINT" \
+  --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" --initial-cluster "default=$PEER" \
+  ${RINGD_ARGS:-} >"$data/ringd.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/23980) 2>/dev/null && break
+  sleep 0.1
+done
+"$RINGBENCH" --endpoints "$ENDPOINT" put --total "$WARMUP" --key-size 8 --val-size 256 >/dev/null 2>&1
+
+events=(-e io_uring:io_uring_submit_req -e io_uring:io_uring_complete -e syscalls:sys_enter_pwritev
+  -e syscalls:sys_enter_sendto -e syscalls:sys_exit_recvfrom)
+for probe in "${probes[@]}"; do events+=(-e "$probe"); done
+perf record -q -m 32M -p "$pid" "${events[@]}" -o "$data/perf.data" -- \
+  "$RINGBENCH" --endpoints "$ENDPOINT" --conns 1 --clients 1 --precise \
+  put --key-size 8 --sequential-keys --total "$TOTAL" --val-size 256 >"$data/ringbench.out" 2>&1
+grep -E "Requests/sec|50% in|99% in" "$data/ringbench.out" | tr -s '\t ' ' '
+perf script -i "$data/perf.data" 2>/dev/null >"$data/perf.txt"
+
+python3 - "$data/perf.txt" <<'EOF'
+import re, statistics, sys
+from collections import Counter
+
+# The raft core is the thread that submits the WAL's writes.
+line_re = re.compile(r'\s*(\S+)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+?):(\S+?):?\s(.*)')
+events = []
+for line in open(sys.argv[1]):
+    m = line_re.match(line)
+    if m:
+        _, tid, t, _, name, rest = m.groups()
+        events.append((int(tid), float(t) * 1e6, name, rest))
+writers = Counter(tid for tid, _, name, rest in events if name == 'io_uring_submit_req' and 'opcode WRITE' in rest)
+if not writers:
+    sys.exit("put-timeline: no WAL write seen on any ringd thread")
+core = writers.most_common(1)[0][0]
+
+def kind(name, rest):
+    if name == 'io_uring_submit_req':
+        return 'wal_submit' if 'opcode WRITE' in rest else None
+    if name == 'io_uring_complete':
+        result = re.search(r'result (-?\d+)', rest)
+        return 'wal_done' if result and int(result.group(1)) > 0 and int(result.group(1)) % 4096 == 0 else None
+    if name == 'sys_enter_pwritev':
+        return 'pwritev'
+    if name == 'sys_enter_sendto':
+        return 'sendto'
+    if name == 'sys_exit_recvfrom':
+        return 'recvfrom'
+    probe = re.match(r'put_timeline_\d+_(handle|apply_entry|finish_commit)$', name)
+    return probe.group(1) if probe else None
+
+marks = [(t, k) for tid, t, name, rest in events if tid == core for k in [kind(name, rest)] if k]
+# Anchors of one cycle, in order; 'handle' occurs twice (the WAL's Persisted event, then the
+# next request's proposal after it was read).
+anchors = ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'sendto', 'recvfrom', 'handle',
+           'wal_submit', 'wal_done']
+phases = [
+    ('WAL write durable -> raft loop (Persisted)', ''),
+    ('raft loop -> apply starts', ''),
+    ('apply -> first store pwritev', ''),
+    ('store pwritev(s) -> finish_commit', ''),
+    ('finish_commit -> reply sendto', ''),
+    ('reply sendto -> next request read', 'ringbench and loopback TCP'),
+    ('request read -> raft loop (proposal)', ''),
+    ('raft loop -> WAL write submitted', ''),
+    ('WAL write submitted -> durable', 'the device (O_DSYNC write)'),
+]
+durations = [[] for _ in phases]
+cycles = skipped = 0
+starts = [i for i, (_, k) in enumerate(marks) if k == 'wal_done']
+for a, b in zip(starts, starts[1:]):
+    found, position = [], a
+    for anchor in anchors[:-1]:
+        while position < b and marks[position][1] != anchor:
+            position += 1
+        if position == b:
+            break
+        found.append(marks[position][0])
+        position += 1
+    if len(found) != len(anchors) - 1:
+        skipped += 1
+        continue
+    found.append(marks[b][0])
+    cycles += 1
+    for i in range(len(phases)):
+        durations[i].append(found[i + 1] - found[i])
+if not cycles:
+    sys.exit("put-timeline: no complete cycle found")
+print(f"\n{cycles} put cycles on the raft core's thread ({skipped} without every phase, left out)")
+print(f"{'phase':44s} {'p50 µs':>8s} {'p90 µs':>8s} {'p99 µs':>8s} {'mean µs':>8s}")
+def pick(sorted_values, quantile):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * quantile))]
+
+
+for (name, note), values in zip(phases, durations):
+    values.sort()
+    print(f"{name:44s} {pick(values, 0.5):8.1f} {pick(values, 0.9):8.1f} {pick(values, 0.99):8.1f} "
+          f"{statistics.mean(values):8.1f}  {note}")
+sums = sorted(sum(d[i] for d in durations) for i in range(cycles))
+print(f"{'whole cycle (one put)':44s} {pick(sums, 0.5):8.1f} {pick(sums, 0.9):8.1f} {pick(sums, 0.99):8.1f} "
+      f"{statistics.mean(sums):8.1f}")
+EOF
