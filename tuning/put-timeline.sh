@@ -8,8 +8,8 @@
 # attached to ringd: io_uring submissions and completions (the WAL's direct write), the
 # sendto/recvfrom of the client connection, the store's pwritev, and uprobes on three of
 # ringd's functions (RaftCore::handle, Turn::apply_entry, Store::finish_commit). Each put's
-# cycle runs from one WAL write's completion to the next; the table gives every phase's p50
-# and mean over the cycles that passed through all of them.
+# cycle runs from one WAL write's completion to the next; the table gives every phase's p50,
+# p90, p99 and mean over the cycles that passed through all of them.
 #
 # The probes and tracepoints add a few µs per put (compare the req/s printed here with an
 # untraced run of the same ringbench command); read the phases against each other.
@@ -71,11 +71,22 @@ add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
   --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" --initial-cluster "default=$PEER" \
   ${RINGD_ARGS:-} >"$data/ringd.log" 2>&1 &
 pid=$!
+up=
 for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/23980) 2>/dev/null && break
+  if (exec 3<>/dev/tcp/127.0.0.1/23980) 2>/dev/null; then up=1; break; fi
+  kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
 done
-"$RINGBENCH" --endpoints "$ENDPOINT" put --total "$WARMUP" --key-size 8 --val-size 256 >/dev/null 2>&1
+if [ -z "$up" ]; then
+  echo "put-timeline: ringd did not start listening on $ENDPOINT (it exited, or 10 s passed); its log:" >&2
+  cat "$data/ringd.log" >&2
+  exit 1
+fi
+if ! "$RINGBENCH" --endpoints "$ENDPOINT" put --total "$WARMUP" --key-size 8 --val-size 256 >"$data/warmup.out" 2>&1; then
+  echo "put-timeline: the warm-up puts failed:" >&2
+  tail -5 "$data/warmup.out" >&2
+  exit 1
+fi
 
 events=(-e io_uring:io_uring_submit_req -e io_uring:io_uring_complete -e syscalls:sys_enter_pwritev
   -e syscalls:sys_enter_sendto -e syscalls:sys_exit_recvfrom)
