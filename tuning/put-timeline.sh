@@ -14,8 +14,8 @@
 # The probes and tracepoints add a few µs per put (compare the req/s printed here with an
 # untraced run of the same ringbench command); read the phases against each other.
 #
-# Usage: bash tuning/put-timeline.sh   (after cargo build --release; needs root or
-#        perf_event_paranoid <= -1, perf from Debian's linux-perf, and python3)
+# Usage: bash tuning/put-timeline.sh   (after cargo build --release; needs root, for
+#        `perf probe`, perf from Debian's linux-perf, and python3)
 # Env: TOTAL (3000), WARMUP (2000), RINGD (target/release/ringd), RINGBENCH
 #      (target/release/ringbench), RINGD_ARGS (extra ringd flags, e.g. "--idle-poll-us 0"),
 #      KEEP=1 keeps the recording (perf.data, perf.txt) and prints where.
@@ -41,7 +41,7 @@ pid=
 probes=()
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  for probe in "${probes[@]}"; do perf probe -q -d "$probe" >/dev/null 2>&1 || true; done
+  perf probe -q -d "*:put_timeline_$$_*" >/dev/null 2>&1 || true
   if [ "${KEEP:-0}" = 1 ]; then echo "put-timeline: the recording is in $data"; else rm -rf "$data"; fi
 }
 trap cleanup EXIT
@@ -59,7 +59,7 @@ add_probe() {
     exit 2
   fi
   # perf names the event group after the binary; read the whole name back.
-  probes+=("$(perf probe -l 2>/dev/null | awk -v event="$event" '!found && $1 ~ (":" event "$") {print $1; found = 1}')")
+  probes+=("$( (perf probe -l 2>/dev/null || true) | awk -v event="$event" '!found && $1 ~ (":" event "$") {print $1; found = 1}')")
   [ -n "${probes[-1]}" ] || { echo "put-timeline: perf probe did not list $event" >&2; exit 2; }
 }
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
@@ -73,8 +73,9 @@ add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
 pid=$!
 up=
 for _ in $(seq 1 100); do
-  if (exec 3<>/dev/tcp/127.0.0.1/23980) 2>/dev/null; then up=1; break; fi
   kill -0 "$pid" 2>/dev/null || break
+  # Listening, and still alive: not another server on the port while this one exits.
+  if (exec 3<>/dev/tcp/127.0.0.1/23980) 2>/dev/null && kill -0 "$pid" 2>/dev/null; then up=1; break; fi
   sleep 0.1
 done
 if [ -z "$up" ]; then
@@ -91,17 +92,20 @@ fi
 events=(-e io_uring:io_uring_submit_req -e io_uring:io_uring_complete -e syscalls:sys_enter_pwritev
   -e syscalls:sys_enter_sendto -e syscalls:sys_exit_recvfrom)
 for probe in "${probes[@]}"; do events+=(-e "$probe"); done
-perf record -q -m 32M -p "$pid" "${events[@]}" -o "$data/perf.data" -- \
+if ! perf record -q -m 32M -p "$pid" "${events[@]}" -o "$data/perf.data" -- \
   "$RINGBENCH" --endpoints "$ENDPOINT" --conns 1 --clients 1 --precise \
-  put --key-size 8 --sequential-keys --total "$TOTAL" --val-size 256 >"$data/ringbench.out" 2>&1
-grep -E "Requests/sec|50% in|99% in" "$data/ringbench.out" | tr -s '\t ' ' '
+  put --key-size 8 --sequential-keys --total "$TOTAL" --val-size 256 >"$data/ringbench.out" 2>&1; then
+  echo "put-timeline: the recorded run failed:" >&2
+  tail -5 "$data/ringbench.out" >&2
+  exit 1
+fi
+grep -E "Requests/sec|50% in|99% in" "$data/ringbench.out" | tr -s '\t ' ' ' || true
 perf script -i "$data/perf.data" 2>/dev/null >"$data/perf.txt"
 
 python3 - "$data/perf.txt" <<'EOF'
 import re, statistics, sys
 from collections import Counter
 
-# The raft core is the thread that submits the WAL's writes.
 line_re = re.compile(r'\s*(\S+)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+?):(\S+?):?\s(.*)')
 events = []
 for line in open(sys.argv[1]):
@@ -109,27 +113,56 @@ for line in open(sys.argv[1]):
     if m:
         _, tid, t, _, name, rest = m.groups()
         events.append((int(tid), float(t) * 1e6, name, rest))
-writers = Counter(tid for tid, _, name, rest in events if name == 'io_uring_submit_req' and 'opcode WRITE' in rest)
+
+
+def request(rest):
+    """The (ring, request) pair that ties an io_uring submission to its completion."""
+    m = re.search(r'ring (0x[0-9a-f]+), req (0x[0-9a-f]+)', rest)
+    return m.groups() if m else None
+
+
+def wal_result(rest):
+    """Whether a completion is a direct write's: a positive multiple of 4 KiB (glommio's other
+    writes on the same ring, such as its preemption timer's 8-byte eventfd write, are not)."""
+    m = re.search(r'result (-?\d+)', rest)
+    return bool(m) and int(m.group(1)) > 0 and int(m.group(1)) % 4096 == 0
+
+
+# A WAL write is a WRITE or WRITE_FIXED submission whose own completion is a WAL-sized write.
+wal_submits, open_writes = set(), {}
+for index, (tid, _, name, rest) in enumerate(events):
+    if name == 'io_uring_submit_req' and 'opcode WRITE' in rest:
+        open_writes[request(rest)] = index
+    elif name == 'io_uring_complete':
+        submitted = open_writes.pop(request(rest), None)
+        if submitted is not None and wal_result(rest):
+            wal_submits.add(submitted)
+# The raft core is the thread that submits the WAL's writes.
+writers = Counter(events[index][0] for index in wal_submits)
 if not writers:
     sys.exit("put-timeline: no WAL write seen on any ringd thread")
 core = writers.most_common(1)[0][0]
 
-def kind(name, rest):
+
+def kind(index, name, rest):
     if name == 'io_uring_submit_req':
-        return 'wal_submit' if 'opcode WRITE' in rest else None
+        return 'wal_submit' if index in wal_submits else None
     if name == 'io_uring_complete':
-        result = re.search(r'result (-?\d+)', rest)
-        return 'wal_done' if result and int(result.group(1)) > 0 and int(result.group(1)) % 4096 == 0 else None
+        return 'wal_done' if wal_result(rest) else None
     if name == 'sys_enter_pwritev':
         return 'pwritev'
     if name == 'sys_enter_sendto':
         return 'sendto'
     if name == 'sys_exit_recvfrom':
-        return 'recvfrom'
+        # A read that returned bytes (not EAGAIN, shown as a large hex number, nor 0).
+        returned = int(rest.split()[-1], 16)
+        return 'recvfrom' if 0 < returned < 1 << 63 else None
     probe = re.match(r'put_timeline_\d+_(handle|apply_entry|finish_commit)$', name)
     return probe.group(1) if probe else None
 
-marks = [(t, k) for tid, t, name, rest in events if tid == core for k in [kind(name, rest)] if k]
+
+marks = [(t, k) for index, (tid, t, name, rest) in enumerate(events) if tid == core
+         for k in [kind(index, name, rest)] if k]
 # Anchors of one cycle, in order; 'handle' occurs twice (the WAL's Persisted event, then the
 # next request's proposal after it was read).
 anchors = ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'sendto', 'recvfrom', 'handle',
@@ -140,13 +173,14 @@ phases = [
     ('apply -> first store pwritev', ''),
     ('store pwritev(s) -> finish_commit', ''),
     ('finish_commit -> reply sendto', ''),
-    ('reply sendto -> next request read', 'ringbench and loopback TCP'),
+    ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
     ('request read -> raft loop (proposal)', ''),
     ('raft loop -> WAL write submitted', ''),
-    ('WAL write submitted -> durable', 'the device (O_DSYNC write)'),
+    ('WAL write submitted -> completion seen', 'the device, and the core picking it up'),
 ]
 durations = [[] for _ in phases]
-cycles = skipped = 0
+totals = []
+skipped = 0
 starts = [i for i, (_, k) in enumerate(marks) if k == 'wal_done']
 for a, b in zip(starts, starts[1:]):
     found, position = [], a
@@ -161,22 +195,25 @@ for a, b in zip(starts, starts[1:]):
         skipped += 1
         continue
     found.append(marks[b][0])
-    cycles += 1
+    totals.append(found[-1] - found[0])
     for i in range(len(phases)):
         durations[i].append(found[i + 1] - found[i])
-if not cycles:
+if not totals:
     sys.exit("put-timeline: no complete cycle found")
-print(f"\n{cycles} put cycles on the raft core's thread ({skipped} without every phase, left out)")
+
+
+def row(name, values, note=''):
+    ordered = sorted(values)
+
+    def pick(quantile):
+        return ordered[min(len(ordered) - 1, int(len(ordered) * quantile))]
+
+    print(f"{name:44s} {pick(0.5):8.1f} {pick(0.9):8.1f} {pick(0.99):8.1f} {statistics.mean(values):8.1f}  {note}")
+
+
+print(f"\n{len(totals)} put cycles on the raft core's thread ({skipped} without every phase, left out)")
 print(f"{'phase':44s} {'p50 µs':>8s} {'p90 µs':>8s} {'p99 µs':>8s} {'mean µs':>8s}")
-def pick(sorted_values, quantile):
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * quantile))]
-
-
 for (name, note), values in zip(phases, durations):
-    values.sort()
-    print(f"{name:44s} {pick(values, 0.5):8.1f} {pick(values, 0.9):8.1f} {pick(values, 0.99):8.1f} "
-          f"{statistics.mean(values):8.1f}  {note}")
-sums = sorted(sum(d[i] for d in durations) for i in range(cycles))
-print(f"{'whole cycle (one put)':44s} {pick(sums, 0.5):8.1f} {pick(sums, 0.9):8.1f} {pick(sums, 0.99):8.1f} "
-      f"{statistics.mean(sums):8.1f}")
+    row(name, values, note)
+row('whole cycle (one put)', totals, 'percentiles of whole cycles, not sums of the rows')
 EOF

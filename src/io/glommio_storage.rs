@@ -347,7 +347,8 @@ mod tests {
     #[test]
     fn a_large_durable_write_from_the_pool_lands_between_small_ones() {
         on_new_file(|file| async move {
-            let large_sectors = POOL_DURABLE_WRITE_MIN_BYTES / SECTOR_SIZE_BYTES + 1;
+            // Exactly the threshold: the rule is `>=`.
+            let large_sectors = POOL_DURABLE_WRITE_MIN_BYTES / SECTOR_SIZE_BYTES;
             file.write_durable_at(filled(&file, 1), 0).await.expect("small durable write");
             let large = filled_sectors(&file, 2, large_sectors);
             assert!(large.len() >= POOL_DURABLE_WRITE_MIN_BYTES);
