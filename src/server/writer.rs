@@ -725,12 +725,10 @@ struct Checkpoints {
     last_durable: std::time::Instant,
     /// Visible commits since the last durable checkpoint.
     visible_since: u64,
-    /// When the current writeback window began (`WRITEBACK_INTERVAL`; a durable checkpoint
-    /// begins one too), what its visible commits carried (`WritebackWindow`), and whether a
-    /// visible commit wrote pages since the last writeback or durable checkpoint.
+    /// When the current writeback window began (`WRITEBACK_INTERVAL`; a writeback or a
+    /// durable checkpoint begins one too), and what its visible commits carried.
     window_started: std::time::Instant,
     window: WritebackWindow,
-    written_since_writeback: bool,
 }
 
 /// The visible commits of one writeback window: how many, the client requests they carried
@@ -762,9 +760,9 @@ const WRITEBACK_REQUESTS_PER_COMMIT_MIN: u64 = 4;
 /// writeback's page writes slowed the WAL writes that followed them (the device's flush takes
 /// everything written before it): in a recording, 25 of the slowest 1% of one client's WAL
 /// writes had store page writes just before or during them, against 9 in the fastest half.
-/// Without the writeback at one client (2026-11-30, eighth session, 20 alternated pairs) a
-/// put's p99 was lower in 18 pairs (792 against 1,060 µs on average in the last ten), puts/s
-/// the same; its checkpoints take 3.6 to 4.4 ms at the median instead of 1.2 to 1.6.
+/// Without the writeback at one client (2026-11-30, eighth session, 23 alternated pairs) a
+/// put's p99 was lower in 21 pairs (792 against 1,060 µs on average over ten), puts/s the
+/// same; its checkpoints take 3.6 to 4.4 ms at the median instead of 1.2 to 1.6.
 const WRITEBACK_PAGES_PER_COMMIT_MIN: u64 = 16;
 
 impl WritebackWindow {
@@ -779,26 +777,18 @@ impl WritebackWindow {
 impl Checkpoints {
     fn new() -> Checkpoints {
         let now = std::time::Instant::now();
-        Checkpoints {
-            last_durable: now,
-            visible_since: 0,
-            window_started: now,
-            window: WritebackWindow::default(),
-            written_since_writeback: false,
-        }
+        Checkpoints { last_durable: now, visible_since: 0, window_started: now, window: WritebackWindow::default() }
     }
 
     /// Whether to start writing back what visible commits wrote: at the end of each
-    /// `WRITEBACK_INTERVAL` window whose commits were under load (`wants_writeback`).
+    /// `WRITEBACK_INTERVAL` window whose commits were under load (`wants_writeback`, which
+    /// needs a commit in the window, so a window with nothing written never writes back).
     fn writeback_due(&mut self) -> bool {
         if self.window_started.elapsed() < WRITEBACK_INTERVAL {
             return false;
         }
-        let due = self.written_since_writeback && self.window.wants_writeback();
+        let due = self.window.wants_writeback();
         self.new_window();
-        if due {
-            self.written_since_writeback = false;
-        }
         due
     }
 
@@ -832,14 +822,12 @@ impl Checkpoints {
                 self.last_durable = std::time::Instant::now();
                 self.visible_since = 0;
                 self.new_window();
-                self.written_since_writeback = false;
             }
             mvcc::Durability::Visible => {
                 self.visible_since += 1;
                 self.window.commits += 1;
                 self.window.requests += requests;
                 self.window.pages += pages;
-                self.written_since_writeback = true;
             }
         }
     }
@@ -874,10 +862,10 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
         Ok(job) => job,
         Err(error) => fatal(&error),
     };
-    let pages = job.page_count() as u64;
+    let pages = job.page_count();
     // A small visible commit (pwrites into the page cache) runs inline: cheaper than the
     // hand-off to the blocking pool. Anything that syncs, or many pages, goes there.
-    let done = if !job.is_durable() && job.page_count() <= INLINE_COMMIT_PAGES_MAX {
+    let done = if !job.is_durable() && pages <= INLINE_COMMIT_PAGES_MAX {
         job.run()
     } else {
         glommio::executor().spawn_blocking(move || job.run()).await
@@ -893,7 +881,7 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
         mvcc::Durability::Durable => super::latency::Stage::Checkpoint,
     };
     shared.latency.record_since(0, stage, started);
-    pages
+    pages as u64
 }
 
 fn fatal(error: &dyn std::fmt::Display) -> ! {
