@@ -2087,6 +2087,14 @@ pub unsafe fn spawn_scoped_local_into<'a, T>(
 pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
+    /// ringd (RINGD-PATCH.md): hands the file I/O requests this executor has queued (on its
+    /// main ring) to the kernel now, rather than at its next poll for I/O, which comes after
+    /// every task that is ready has run. One `io_uring_enter` for a request whose latency
+    /// matters more than that syscall. Returns how many requests went in.
+    pub fn submit_io(&self) -> std::io::Result<usize> {
+        self.reactor().submit_main_ring()
+    }
+
     /// Checks if this task has run for too long and need to be preempted. This
     /// is useful for situations where we can't call .await, for instance,
     /// if a [`RefMut`] is held. If this tests true, then the user is

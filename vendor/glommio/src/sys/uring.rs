@@ -1751,6 +1751,12 @@ impl Reactor {
         ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
     }
 
+    /// ringd (RINGD-PATCH.md): hands the main ring's queued requests to the kernel now.
+    pub(crate) fn submit_main_ring(&self) -> io::Result<usize> {
+        let mut main_ring = self.main_ring.borrow_mut();
+        flush_rings!(main_ring)
+    }
+
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
         self.poll_ring.borrow_mut().poll(woke)?;
         self.main_ring.borrow_mut().poll(woke)?;
