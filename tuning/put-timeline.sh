@@ -46,22 +46,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One uprobe per function, found by its mangled name's tail (the hash differs per build) and
-# named after this run, so that a probe left by another run cannot collide with it.
-add_probe() {
-  local label=$1 tail=$2 symbol event
-  symbol=$(nm "$RINGD" | awk -v tail="$tail" '!found && $3 ~ tail && $3 !~ /drop_in_place/ {print $3; found = 1}')
-  [ -n "$symbol" ] || { echo "put-timeline: no symbol matching $tail in $RINGD" >&2; exit 2; }
-  event="put_timeline_$$_$label"
-  if ! perf probe -q -x "$RINGD" -a "$event=$symbol" >"$data/probe.log" 2>&1; then
-    echo "put-timeline: perf probe could not add $symbol:" >&2
-    cat "$data/probe.log" >&2
-    exit 2
-  fi
-  # perf names the event group after the binary; read the whole name back.
-  probes+=("$( (perf probe -l 2>/dev/null || true) | awk -v event="$event" '!found && $1 ~ (":" event "$") {print $1; found = 1}')")
-  [ -n "${probes[-1]}" ] || { echo "put-timeline: perf probe did not list $event" >&2; exit 2; }
-}
+# shellcheck source=tuning/timeline-probes.sh
+. tuning/timeline-probes.sh
+SCRIPT=put-timeline
+PROBE_PREFIX="put_timeline_$$"
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe apply_entry '4Turn11apply_entry17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
@@ -102,7 +90,7 @@ fi
 grep -E "Requests/sec|50% in|99% in" "$data/ringbench.out" | tr -s '\t ' ' ' || true
 perf script -i "$data/perf.data" 2>/dev/null >"$data/perf.txt"
 
-python3 - "$data/perf.txt" <<'EOF'
+PYTHONPATH=tuning PYTHONDONTWRITEBYTECODE=1 python3 - "$data/perf.txt" <<'EOF'
 import re, statistics, sys
 from collections import Counter
 
@@ -115,17 +103,7 @@ for line in open(sys.argv[1]):
         events.append((int(tid), float(t) * 1e6, name, rest))
 
 
-def request(rest):
-    """The (ring, request) pair that ties an io_uring submission to its completion."""
-    m = re.search(r'ring (0x[0-9a-f]+), req (0x[0-9a-f]+)', rest)
-    return m.groups() if m else None
-
-
-def wal_result(rest):
-    """Whether a completion is a direct write's: a positive multiple of 4 KiB (glommio's other
-    writes on the same ring, such as its preemption timer's 8-byte eventfd write, are not)."""
-    m = re.search(r'result (-?\d+)', rest)
-    return bool(m) and int(m.group(1)) > 0 and int(m.group(1)) % 4096 == 0
+from timeline_events import request, wal_result
 
 
 # A WAL write is a WRITE or WRITE_FIXED submission whose own completion is a WAL-sized write.

@@ -97,8 +97,9 @@ impl Waiters {
 /// entries, only the commit index (etcd's `bcastAppend`); the follower applies the entry and
 /// answers. With one client on three members that notice woke both followers between a reply
 /// and the client's next put; a follower on the leader's CPU then applied while the next
-/// request waited (on 2026-11-30's 2-CPU VM, 139 µs at the median from the client's send to
-/// the leader's read of it, against 62 µs with this). The next append to a follower carries
+/// request waited (on 2026-11-30's 2-CPU VM, 143 and 154 µs at the median from the client's
+/// send to the leader's read of it in two runs of `tuning/cluster-put-timeline.sh`, against 49
+/// and 62 µs with this). The next append to a follower carries
 /// the commit index too: a notice waits for one for up to `COMMIT_NOTICE_HOLD` and is dropped
 /// when one goes out, so the follower applies while its WAL writes the new entry.
 ///
