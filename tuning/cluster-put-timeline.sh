@@ -62,6 +62,9 @@ case "$LEADER" in
 esac
 RINGD=$(realpath "$RINGD")
 
+# Names for timeline-probes.sh: this run's uprobes, which cleanup removes by pattern.
+SCRIPT=cluster-put-timeline
+PROBE_PREFIX="cluster_put_timeline_$$"
 data=$(mktemp -d)
 pids=()
 cleanup() {
@@ -73,7 +76,7 @@ cleanup() {
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  perf probe -q -d "*:cluster_put_timeline_$$_*" >/dev/null 2>&1 || true
+  perf probe -q -d "*:${PROBE_PREFIX}_*" >/dev/null 2>&1 || true
   if [ "${KEEP:-0}" = 1 ]; then echo "cluster-put-timeline: the recording is in $data"; else rm -rf "$data"; fi
 }
 trap cleanup EXIT
@@ -82,8 +85,6 @@ trap 'exit 143' TERM
 
 # shellcheck source=tuning/timeline-probes.sh
 . tuning/timeline-probes.sh
-SCRIPT=cluster-put-timeline
-PROBE_PREFIX="cluster_put_timeline_$$"
 probes=()
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'

@@ -36,20 +36,21 @@ for binary in "$RINGD" "$RINGBENCH"; do
 done
 RINGD=$(realpath "$RINGD")
 
+# Names for timeline-probes.sh: this run's uprobes, which cleanup removes by pattern.
+SCRIPT=put-timeline
+PROBE_PREFIX="put_timeline_$$"
 data=$(mktemp -d)
 pid=
 probes=()
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  perf probe -q -d "*:put_timeline_$$_*" >/dev/null 2>&1 || true
+  perf probe -q -d "*:${PROBE_PREFIX}_*" >/dev/null 2>&1 || true
   if [ "${KEEP:-0}" = 1 ]; then echo "put-timeline: the recording is in $data"; else rm -rf "$data"; fi
 }
 trap cleanup EXIT
 
 # shellcheck source=tuning/timeline-probes.sh
 . tuning/timeline-probes.sh
-SCRIPT=put-timeline
-PROBE_PREFIX="put_timeline_$$"
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe apply_entry '4Turn11apply_entry17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'

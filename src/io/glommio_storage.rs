@@ -226,7 +226,8 @@ async fn write_whole_now(file: &DmaFile, buffer: DmaBuffer, offset_bytes: u64) -
     let written_bytes = match futures::poll!(write.as_mut()) {
         std::task::Poll::Ready(result) => result?,
         std::task::Poll::Pending => {
-            glommio::executor().submit_io()?;
+            // An error leaves the write queued for the executor's next poll, as before.
+            let _ = glommio::executor().submit_io();
             write.await?
         }
     };

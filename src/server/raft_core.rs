@@ -99,37 +99,82 @@ impl Waiters {
 /// and the client's next put; a follower on the leader's CPU then applied while the next
 /// request waited (on 2026-11-30's 2-CPU VM, 143 and 154 µs at the median from the client's
 /// send to the leader's read of it in two runs of `tuning/cluster-put-timeline.sh`, against 49
-/// and 62 µs with this). The next append to a follower carries
-/// the commit index too: a notice waits for one for up to `COMMIT_NOTICE_HOLD` and is dropped
-/// when one goes out, so the follower applies while its WAL writes the new entry.
+/// and 62 µs with this). The next append to a follower carries the commit index too: a notice
+/// waits for one for up to `COMMIT_NOTICE_HOLD` and is dropped when one goes out that lets the
+/// follower commit as far, so the follower applies while its WAL writes the new entry.
 ///
 /// A notice that commits an entry a follower forwarded (its own clients' requests, which it
-/// answers once it applies them) goes out at once.
+/// answers once it applies them) goes out at once. Notices are held only by a leader, in the
+/// term it sent them: when it steps down (or a new term starts) what is held goes out at once,
+/// ahead of the messages of that turn (a removed leader's last notices precede its
+/// `MsgTimeoutNow`, as Raft sent them).
 ///
-/// Safety is Raft's own: a message may always be delayed or lost. What waits is a
-/// follower's view of the commit (its serializable reads, its watchers), by at most the hold;
-/// its linearizable reads learn the commit from the read's heartbeat, which is not held.
+/// Safety is Raft's own: a message may always be delayed or lost. What waits is a follower's
+/// view of the commit, by at most the hold: its serializable reads and its watchers, and a
+/// linearizable read on a follower whose acknowledgement of the entry the leader had not yet
+/// counted (the leader's ReadIndex answer carries the commit only up to what that follower
+/// acknowledged).
 #[derive(Default)]
 struct CommitNotices {
     held: HashMap<u64, Message>,
+    /// The term the held notices were sent in.
+    term: u64,
     /// By follower: the indexes of the entries proposed for it whose commit no append to it
-    /// has carried yet, in order.
+    /// has carried yet, in order, at most `FORWARDED_TRACKED_MAX`.
     forwarded: HashMap<u64, VecDeque<u64>>,
-    /// A `SendCommitNotices` event is on its way.
-    timer_armed: bool,
+    /// Shared with the timer task.
+    timer: Rc<NoticeTimer>,
+}
+
+/// Entries tracked per follower in `CommitNotices::forwarded`; past it the oldest is
+/// forgotten (its notice may then wait for the hold).
+const FORWARDED_TRACKED_MAX: usize = 1024;
+
+#[derive(Default)]
+struct NoticeTimer {
+    /// A timer task is sleeping.
+    armed: std::cell::Cell<bool>,
+    /// Notices are held: when the timer fires, a `SendCommitNotices` event is due.
+    holding: std::cell::Cell<bool>,
 }
 
 impl CommitNotices {
+    /// How far an append lets its follower commit: the commit index, but no further than the
+    /// entries it ends with (the follower's log may differ beyond them).
+    fn commits_through(append: &Message) -> u64 {
+        append.commit.min(append.index + append.entries.len() as u64)
+    }
+
     /// Takes the notices out of `messages`, in place (the newest per follower is held), and
-    /// drops a held one when a later append to its follower carries an equal or newer commit.
-    fn hold(&mut self, messages: &mut Vec<Message>) {
+    /// drops a held one when a later append to its follower lets it commit as far.
+    /// `leading_term` is this member's term while it leads, None otherwise: then, or in a new
+    /// term, what is held goes first into `messages` and nothing is held.
+    fn hold(&mut self, messages: &mut Vec<Message>, leading_term: Option<u64>) {
+        let mut released = Vec::new();
+        if leading_term != Some(self.term) {
+            released = self.take();
+            self.forwarded.clear();
+            self.term = leading_term.unwrap_or(0);
+        }
+        if leading_term.is_some() {
+            self.hold_notices_of(messages);
+        }
+        // Sent before this turn's messages, as Raft made them.
+        if !released.is_empty() {
+            messages.splice(0..0, released);
+        }
+    }
+
+    /// The hold itself, for a leader in its current term.
+    fn hold_notices_of(&mut self, messages: &mut Vec<Message>) {
         let mut kept = 0;
         for index in 0..messages.len() {
             let message = &messages[index];
             if message.msg_type == MessageType::MsgApp as i32 {
+                let through = Self::commits_through(message);
                 let mut awaited = false;
                 if let Some(entries) = self.forwarded.get_mut(&message.to) {
-                    while entries.front().is_some_and(|&entry| entry <= message.commit) {
+                    while entries.front().is_some_and(|&entry| entry <= through) {
                         entries.pop_front();
                         awaited = true;
                     }
@@ -139,7 +184,7 @@ impl CommitNotices {
                     self.held.insert(notice.to, notice);
                     continue;
                 }
-                if self.held.get(&message.to).is_some_and(|held| held.commit <= message.commit) {
+                if self.held.get(&message.to).is_some_and(|held| Self::commits_through(held) <= through) {
                     self.held.remove(&message.to);
                 }
             }
@@ -147,11 +192,16 @@ impl CommitNotices {
             kept += 1;
         }
         messages.truncate(kept);
+        self.timer.holding.set(!self.held.is_empty());
     }
 
     /// The leader proposed entry `index` for `follower`'s clients.
     fn forwarded(&mut self, follower: u64, index: u64) {
-        self.forwarded.entry(follower).or_default().push_back(index);
+        let entries = self.forwarded.entry(follower).or_default();
+        if entries.len() == FORWARDED_TRACKED_MAX {
+            entries.pop_front();
+        }
+        entries.push_back(index);
     }
 
     /// `follower` left the cluster.
@@ -161,6 +211,7 @@ impl CommitNotices {
     }
 
     fn take(&mut self) -> Vec<Message> {
+        self.timer.holding.set(false);
         self.held.drain().map(|(_, message)| message).collect()
     }
 }
@@ -469,10 +520,7 @@ impl RaftCore {
             Event::MembersChanged => self.update_peers(),
             Event::Checkpointed(index) => self.maybe_snapshot(index),
             Event::SnapshotSent(to, delivered) => self.raft.report_snapshot(to, delivered),
-            Event::SendCommitNotices => {
-                self.commit_notices.timer_armed = false;
-                self.transport.send(self.commit_notices.take());
-            }
+            Event::SendCommitNotices => self.transport.send(self.commit_notices.take()),
             Event::Peer(Incoming::Snapshot { message, path }) => {
                 let index = message.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
                 self.raft.step(message);
@@ -892,13 +940,20 @@ impl RaftCore {
                 self.send_snapshot(message);
             }
         }
-        self.commit_notices.hold(&mut messages);
-        if !self.commit_notices.held.is_empty() && !self.commit_notices.timer_armed {
-            self.commit_notices.timer_armed = true;
+        let leading_term = (self.raft.role() == Role::Leader).then(|| self.raft.term());
+        self.commit_notices.hold(&mut messages, leading_term);
+        let timer = &self.commit_notices.timer;
+        if timer.holding.get() && !timer.armed.get() {
+            timer.armed.set(true);
+            let timer = timer.clone();
             let events = self.events.clone();
             glommio::spawn_local(async move {
                 glommio::timer::sleep(COMMIT_NOTICE_HOLD).await;
-                let _ = events.unbounded_send(Event::SendCommitNotices);
+                timer.armed.set(false);
+                // Nothing to send if later appends carried everything held.
+                if timer.holding.get() {
+                    let _ = events.unbounded_send(Event::SendCommitNotices);
+                }
             })
             .detach();
         }
@@ -1141,12 +1196,16 @@ impl crate::transport::SnapshotSource for ImageSource {
 mod tests {
     use super::*;
 
+    const TERM: Option<u64> = Some(2);
+
+    /// An append to `to` after index 100 (so that its commit is not capped by its entries).
     fn append(to: u64, commit: u64, entries: usize) -> Message {
         Message {
             msg_type: MessageType::MsgApp as i32,
             to,
+            index: 100,
             commit,
-            entries: (0..entries).map(|i| Entry { index: 10 + i as u64, ..Default::default() }).collect(),
+            entries: (0..entries).map(|i| Entry { index: 101 + i as u64, ..Default::default() }).collect(),
             ..Default::default()
         }
     }
@@ -1159,15 +1218,18 @@ mod tests {
         messages.iter().map(|m| (m.to, m.msg_type, m.commit, m.entries.len())).collect()
     }
 
+    const APP: i32 = MessageType::MsgApp as i32;
+
     #[test]
     fn a_notice_is_held_and_the_rest_goes_out_in_order() {
         let mut notices = CommitNotices::default();
         let mut messages = vec![heartbeat(2, 5), append(2, 7, 0), append(3, 7, 1), heartbeat(3, 7)];
-        notices.hold(&mut messages);
+        notices.hold(&mut messages, TERM);
         let heartbeat_type = MessageType::MsgHeartbeat as i32;
-        let append_type = MessageType::MsgApp as i32;
-        assert_eq!(sent(&messages), vec![(2, heartbeat_type, 5, 0), (3, append_type, 7, 1), (3, heartbeat_type, 7, 0)]);
-        assert_eq!(sent(&notices.take()), vec![(2, append_type, 7, 0)]);
+        assert_eq!(sent(&messages), vec![(2, heartbeat_type, 5, 0), (3, APP, 7, 1), (3, heartbeat_type, 7, 0)]);
+        assert!(notices.timer.holding.get());
+        assert_eq!(sent(&notices.take()), vec![(2, APP, 7, 0)]);
+        assert!(!notices.timer.holding.get());
         assert!(notices.take().is_empty(), "take empties the hold");
     }
 
@@ -1175,69 +1237,116 @@ mod tests {
     fn a_later_append_to_the_same_follower_carries_the_notice() {
         let mut notices = CommitNotices::default();
         let mut first = vec![append(2, 7, 0), append(3, 7, 0)];
-        notices.hold(&mut first);
+        notices.hold(&mut first, TERM);
         assert!(first.is_empty());
         // The next put's append to 2 carries commit 7; 3 still waits for its notice.
         let mut second = vec![append(2, 7, 1)];
-        notices.hold(&mut second);
+        notices.hold(&mut second, TERM);
         assert_eq!(second.len(), 1);
-        assert_eq!(sent(&notices.take()), vec![(3, MessageType::MsgApp as i32, 7, 0)]);
+        assert_eq!(sent(&notices.take()), vec![(3, APP, 7, 0)]);
     }
 
     #[test]
-    fn an_append_with_an_older_commit_does_not_replace_a_notice() {
+    fn an_append_that_commits_less_does_not_replace_a_notice() {
         let mut notices = CommitNotices::default();
         // In one batch: an append made before the commit moved, then the notice of it.
         let mut messages = vec![append(2, 6, 1), append(2, 7, 0)];
-        notices.hold(&mut messages);
-        assert_eq!(sent(&messages), vec![(2, MessageType::MsgApp as i32, 6, 1)]);
-        let mut later = vec![append(2, 6, 1)];
-        notices.hold(&mut later);
-        assert_eq!(sent(&notices.take()), vec![(2, MessageType::MsgApp as i32, 7, 0)], "commit 7 is still owed");
+        notices.hold(&mut messages, TERM);
+        assert_eq!(sent(&messages), vec![(2, APP, 6, 1)]);
+        notices.hold(&mut vec![append(2, 6, 1)], TERM);
+        assert_eq!(sent(&notices.take()), vec![(2, APP, 7, 0)], "commit 7 is still owed");
         // A notice followed by an append that carries its commit: nothing is held.
         let mut batch = vec![append(2, 8, 0), append(2, 8, 2)];
-        notices.hold(&mut batch);
+        notices.hold(&mut batch, TERM);
         assert_eq!(batch.len(), 1);
         assert!(notices.take().is_empty());
-    }
-
-    #[test]
-    fn a_notice_that_commits_a_followers_forwarded_entry_goes_out_at_once() {
-        let mut notices = CommitNotices::default();
-        notices.forwarded(2, 8);
-        let mut early = vec![append(2, 7, 0)];
-        notices.hold(&mut early);
-        assert!(early.is_empty(), "entry 8 is not committed yet: held");
-        let mut committed = vec![append(2, 8, 0), append(3, 8, 0)];
-        notices.hold(&mut committed);
-        assert_eq!(sent(&committed), vec![(2, MessageType::MsgApp as i32, 8, 0)]);
-        assert_eq!(sent(&notices.take()), vec![(3, MessageType::MsgApp as i32, 8, 0)]);
-        // Once an append carried it, the next notice to 2 is held again.
-        let mut next = vec![append(2, 9, 0)];
-        notices.hold(&mut next);
-        assert!(next.is_empty());
-        // Two forwarded entries: the commit of the first goes out at once, then the second's.
-        notices.forwarded(2, 10);
-        notices.forwarded(2, 11);
-        let mut first = vec![append(2, 10, 0)];
-        notices.hold(&mut first);
-        assert_eq!(first.len(), 1);
-        let mut second = vec![append(2, 11, 0)];
-        notices.hold(&mut second);
-        assert_eq!(second.len(), 1);
-        // An append with entries that carries the commit settles it too.
-        notices.forwarded(3, 12);
-        notices.hold(&mut vec![append(3, 12, 1)]);
-        let mut after = vec![append(3, 13, 0)];
-        notices.hold(&mut after);
-        assert!(after.is_empty());
+        // An append that ends below the commit (a probe after a rejection, a size-capped
+        // append) lets its follower commit only through its last entry.
+        notices.hold(&mut vec![append(2, 9, 0)], TERM);
+        let short = Message { index: 5, ..append(2, 9, 2) };
+        notices.hold(&mut vec![short], TERM);
+        assert_eq!(sent(&notices.take()), vec![(2, APP, 9, 0)], "through 7 is not through 9");
     }
 
     #[test]
     fn a_newer_notice_replaces_an_older_one() {
         let mut notices = CommitNotices::default();
-        notices.hold(&mut vec![append(2, 7, 0)]);
-        notices.hold(&mut vec![append(2, 9, 0)]);
-        assert_eq!(sent(&notices.take()), vec![(2, MessageType::MsgApp as i32, 9, 0)]);
+        notices.hold(&mut vec![append(2, 7, 0)], TERM);
+        notices.hold(&mut vec![append(2, 9, 0)], TERM);
+        assert_eq!(sent(&notices.take()), vec![(2, APP, 9, 0)]);
+    }
+
+    #[test]
+    fn a_notice_that_commits_a_followers_forwarded_entry_goes_out_at_once() {
+        let mut notices = CommitNotices::default();
+        notices.hold(&mut Vec::new(), TERM);
+        notices.forwarded(2, 8);
+        let mut early = vec![append(2, 7, 0)];
+        notices.hold(&mut early, TERM);
+        assert!(early.is_empty(), "entry 8 is not committed yet: held");
+        let mut committed = vec![append(2, 8, 0), append(3, 8, 0)];
+        notices.hold(&mut committed, TERM);
+        assert_eq!(sent(&committed), vec![(2, APP, 8, 0)]);
+        assert_eq!(sent(&notices.take()), vec![(3, APP, 8, 0)]);
+        // Once an append carried it, the next notice to 2 is held again.
+        let mut next = vec![append(2, 9, 0)];
+        notices.hold(&mut next, TERM);
+        assert!(next.is_empty());
+        // Two forwarded entries: the commit of the first goes out at once, then the second's.
+        notices.forwarded(2, 10);
+        notices.forwarded(2, 11);
+        let mut first = vec![append(2, 10, 0)];
+        notices.hold(&mut first, TERM);
+        assert_eq!(first.len(), 1);
+        let mut second = vec![append(2, 11, 0)];
+        notices.hold(&mut second, TERM);
+        assert_eq!(second.len(), 1);
+        // An append with entries that carries the commit settles it too.
+        notices.forwarded(3, 12);
+        notices.hold(&mut vec![append(3, 12, 1)], TERM);
+        let mut after = vec![append(3, 13, 0)];
+        notices.hold(&mut after, TERM);
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn what_is_held_goes_first_when_the_leader_steps_down_or_a_term_starts() {
+        let mut notices = CommitNotices::default();
+        notices.hold(&mut vec![append(2, 7, 0), append(3, 7, 0)], TERM);
+        notices.forwarded(2, 8);
+        // A removed leader's last turn: its notices, then MsgTimeoutNow, sent as a follower.
+        let timeout_now = Message { msg_type: MessageType::MsgTimeoutNow as i32, to: 3, ..Default::default() };
+        let mut messages = vec![timeout_now];
+        notices.hold(&mut messages, None);
+        let mut order: Vec<(u64, i32)> = messages.iter().map(|m| (m.to, m.msg_type)).collect();
+        order[..2].sort();
+        assert_eq!(order, vec![(2, APP), (3, APP), (3, MessageType::MsgTimeoutNow as i32)]);
+        assert!(notices.forwarded.is_empty() && notices.held.is_empty());
+        assert!(!notices.timer.holding.get());
+        // A follower holds nothing.
+        let mut as_follower = vec![append(2, 9, 0)];
+        notices.hold(&mut as_follower, None);
+        assert_eq!(as_follower.len(), 1);
+        // Leading again in a later term: what the earlier term held goes out at once.
+        notices.hold(&mut vec![append(2, 9, 0)], Some(3));
+        let mut next_term = Vec::new();
+        notices.hold(&mut next_term, Some(4));
+        assert_eq!(sent(&next_term), vec![(2, APP, 9, 0)]);
+    }
+
+    #[test]
+    fn a_removed_follower_is_forgotten_and_forwarded_entries_are_bounded() {
+        let mut notices = CommitNotices::default();
+        notices.hold(&mut vec![append(2, 7, 0)], TERM);
+        notices.forwarded(2, 8);
+        notices.forget(2);
+        assert!(notices.take().is_empty());
+        assert!(!notices.forwarded.contains_key(&2));
+        for index in 0..FORWARDED_TRACKED_MAX as u64 + 10 {
+            notices.forwarded(3, index);
+        }
+        let tracked = &notices.forwarded[&3];
+        assert_eq!(tracked.len(), FORWARDED_TRACKED_MAX);
+        assert_eq!(tracked.front(), Some(&10), "the oldest are forgotten first");
     }
 }

@@ -846,14 +846,14 @@ impl Reactor {
         self.sys.rush_dispatch(source, &mut 0)
     }
 
+    /// ringd (RINGD-PATCH.md): see `ExecutorProxy::submit_io`.
+    pub(crate) fn submit_file_io(&self) -> io::Result<usize> {
+        self.sys.submit_file_io()
+    }
+
     /// Polls for I/O, but does not change any timer registration.
     ///
     /// This doesn't ever sleep, and does not touch the preemption timer.
-    /// ringd (RINGD-PATCH.md): see `ExecutorProxy::submit_io`.
-    pub(crate) fn submit_main_ring(&self) -> io::Result<usize> {
-        self.sys.submit_main_ring()
-    }
-
     pub(crate) fn spin_poll_io(&self) -> io::Result<bool> {
         let mut woke = 0;
         self.sys.poll_io(&mut woke)?;

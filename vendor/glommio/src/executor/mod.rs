@@ -2088,11 +2088,12 @@ pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
     /// ringd (RINGD-PATCH.md): hands the file I/O requests this executor has queued (on its
-    /// main ring) to the kernel now, rather than at its next poll for I/O, which comes after
-    /// every task that is ready has run. One `io_uring_enter` for a request whose latency
-    /// matters more than that syscall. Returns how many requests went in.
+    /// main ring, or its poll ring for a device with polled I/O) to the kernel now, rather
+    /// than at its next poll for I/O, which comes after every task that is ready has run. One
+    /// `io_uring_enter` for a request whose latency matters more than that syscall. Returns
+    /// how many requests went in; on an error the requests stay queued for that next poll.
     pub fn submit_io(&self) -> std::io::Result<usize> {
-        self.reactor().submit_main_ring()
+        self.reactor().submit_file_io()
     }
 
     /// Checks if this task has run for too long and need to be preempted. This

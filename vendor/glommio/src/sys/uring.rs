@@ -1751,10 +1751,13 @@ impl Reactor {
         ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
     }
 
-    /// ringd (RINGD-PATCH.md): hands the main ring's queued requests to the kernel now.
-    pub(crate) fn submit_main_ring(&self) -> io::Result<usize> {
+    /// ringd (RINGD-PATCH.md): hands the queued requests of the rings that file I/O goes to
+    /// (the poll ring for a file on a device that supports polled I/O, else the main ring) to
+    /// the kernel now.
+    pub(crate) fn submit_file_io(&self) -> io::Result<usize> {
+        let mut poll_ring = self.poll_ring.borrow_mut();
         let mut main_ring = self.main_ring.borrow_mut();
-        flush_rings!(main_ring)
+        flush_rings!(poll_ring, main_ring)
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
