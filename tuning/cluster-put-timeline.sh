@@ -223,22 +223,13 @@ if not events:
     sys.exit("cluster-put-timeline: perf script printed no events")
 
 
-from timeline_events import request, wal_result
+from timeline_events import percentile, received, request, wal_result
 
 
 def sent(rest):
     """(fd, length) of a sendto."""
     m = re.search(r'fd: (0x[0-9a-f]+).*?len: (0x[0-9a-f]+)', rest)
     return (int(m.group(1), 16), int(m.group(2), 16)) if m else (None, 0)
-
-
-def received(rest):
-    """Bytes a recvfrom returned: 0 for EOF and errors (EAGAIN shows as a huge hex number)."""
-    try:
-        value = int(rest.split()[-1], 16)
-    except (IndexError, ValueError):
-        return 0
-    return value if value < 1 << 63 else 0
 
 
 # A WAL write is a WRITE or WRITE_FIXED submission of a member whose own completion is a
@@ -422,14 +413,9 @@ for p50, mean, count, (who, what, n) in rows:
     label = f"{who}: {what}" + (f" #{n}" if (who, what) in repeated else '')
     print(f"{label:46s} {count:6d} {p50:8.1f} {mean:8.1f}")
 ordered = sorted(cycles)
-
-
-def pick(quantile):
-    return ordered[min(len(ordered) - 1, int(len(ordered) * quantile))]
-
-
 print(f"{'whole cycle: p50 / p90 / p99 / mean µs':46s} {len(cycles):6d} "
-      f"{pick(0.5):.1f} / {pick(0.9):.1f} / {pick(0.99):.1f} / {statistics.mean(cycles):.1f}")
+      f"{percentile(ordered, 0.5):.1f} / {percentile(ordered, 0.9):.1f} / {percentile(ordered, 0.99):.1f} / "
+      f"{statistics.mean(cycles):.1f}")
 
 print(f"\nCPU time by thread over the recording ({span / 1e6:.2f} s, from sched_switch; 1% and more)")
 for cpu in sorted({cpu for cpu, _ in run}):

@@ -104,7 +104,7 @@ for line in open(sys.argv[1]):
         events.append((int(tid), float(t) * 1e6, name, rest))
 
 
-from timeline_events import request, wal_result
+from timeline_events import percentile, received, request, wal_result
 
 
 # A WAL write is a WRITE or WRITE_FIXED submission whose own completion is a WAL-sized write.
@@ -133,9 +133,8 @@ def kind(index, name, rest):
     if name == 'sys_enter_sendto':
         return 'sendto'
     if name == 'sys_exit_recvfrom':
-        # A read that returned bytes (not EAGAIN, shown as a large hex number, nor 0).
-        returned = int(rest.split()[-1], 16)
-        return 'recvfrom' if 0 < returned < 1 << 63 else None
+        # A read that returned bytes (not EAGAIN, nor 0).
+        return 'recvfrom' if received(rest) > 0 else None
     probe = re.match(r'put_timeline_\d+_(handle|apply_entry|finish_commit)$', name)
     return probe.group(1) if probe else None
 
@@ -183,11 +182,8 @@ if not totals:
 
 def row(name, values, note=''):
     ordered = sorted(values)
-
-    def pick(quantile):
-        return ordered[min(len(ordered) - 1, int(len(ordered) * quantile))]
-
-    print(f"{name:44s} {pick(0.5):8.1f} {pick(0.9):8.1f} {pick(0.99):8.1f} {statistics.mean(values):8.1f}  {note}")
+    p50, p90, p99 = (percentile(ordered, q) for q in (0.5, 0.9, 0.99))
+    print(f"{name:44s} {p50:8.1f} {p90:8.1f} {p99:8.1f} {statistics.mean(values):8.1f}  {note}")
 
 
 print(f"\n{len(totals)} put cycles on the raft core's thread ({skipped} without every phase, left out)")

@@ -1,5 +1,5 @@
 """Shared by the python parts of put-timeline.sh and cluster-put-timeline.sh: reading the
-io_uring tracepoints of `perf script`."""
+io_uring and socket tracepoints of `perf script`, and percentiles."""
 import re
 
 
@@ -14,3 +14,17 @@ def wal_result(rest):
     writes on the same ring, such as its preemption timer's 8-byte eventfd write, are not)."""
     m = re.search(r'result (-?\d+)', rest)
     return bool(m) and int(m.group(1)) > 0 and int(m.group(1)) % 4096 == 0
+
+
+def received(rest):
+    """Bytes a recvfrom returned: 0 for EOF and errors (EAGAIN shows as a huge hex number)."""
+    try:
+        value = int(rest.split()[-1], 16)
+    except (IndexError, ValueError):
+        return 0
+    return value if value < 1 << 63 else 0
+
+
+def percentile(ordered, quantile):
+    """The value at `quantile` (0 to 1) of an ascending list."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * quantile))]

@@ -202,31 +202,26 @@ impl GlommioFile {
 }
 
 /// Checks a direct write's alignment and that it wrote everything.
+///
+/// Direct writes are handed to the kernel at once. glommio submits the requests its tasks
+/// queue when the executor next polls for I/O, which is after every task that is ready has
+/// run: behind a follower's apply of the entries an append commits, or the client tasks that
+/// a put's turn woke. The WAL's durable write is on every put's critical path, so the write's
+/// first poll (which queues it) is followed by `submit_io` (the vendored glommio's, one
+/// `io_uring_enter`; the other direct writes, segments being zero-filled, are rare enough
+/// for it). Measured on 2026-11-30 with one client: on three members, where a follower
+/// learns a commit with the next append (`raft_core`, commit notices), a follower's write
+/// went in 50 to 90 µs after its handling of the append, behind its apply of the previous
+/// entry, and about 18 µs after with this; one member's puts 2675 against 2606 req/s on
+/// average over four alternated pairs.
 async fn write_whole(file: &DmaFile, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
-    assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
-    let len_bytes = buffer.len();
-    let written_bytes = file.write_at(buffer, offset_bytes).await?;
-    wrote_whole(written_bytes, len_bytes, offset_bytes)
-}
-
-/// `write_whole` for a durable write, handed to the kernel at once. glommio submits the
-/// requests its tasks queue when the executor next polls for I/O, which is after every task
-/// that is ready has run: behind a follower's apply of the entries an append commits, or the
-/// client tasks that a put's turn woke. The WAL's write is on every put's critical path, so
-/// its first poll (which queues it) is followed by `submit_io` (the vendored glommio's, one
-/// `io_uring_enter`). Measured on 2026-11-30 with one client: on three members, where a
-/// follower learns a commit with the next append (`raft_core`, commit notices), a follower's
-/// write went in 50 to 90 µs after its handling of the append, behind its apply of the
-/// previous entry, and about 18 µs after with this; one member's puts 2675 against 2606
-/// req/s on average over four alternated pairs.
-async fn write_whole_now(file: &DmaFile, buffer: DmaBuffer, offset_bytes: u64) -> io::Result<()> {
     assert!(offset_bytes.is_multiple_of(SECTOR_SIZE_BYTES as u64), "unaligned offset {offset_bytes}");
     let len_bytes = buffer.len();
     let mut write = std::pin::pin!(file.write_at(buffer, offset_bytes));
     let written_bytes = match futures::poll!(write.as_mut()) {
         std::task::Poll::Ready(result) => result?,
         std::task::Poll::Pending => {
-            // An error leaves the write queued for the executor's next poll, as before.
+            // An error leaves the write queued for the executor's next poll.
             let _ = glommio::executor().submit_io();
             write.await?
         }
@@ -331,7 +326,7 @@ impl DirectFile for GlommioFile {
             self.pool_writes.set(self.pool_writes.get() + 1);
             return pool_write_whole(&self.durable_for_pool, buffer, offset_bytes).await;
         }
-        write_whole_now(&self.durable, buffer, offset_bytes).await
+        write_whole(&self.durable, buffer, offset_bytes).await
     }
 
     async fn size_bytes(&self) -> io::Result<u64> {

@@ -117,8 +117,8 @@ impl Waiters {
 #[derive(Default)]
 struct CommitNotices {
     held: HashMap<u64, Message>,
-    /// The term the held notices were sent in.
-    term: u64,
+    /// The term this member leads in, as of the last `hold` (None: it did not lead).
+    term: Option<u64>,
     /// By follower: the indexes of the entries proposed for it whose commit no append to it
     /// has carried yet, in order, at most `FORWARDED_TRACKED_MAX`.
     forwarded: HashMap<u64, VecDeque<u64>>,
@@ -151,10 +151,10 @@ impl CommitNotices {
     /// term, what is held goes first into `messages` and nothing is held.
     fn hold(&mut self, messages: &mut Vec<Message>, leading_term: Option<u64>) {
         let mut released = Vec::new();
-        if leading_term != Some(self.term) {
+        if leading_term != self.term {
             released = self.take();
             self.forwarded.clear();
-            self.term = leading_term.unwrap_or(0);
+            self.term = leading_term;
         }
         if leading_term.is_some() {
             self.hold_notices_of(messages);
