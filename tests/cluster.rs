@@ -368,6 +368,21 @@ fn exported(output: &str, key: &str) -> String {
     line[prefix.len()..line.len() - 1].to_owned()
 }
 
+/// A `member` command (add, remove) run until the asked member has been connected to its
+/// peers long enough to allow it: like etcd's, ringd refuses membership changes with
+/// "unhealthy cluster" for five seconds after a peer connects (`--strict-reconfig-check`).
+fn member_change(endpoint: &str, args: &[&str]) -> std::process::Output {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let output = etcdctl(endpoint, args, None);
+        if output.status.success() || !support::error_line(&output).contains("unhealthy cluster") {
+            return output;
+        }
+        assert!(Instant::now() < deadline, "{args:?}: still refused: {}", support::error_line(&output));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn member_list(endpoint: &str) -> Vec<serde_json::Value> {
     let output = etcdctl(endpoint, &["member", "list", "-w", "json"], None);
     assert!(output.status.success(), "{}", support::error_line(&output));
@@ -386,7 +401,7 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
 
     // etcdctl member add --learner, then start the member the way its output says.
     let peer_url = format!("http://127.0.0.1:{}", free_port());
-    let output = etcdctl(&endpoint, &["member", "add", "m3", "--peer-urls", &peer_url, "--learner"], None);
+    let output = member_change(&endpoint, &["member", "add", "m3", "--peer-urls", &peer_url, "--learner"]);
     assert!(output.status.success(), "{}", support::error_line(&output));
     let announced = stdout(&output);
     assert_eq!(exported(&announced, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
@@ -406,9 +421,12 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     // A learner does not vote and cannot be the target of a write forwarding loop; a
     // linearizable read through it works once it is promoted.
 
+    // Promoted through a follower, which asks the leader (the only one that knows whether
+    // the learner caught up) and passes on its answer, as etcd's does.
+    let follower = cluster.member((leader + 1) % 3).endpoint();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
-        let output = etcdctl(&endpoint, &["member", "promote", &id_hex], None);
+        let output = etcdctl(&follower, &["member", "promote", &id_hex], None);
         if output.status.success() {
             break;
         }
@@ -432,7 +450,7 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     // Remove a follower: it stops, the rest goes on with four... three members.
     let removed = (0..3).find(|&i| i != leader).unwrap();
     let removed_id = format!("{:x}", cluster.member_id(removed));
-    let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
+    let output = member_change(&endpoint, &["member", "remove", &removed_id]);
     assert!(output.status.success(), "{}", support::error_line(&output));
     cluster.wait_until_removed_member_exits(removed);
     assert_eq!(member_list(&endpoint).len(), 3);
@@ -448,6 +466,62 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     cluster.wait_for_same_index();
     let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
     assert!(support::error_line(&output).contains("member not found"), "{}", support::error_line(&output));
+}
+
+/// etcd's `--strict-reconfig-check`: with a member down, the member asked refuses to add
+/// another or to remove a live one ("unhealthy cluster"), but removes the dead one; a voter
+/// that would leave fewer started voters than a quorum is refused ("not enough started
+/// members"); a member started with `--strict-reconfig-check=false` does what it is told.
+#[test]
+fn membership_changes_that_would_lose_the_quorum_are_refused_as_etcd_refuses_them() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let dead = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let endpoint = cluster.member(leader).endpoint();
+    let dead_id = format!("{:x}", cluster.member_id(dead));
+    let other_id = format!("{:x}", cluster.member_id(other));
+    // Every peer connected for longer than etcd's health interval (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    cluster.kill(dead);
+    std::thread::sleep(Duration::from_millis(500));
+    let unused_url = || format!("http://127.0.0.1:{}", free_port());
+
+    let refused = |args: &[&str], message: &str| {
+        let output = etcdctl(&endpoint, args, None);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let error = support::error_line(&output);
+        assert_eq!(error, format!("Error: etcdserver: {message}"), "{args:?}");
+    };
+    refused(&["member", "add", "x", "--peer-urls", &unused_url()], "unhealthy cluster");
+    refused(&["member", "add", "x", "--learner", "--peer-urls", &unused_url()], "unhealthy cluster");
+    refused(&["member", "remove", &other_id], "unhealthy cluster");
+    assert_eq!(member_list(&endpoint).len(), 3, "nothing changed");
+
+    let output = etcdctl(&endpoint, &["member", "remove", &dead_id], None);
+    assert!(output.status.success(), "the dead member goes: {}", support::error_line(&output));
+    // Two voters, both up: a third (not started yet) is fine, a fourth would leave two
+    // started voters of four.
+    let output = etcdctl(&endpoint, &["member", "add", "x", "--peer-urls", &unused_url()], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    refused(
+        &["member", "add", "y", "--peer-urls", &unused_url()],
+        "re-configuration failed due to not enough started members",
+    );
+    assert_eq!(member_list(&endpoint).len(), 3);
+
+    // Without the check, the member asked adds a learner even though member x never started.
+    cluster.args[other].push("--strict-reconfig-check=false".to_owned());
+    cluster.kill(other);
+    cluster.restart(other);
+    cluster.wait_for_leader();
+    let output = etcdctl(
+        &cluster.member(other).endpoint(),
+        &["member", "add", "z", "--learner", "--peer-urls", &unused_url()],
+        None,
+    );
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    assert_eq!(member_list(&endpoint).len(), 4);
 }
 
 #[test]
@@ -655,11 +729,11 @@ fn a_removed_member_added_again_rejoins_with_a_fresh_data_dir() {
         .find(|m| m["name"] == format!("m{removed}"))
         .and_then(|m| m["peerURLs"][0].as_str().map(str::to_owned))
         .unwrap();
-    let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
+    let output = member_change(&endpoint, &["member", "remove", &removed_id]);
     assert!(output.status.success(), "{}", support::error_line(&output));
     cluster.wait_until_removed_member_exits(removed);
     assert!(cluster.member(leader).etcdctl(&["put", "while-away", "1"]).status.success());
-    let output = etcdctl(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url], None);
+    let output = member_change(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url]);
     assert!(output.status.success(), "{}", support::error_line(&output));
     let initial_cluster = exported(&stdout(&output), "ETCD_INITIAL_CLUSTER");
     let again = cluster.join("again", &peer_url, &initial_cluster);

@@ -143,8 +143,9 @@ pub const MEMBER_NOT_LEARNER: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member");
 pub const LEARNER_NOT_READY: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader");
-/// A change Raft refuses (it would leave no voter): etcd answers such with this message.
-pub const INVALID_CONF_CHANGE: Status =
+/// A membership change that would leave fewer started voters than a quorum (the strict
+/// reconfiguration check), or one Raft refuses (it would leave no voter).
+pub const NOT_ENOUGH_STARTED_MEMBERS: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
 /// Go's `context.Canceled`: the client gave up on its request.
 pub const CONTEXT_CANCELED: Status = Status::new(Code::Canceled, "context canceled");

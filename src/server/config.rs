@@ -101,6 +101,18 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub experimental_snapshot_catchup_entries: u64,
 
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub strict_reconfig_check: bool,
+
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
@@ -165,6 +177,8 @@ pub struct Config {
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
+    /// --strict-reconfig-check: refuse membership changes that would lose the quorum.
+    pub strict_reconfig_check: bool,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -296,6 +310,7 @@ impl Flags {
             election_ticks: (self.election_timeout / self.heartbeat_interval) as u32,
             snapshot_count: self.snapshot_count.max(1),
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            strict_reconfig_check: self.strict_reconfig_check,
             quota_backend_bytes,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
@@ -479,5 +494,14 @@ mod tests {
         let longer = (IDLE_POLL_US_MAX + 1).to_string();
         let refused = flags(&["--idle-poll-us", &longer]).unwrap().into_config().unwrap_err();
         assert!(refused.contains("--idle-poll-us must be at most 100000"), "{refused}");
+    }
+
+    #[test]
+    fn strict_reconfig_check_is_on_unless_set_to_false_as_a_go_bool_flag() {
+        assert!(flags(&[]).unwrap().into_config().unwrap().strict_reconfig_check);
+        assert!(flags(&["--strict-reconfig-check"]).unwrap().into_config().unwrap().strict_reconfig_check);
+        assert!(flags(&["--strict-reconfig-check=true"]).unwrap().into_config().unwrap().strict_reconfig_check);
+        assert!(!flags(&["--strict-reconfig-check=false"]).unwrap().into_config().unwrap().strict_reconfig_check);
+        assert!(flags(&["--strict-reconfig-check=maybe"]).is_err());
     }
 }

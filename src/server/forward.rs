@@ -1,5 +1,6 @@
 //! The lease calls that do not go through Raft (KeepAlive, TimeToLive) are answered by the
-//! leader's lessor alone, the only one that knows expiries. A follower forwards them to the
+//! leader's lessor alone, the only one that knows expiries; MemberPromote by the leader alone,
+//! the only one that knows whether the learner caught up. A follower forwards them to the
 //! leader, as etcd does (over its peer HTTP `/leases` path; ringd over the leader's client
 //! URL with its own gRPC client), and answers with its own header, as etcd's does.
 //!
@@ -50,6 +51,22 @@ impl Core {
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
         let mut response = self.forward(|channel| async move { channel.lease_time_to_live(&request).await }).await?;
         response.header = Some(self.forwarded_header());
+        Ok(response)
+    }
+
+    /// MemberPromote on a follower: only the leader knows whether the learner caught up, so
+    /// the follower asks it (etcd forwards over its peer HTTP `/members/promote` path) and
+    /// answers with the leader's members and errors, under its own header.
+    pub(super) async fn forward_member_promote(
+        &self,
+        request: pb::MemberPromoteRequest,
+    ) -> Result<pb::MemberPromoteResponse, Status> {
+        let mut response = self
+            .forward(|channel| async move {
+                channel.unary::<_, pb::MemberPromoteResponse>("/etcdserverpb.Cluster/MemberPromote", &request).await
+            })
+            .await?;
+        response.header = self.membership_header();
         Ok(response)
     }
 

@@ -27,6 +27,7 @@ pub mod identity;
 pub mod kv;
 pub mod latency;
 mod raft_core;
+mod reconfig;
 pub mod watch;
 mod writer;
 
@@ -428,11 +429,15 @@ impl Core {
     }
 
     /// Promotes a learner to a voter once it has caught up with the leader's log (the
-    /// leader checks; etcd's rule: within 10% of the leader's match index).
+    /// leader checks, and a follower asks the leader; etcd's rule: within 10% of the
+    /// leader's match index).
     pub async fn member_promote(&self, request: pb::MemberPromoteRequest) -> Result<pb::MemberPromoteResponse, Status> {
         let member = self.member(request.id)?;
         if !member.is_learner {
             return Err(errors::MEMBER_NOT_LEARNER);
+        }
+        if self.shared.leader_id.load(Ordering::Acquire) != self.shared.member_id {
+            return self.forward_member_promote(request).await;
         }
         let change = crate::raft::pb::ConfChange {
             change_type: ConfChangeType::ConfChangeAddNode as i32,

@@ -598,7 +598,7 @@ impl RaftCore {
         member: crate::api::pb::etcdserverpb::Member,
         reply: Reply,
     ) {
-        if let Err(status) = self.check_conf_change(&change) {
+        if let Err(status) = self.may_reconfigure(&change).and_then(|()| self.check_conf_change(&change)) {
             let _ = reply.send(Err(status));
             return;
         }
@@ -615,8 +615,41 @@ impl RaftCore {
         }
     }
 
+    /// The strict reconfiguration check (`reconfig`) of an added or removed member, by the
+    /// member asked, as etcd's; a promotion is the leader's to check (`check_conf_change`).
+    fn may_reconfigure(&self, change: &ConfChange) -> Result<(), Status> {
+        use crate::raft::pb::ConfChangeType;
+        if !self.shared.config.strict_reconfig_check {
+            return Ok(());
+        }
+        let learner = match ConfChangeType::try_from(change.change_type) {
+            Ok(ConfChangeType::ConfChangeAddNode) if self.raft.conf_state().learners.contains(&change.node_id) => {
+                return Ok(());
+            }
+            Ok(ConfChangeType::ConfChangeAddNode) => false,
+            Ok(ConfChangeType::ConfChangeAddLearnerNode) => true,
+            Ok(ConfChangeType::ConfChangeRemoveNode) => {
+                return self.reconfig_view(|view| view.may_remove(change.node_id));
+            }
+            _ => return Ok(()),
+        };
+        self.reconfig_view(|view| view.may_add(learner))
+    }
+
+    fn reconfig_view<T>(&self, check: impl FnOnce(&super::reconfig::View) -> T) -> T {
+        let members = self.shared.members.read().unwrap();
+        let connected_since = |id| self.transport.active_since(id);
+        check(&super::reconfig::View {
+            members: &members,
+            local: self.shared.member_id,
+            connected_since: &connected_since,
+            now: Instant::now(),
+        })
+    }
+
     /// The leader's checks of a change (a follower forwards, and the leader checks there):
-    /// a learner is promoted only once its log is within 10% of the leader's (etcd's rule).
+    /// a learner is promoted only once its log is within 10% of the leader's (etcd's rule),
+    /// and, with the strict reconfiguration check, if the voters to be have a started quorum.
     fn check_conf_change(&self, change: &ConfChange) -> Result<(), Status> {
         if self.raft.role() != Role::Leader {
             return Ok(());
@@ -628,6 +661,9 @@ impl RaftCore {
             let learner_match = self.raft.progress(change.node_id).map_or(0, |p| p.matched);
             if (learner_match as f64) < 0.9 * leader_match as f64 {
                 return Err(errors::LEARNER_NOT_READY);
+            }
+            if self.shared.config.strict_reconfig_check {
+                return self.reconfig_view(|view| view.may_promote());
             }
         }
         Ok(())
@@ -1175,7 +1211,7 @@ fn propose_status(error: &ProposeError) -> Status {
         ProposeError::NotLeader { .. } | ProposeError::TransferInProgress => errors::LEADER_CHANGED,
         ProposeError::TooManyUncommitted => errors::TOO_MANY_REQUESTS,
         ProposeError::ConfChangePending => errors::UNHEALTHY_CLUSTER,
-        ProposeError::InvalidConfChange => errors::INVALID_CONF_CHANGE,
+        ProposeError::InvalidConfChange => errors::NOT_ENOUGH_STARTED_MEMBERS,
     }
 }
 

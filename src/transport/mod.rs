@@ -31,12 +31,18 @@
 //!
 //! Batching: a sender task takes every message queued for its peer into one frame and one
 //! write; while the write is in flight, new messages queue for the next frame.
+//!
+//! Activity: a peer is active from the moment its message connection to this member was
+//! accepted until that connection ends (its process gone closes it at once). Every member
+//! dials every peer at start and again after a failure, so this tells which peers are up
+//! without any traffic, as etcd's stream readers do (`ActiveSince`, for the reconfiguration
+//! checks).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -174,6 +180,34 @@ pub struct Transport {
     incoming: mpsc::UnboundedSender<Incoming>,
     /// The membership as the owner knows it, for members requests.
     membership: RefCell<Option<Box<dyn Fn() -> Membership>>>,
+    /// Per peer: its open message connections to this member, and since when it has had one.
+    active: RefCell<HashMap<u64, (usize, Instant)>>,
+}
+
+/// Counts one accepted message connection of a peer while it lives.
+struct Activity {
+    transport: Rc<Transport>,
+    peer: u64,
+}
+
+impl Activity {
+    fn start(transport: &Rc<Transport>, peer: u64) -> Activity {
+        let now = Instant::now();
+        transport.active.borrow_mut().entry(peer).or_insert((0, now)).0 += 1;
+        Activity { transport: transport.clone(), peer }
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        let mut active = self.transport.active.borrow_mut();
+        if let Some((connections, _)) = active.get_mut(&self.peer) {
+            *connections -= 1;
+            if *connections == 0 {
+                active.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Transport {
@@ -190,7 +224,14 @@ impl Transport {
             peers: RefCell::new(HashMap::new()),
             incoming,
             membership: RefCell::new(None),
+            active: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Since when peer `id` has been connected to this member without a break (None: it is
+    /// not connected now).
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.active.borrow().get(&id).map(|&(_, since)| since)
     }
 
     /// Adds or re-addresses a peer; its sender task starts at once.
@@ -301,6 +342,10 @@ impl Transport {
             self.receive_snapshot(stream, hello.from, buffer).await;
             return;
         }
+        // A peer cut off without its connection closing (a partition) would stay active
+        // forever: probes on the idle connection end it within a few seconds.
+        keep_alive(&stream);
+        let _activity = Activity::start(&self, hello.from);
         loop {
             if read_frame(&mut stream, &mut buffer).await.is_err() {
                 return;
@@ -486,6 +531,32 @@ fn drop_queued(transport: &Transport, id: u64, queue: &mut mpsc::UnboundedReceiv
         let _ = transport.incoming.unbounded_send(Incoming::Unreachable(id));
     }
     true
+}
+
+/// TCP keepalive on an accepted message connection: probes after 2 s without traffic, every
+/// second, the connection reset after 2 unanswered (about 4 s in all, near etcd's 5 s stream
+/// read timeout). Best effort: a socket that refuses keeps the kernel's defaults.
+fn keep_alive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 2),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 2),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: fd is the stream's open socket; the option value is a c_int it reads.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 fn encode_frame<M: prost::Message>(message: &M, out: &mut Vec<u8>) {
