@@ -79,6 +79,11 @@ pub struct ConfContext {
     /// The member added or updated, with its peer URLs; for a removal only its id.
     #[prost(message, optional, tag = "3")]
     pub member: Option<pb::Member>,
+    /// A voter added to a one-voter cluster: Raft takes it as a learner, the member table as
+    /// the voter asked for, and the leader promotes it once it has caught up (the raft
+    /// core's `promote_caught_up_voters`).
+    #[prost(bool, tag = "4")]
+    pub as_voter: bool,
 }
 
 /// One member's view of the membership: ids, names and URLs; learners flagged.

@@ -80,6 +80,10 @@ pub struct Shared {
     /// Then the latest visible commit holds every acknowledged write (a write is answered
     /// once it is visible), and a linearizable read needs no ReadIndex.
     pub sole_voter_reads: AtomicBool,
+    /// Whether this member does not vote in Raft's configuration now: a learner, a voter
+    /// added to a one-voter cluster until it has caught up (the table lists it as a voter
+    /// already), or a joining member before the leader's log reached it.
+    pub raft_learner: AtomicBool,
     /// The member table, written by the apply task.
     pub members: RwLock<Vec<pb::Member>>,
     /// Per-stage latency histograms (GET /debug/latency).
@@ -332,7 +336,8 @@ impl Core {
             raft_applied_index: applied,
             errors,
             db_size_in_use: shared.db_size_in_use_bytes.load(Ordering::Acquire) as i64,
-            is_learner: self.members().iter().any(|m| m.id == shared.member_id && m.is_learner),
+            is_learner: shared.raft_learner.load(Ordering::Acquire)
+                || self.members().iter().any(|m| m.id == shared.member_id && m.is_learner),
             storage_version: String::new(),
         })
     }
@@ -659,6 +664,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),
         applied_index: AtomicU64::new(store.consistent_index()),
         sole_voter_reads: AtomicBool::new(false),
+        raft_learner: AtomicBool::new(false),
         leader_id: AtomicU64::new(crate::raft::NONE),
         raft_term: AtomicU64::new(0),
         raft_index: AtomicU64::new(0),

@@ -43,7 +43,7 @@ use crate::api::errors::{self, Status};
 use crate::api::pb::etcdserverpb as pb;
 use crate::io::glommio_storage::GlommioStorage;
 use crate::lease::{LeaseId, LeaseIdGenerator, Lessor, RenewError, TimeToLiveError};
-use crate::raft::pb::{ConfChange, Entry, EntryType, Message, MessageType};
+use crate::raft::pb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
 use crate::raft::{ProposeError, Raft, RestartState, Role};
 use crate::transport::{Incoming, Transport};
 use crate::wal::Wal;
@@ -391,7 +391,7 @@ fn bootstrap(shared: &Shared) -> RestartState {
     for entry in &mut restart.entries {
         let mut change = ConfChange::decode(&entry.data[..]).expect("bootstrap encodes a ConfChange");
         let member = members.iter().find(|m| m.id == change.node_id).cloned();
-        change.context = ConfContext { requester: 0, request_id: 0, member }.encode_to_vec();
+        change.context = ConfContext { requester: 0, request_id: 0, member, as_voter: false }.encode_to_vec();
         entry.data = change.encode_to_vec().into();
     }
     restart
@@ -515,6 +515,7 @@ impl RaftCore {
                 }
                 self.maybe_publish_attributes();
                 self.lease_tick();
+                self.promote_caught_up_voters();
             }
             Event::Persisted(number) => self.persisted(number),
             Event::MembersChanged => self.update_peers(),
@@ -602,23 +603,78 @@ impl RaftCore {
             let _ = reply.send(Err(status));
             return;
         }
+        // A second voter for a lone voter starts as a learner: as a voter at once it would be
+        // needed to commit its own addition (Raft's configuration takes effect when
+        // appended), which it cannot before it has joined, nor join before that.
+        let conf = self.raft.conf_state();
+        let as_voter = change.change_type == ConfChangeType::ConfChangeAddNode as i32
+            && conf.voters.len() == 1
+            && !conf.voters.contains(&change.node_id)
+            && !conf.learners.contains(&change.node_id);
+        if as_voter {
+            change.change_type = ConfChangeType::ConfChangeAddLearnerNode as i32;
+        }
+        let id = self.next_id();
+        change.context =
+            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member), as_voter }
+                .encode_to_vec();
+        self.waiters.borrow_mut().insert(id, reply);
+        self.propose_membership(change, Some(id));
+    }
+
+    /// Proposes a membership change (or forwards it to the leader); a waiter `id` is failed
+    /// if that cannot be done.
+    fn propose_membership(&mut self, change: ConfChange, id: Option<u64>) {
         // Reads go through ReadIndex again before a second voter can exist.
         self.sole_voter_term = 0;
         self.shared.sole_voter_reads.store(false, Ordering::Release);
-        let id = self.next_id();
-        change.context =
-            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member) }.encode_to_vec();
-        self.waiters.borrow_mut().insert(id, reply);
         self.flush_batch();
         if let Err(status) = self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec().into()) {
-            self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
+            if let Some(id) = id {
+                self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
+            }
         }
+    }
+
+    /// The leader, each tick: a voter added to a one-voter cluster (a learner in Raft, a
+    /// voter in the member table) is promoted once its log is as far as MemberPromote asks.
+    /// A proposal refused now (another change pending) is made again at a later tick.
+    fn promote_caught_up_voters(&mut self) {
+        if self.raft.role() != Role::Leader || self.raft.conf_state().learners.is_empty() {
+            return;
+        }
+        let member = {
+            let members = self.shared.members.read().unwrap();
+            let learners = &self.raft.conf_state().learners;
+            members.iter().find(|m| !m.is_learner && learners.contains(&m.id) && self.caught_up(m.id)).cloned()
+        };
+        let Some(member) = member else { return };
+        let context = ConfContext {
+            requester: self.shared.member_id,
+            request_id: self.next_id(),
+            member: Some(member.clone()),
+            as_voter: false,
+        };
+        let change = ConfChange {
+            change_type: ConfChangeType::ConfChangeAddNode as i32,
+            node_id: member.id,
+            context: context.encode_to_vec(),
+            ..Default::default()
+        };
+        eprintln!("ringd: member {:x} has caught up: promoting it to the voter it was added as", member.id);
+        self.propose_membership(change, None);
+    }
+
+    /// etcd's readiness rule for a promotion: the learner's log within 10% of the leader's.
+    fn caught_up(&self, learner: u64) -> bool {
+        let leader_match = self.raft.log().last_index();
+        let learner_match = self.raft.progress(learner).map_or(0, |p| p.matched);
+        learner_match as f64 >= 0.9 * leader_match as f64
     }
 
     /// The strict reconfiguration check (`reconfig`) of an added or removed member, by the
     /// member asked, as etcd's; a promotion is the leader's to check (`check_conf_change`).
     fn may_reconfigure(&self, change: &ConfChange) -> Result<(), Status> {
-        use crate::raft::pb::ConfChangeType;
         if !self.shared.config.strict_reconfig_check {
             return Ok(());
         }
@@ -654,12 +710,10 @@ impl RaftCore {
         if self.raft.role() != Role::Leader {
             return Ok(());
         }
-        let promoting = change.change_type == crate::raft::pb::ConfChangeType::ConfChangeAddNode as i32
+        let promoting = change.change_type == ConfChangeType::ConfChangeAddNode as i32
             && self.raft.conf_state().learners.contains(&change.node_id);
         if promoting {
-            let leader_match = self.raft.log().last_index();
-            let learner_match = self.raft.progress(change.node_id).map_or(0, |p| p.matched);
-            if (learner_match as f64) < 0.9 * leader_match as f64 {
+            if !self.caught_up(change.node_id) {
                 return Err(errors::LEARNER_NOT_READY);
             }
             if self.shared.config.strict_reconfig_check {
@@ -1150,6 +1204,10 @@ impl RaftCore {
                 let _ = reply.send(Ok(super::writer::Outcome::LeaderMoved));
             }
             self.transfers.retain(|(_, reply)| !reply.is_canceled());
+        }
+        let learner = !self.raft.conf_state().voters.contains(&shared.member_id);
+        if shared.raft_learner.load(Ordering::Relaxed) != learner {
+            shared.raft_learner.store(learner, Ordering::Release);
         }
         shared.raft_term.store(self.raft.term(), Ordering::Release);
         shared.raft_index.store(self.raft.log().last_index(), Ordering::Release);

@@ -656,14 +656,16 @@ impl Turn<'_> {
     }
 
     /// Applies a membership change to the member table (Raft applied it to its own
-    /// configuration when the entry was appended).
+    /// configuration when the entry was appended). A voter added through a learner stage
+    /// (`ConfContext::as_voter`) is a voter in the table from the start, as etcd lists it.
     fn apply_conf_change(&mut self, change: ConfChange) {
         let context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
         let mut members = self.shared.members.write().unwrap();
         let position = members.iter().position(|m| m.id == change.node_id);
         match ConfChangeType::try_from(change.change_type) {
             Ok(ConfChangeType::ConfChangeAddNode) | Ok(ConfChangeType::ConfChangeAddLearnerNode) => {
-                let learner = change.change_type == ConfChangeType::ConfChangeAddLearnerNode as i32;
+                let learner =
+                    change.change_type == ConfChangeType::ConfChangeAddLearnerNode as i32 && !context.as_voter;
                 match position {
                     Some(position) => members[position].is_learner = learner,
                     None => {
