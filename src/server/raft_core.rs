@@ -19,6 +19,12 @@
 //! applies every entry, and the member named in the batch answers its clients. A request
 //! whose entry is lost with a leader change times out on its core (etcd's behaviour).
 //!
+//! Membership changes are checked here first (etcd's strict reconfiguration rules,
+//! `reconfig`), then proposed as one-member Raft changes, which take effect when appended.
+//! A voter added to a lone voter therefore starts as a learner (it would otherwise be needed
+//! to commit its own addition before it could join) and the leader promotes it once it has
+//! caught up (`promote_caught_up_voters`).
+//!
 //! Invariants: nothing is acknowledged before its entry is committed (on a quorum of WALs)
 //! and applied; `messages_after_persist` of Ready n leave only after Readies 1..=n are
 //! durable; exactly one task touches `Raft`.
@@ -603,41 +609,50 @@ impl RaftCore {
             let _ = reply.send(Err(status));
             return;
         }
-        // A second voter for a lone voter starts as a learner: as a voter at once it would be
-        // needed to commit its own addition (Raft's configuration takes effect when
-        // appended), which it cannot before it has joined, nor join before that.
-        let conf = self.raft.conf_state();
-        let as_voter = change.change_type == ConfChangeType::ConfChangeAddNode as i32
-            && conf.voters.len() == 1
-            && !conf.voters.contains(&change.node_id)
-            && !conf.learners.contains(&change.node_id);
-        if as_voter {
-            change.change_type = ConfChangeType::ConfChangeAddLearnerNode as i32;
-        }
         let id = self.next_id();
         change.context =
-            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member), as_voter }
+            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member), as_voter: false }
                 .encode_to_vec();
         self.waiters.borrow_mut().insert(id, reply);
         self.propose_membership(change, Some(id));
     }
 
+    /// The leader, before it proposes a change: a second voter for a lone voter starts as a
+    /// learner that the member table lists as a voter (`ConfContext::as_voter`). As a voter
+    /// at once it would be needed to commit its own addition (Raft's configuration takes
+    /// effect when appended), which it cannot before it has joined, nor join before that.
+    fn stage_added_voter(&self, change: &mut ConfChange) {
+        let conf = self.raft.conf_state();
+        let lone_voter_grows = change.change_type == ConfChangeType::ConfChangeAddNode as i32
+            && conf.voters.len() == 1
+            && !conf.voters.contains(&change.node_id)
+            && !conf.learners.contains(&change.node_id);
+        if lone_voter_grows {
+            let mut context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
+            context.as_voter = true;
+            change.context = context.encode_to_vec();
+            change.change_type = ConfChangeType::ConfChangeAddLearnerNode as i32;
+        }
+    }
+
     /// Proposes a membership change (or forwards it to the leader); a waiter `id` is failed
-    /// if that cannot be done.
-    fn propose_membership(&mut self, change: ConfChange, id: Option<u64>) {
-        // Reads go through ReadIndex again before a second voter can exist.
-        self.sole_voter_term = 0;
-        self.shared.sole_voter_reads.store(false, Ordering::Release);
+    /// if that cannot be done. Returns whether it was proposed or forwarded.
+    fn propose_membership(&mut self, change: ConfChange, id: Option<u64>) -> bool {
         self.flush_batch();
-        if let Err(status) = self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec().into()) {
-            if let Some(id) = id {
-                self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
+        match self.propose_or_forward(EntryType::EntryConfChange, change.encode_to_vec().into()) {
+            Ok(()) => true,
+            Err(status) => {
+                if let Some(id) = id {
+                    self.waiters.borrow_mut().fail_all(std::iter::once(id), &status);
+                }
+                false
             }
         }
     }
 
     /// The leader, each tick: a voter added to a one-voter cluster (a learner in Raft, a
-    /// voter in the member table) is promoted once its log is as far as MemberPromote asks.
+    /// voter in the member table) is promoted once its log is as far as MemberPromote asks
+    /// and the leader has heard from it lately.
     /// A proposal refused now (another change pending) is made again at a later tick.
     fn promote_caught_up_voters(&mut self) {
         if self.raft.role() != Role::Leader || self.raft.conf_state().learners.is_empty() {
@@ -646,7 +661,8 @@ impl RaftCore {
         let member = {
             let members = self.shared.members.read().unwrap();
             let learners = &self.raft.conf_state().learners;
-            members.iter().find(|m| !m.is_learner && learners.contains(&m.id) && self.caught_up(m.id)).cloned()
+            let ready = |id: u64| self.caught_up(id) && self.raft.progress(id).is_some_and(|p| p.recent_active);
+            members.iter().find(|m| !m.is_learner && learners.contains(&m.id) && ready(m.id)).cloned()
         };
         let Some(member) = member else { return };
         let context = ConfContext {
@@ -661,8 +677,9 @@ impl RaftCore {
             context: context.encode_to_vec(),
             ..Default::default()
         };
-        eprintln!("ringd: member {:x} has caught up: promoting it to the voter it was added as", member.id);
-        self.propose_membership(change, None);
+        if self.propose_membership(change, None) {
+            eprintln!("ringd: member {:x} has caught up: promoting it to the voter it was added as", member.id);
+        }
     }
 
     /// etcd's readiness rule for a promotion: the learner's log within 10% of the leader's.
@@ -850,7 +867,13 @@ impl RaftCore {
         if self.raft.role() == Role::Leader {
             let result = match entry_type {
                 EntryType::EntryConfChange => match ConfChange::decode(&data[..]) {
-                    Ok(change) => self.raft.propose_conf_change(change).map(|_| ()),
+                    Ok(mut change) => {
+                        self.stage_added_voter(&mut change);
+                        // Reads go through ReadIndex again before a second voter can exist.
+                        self.sole_voter_term = 0;
+                        self.shared.sole_voter_reads.store(false, Ordering::Release);
+                        self.raft.propose_conf_change(change).map(|_| ())
+                    }
                     Err(_) => {
                         return Err(Status::with_message(errors::Code::Internal, "undecodable conf change".to_owned()))
                     }

@@ -32,11 +32,13 @@
 //! Batching: a sender task takes every message queued for its peer into one frame and one
 //! write; while the write is in flight, new messages queue for the next frame.
 //!
-//! Activity: a peer is active from the moment its message connection to this member was
-//! accepted until that connection ends (its process gone closes it at once). Every member
-//! dials every peer at start and again after a failure, so this tells which peers are up
-//! without any traffic, as etcd's stream readers do (`ActiveSince`, for the reconfiguration
-//! checks).
+//! Activity: a peer is active from the moment its latest message connection to this member
+//! was accepted until its connections end (its process gone closes them at once). Every
+//! member dials every peer at start, and again once its connection is found closed: by a
+//! failed write, or by the probe that looks at every outbound connection each
+//! `PROBE_INTERVAL` (a peer that restarted closed the old one, and followers seldom write to
+//! each other). So this tells which peers are up without any traffic, as etcd's stream
+//! readers do (`ActiveSince`, for the reconfiguration checks).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of snapshot data per write.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// How often the outbound connections are checked for having been closed by their peer.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
@@ -140,6 +144,8 @@ enum Outgoing {
     Message(Message),
     /// Tell the peer it was removed from the cluster, then stop.
     Removed,
+    /// The connection was found closed by the peer: dial again.
+    Reconnect,
 }
 
 /// What the transport tells its owner.
@@ -180,8 +186,12 @@ pub struct Transport {
     incoming: mpsc::UnboundedSender<Incoming>,
     /// The membership as the owner knows it, for members requests.
     membership: RefCell<Option<Box<dyn Fn() -> Membership>>>,
-    /// Per peer: its open message connections to this member, and since when it has had one.
+    /// Per peer: its open message connections to this member, and when the latest opened.
     active: RefCell<HashMap<u64, (usize, Instant)>>,
+    /// Per peer: the socket of this member's connection to it, while connected.
+    outbound: RefCell<HashMap<u64, std::os::fd::RawFd>>,
+    /// Whether the probe task runs.
+    probing: std::cell::Cell<bool>,
 }
 
 /// Counts one accepted message connection of a peer while it lives.
@@ -192,8 +202,11 @@ struct Activity {
 
 impl Activity {
     fn start(transport: &Rc<Transport>, peer: u64) -> Activity {
-        let now = Instant::now();
-        transport.active.borrow_mut().entry(peer).or_insert((0, now)).0 += 1;
+        let mut active = transport.active.borrow_mut();
+        let (connections, since) = active.entry(peer).or_insert((0, Instant::now()));
+        *connections += 1;
+        // A new connection restarts the clock even if the old one has not ended yet.
+        *since = Instant::now();
         Activity { transport: transport.clone(), peer }
     }
 }
@@ -225,6 +238,8 @@ impl Transport {
             incoming,
             membership: RefCell::new(None),
             active: RefCell::new(HashMap::new()),
+            outbound: RefCell::new(HashMap::new()),
+            probing: std::cell::Cell::new(false),
         })
     }
 
@@ -247,6 +262,9 @@ impl Transport {
         // Dropping the old sender ends the old task.
         peers.insert(id, Peer { address, queue });
         glommio::spawn_local(send_loop(self.clone(), id, address, messages)).detach();
+        if !self.probing.replace(true) {
+            glommio::spawn_local(probe_loop(Rc::downgrade(self))).detach();
+        }
     }
 
     /// How to answer members requests (without it, they are refused).
@@ -478,10 +496,13 @@ async fn send_loop(
         if stream.write_all(&bytes).await.is_err() {
             continue;
         }
+        // Declared after the stream, so dropped before it: the probe never sees a closed fd.
+        let _probed = Probed::register(&transport, id, &stream);
         backoff = RECONNECT_BACKOFF_MIN;
         loop {
             let Some(first) = queue.next().await else { return };
             let mut size = 0;
+            let mut reconnect = false;
             let mut next = Some(first);
             while let Some(outgoing) = next.take() {
                 match outgoing {
@@ -490,8 +511,9 @@ async fn send_loop(
                         frame.messages.push(message);
                     }
                     Outgoing::Removed => frame.removed = true,
+                    Outgoing::Reconnect => reconnect = true,
                 }
-                if size >= FRAME_BATCH_BYTES || frame.removed {
+                if size >= FRAME_BATCH_BYTES || frame.removed || reconnect {
                     break;
                 }
                 match queue.try_recv() {
@@ -499,6 +521,10 @@ async fn send_loop(
                     Err(mpsc::TryRecvError::Closed) => return,
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
+            }
+            if reconnect {
+                // What was taken with it goes out with the first frame on the new connection.
+                break;
             }
             let last = frame.removed;
             bytes.clear();
@@ -512,6 +538,59 @@ async fn send_loop(
             if last {
                 let _ = stream.close().await;
                 return;
+            }
+        }
+    }
+}
+
+/// Registers a connected outbound socket for the probe while it lives.
+struct Probed {
+    transport: Rc<Transport>,
+    peer: u64,
+}
+
+impl Probed {
+    fn register(transport: &Rc<Transport>, peer: u64, stream: &TcpStream) -> Probed {
+        use std::os::fd::AsRawFd;
+        transport.outbound.borrow_mut().insert(peer, stream.as_raw_fd());
+        Probed { transport: transport.clone(), peer }
+    }
+}
+
+impl Drop for Probed {
+    fn drop(&mut self) {
+        self.transport.outbound.borrow_mut().remove(&self.peer);
+    }
+}
+
+/// Every `PROBE_INTERVAL`, looks at each outbound connection without reading from it (a
+/// peer never writes on it): one that its peer closed (end of stream, or an error such as a
+/// reset) is dialed again. Ends with the transport.
+async fn probe_loop(transport: std::rc::Weak<Transport>) {
+    loop {
+        glommio::timer::sleep(PROBE_INTERVAL).await;
+        let Some(transport) = transport.upgrade() else { return };
+        let closed: Vec<u64> = transport
+            .outbound
+            .borrow()
+            .iter()
+            .filter(|&(_, &fd)| {
+                let mut byte = 0u8;
+                // SAFETY: fd is a connected socket, registered only while its stream lives
+                // (all on this thread); recv with MSG_PEEK reads nothing out of it.
+                let got =
+                    unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+                let error = std::io::Error::last_os_error().raw_os_error();
+                got == 0 || (got < 0 && error != Some(libc::EAGAIN) && error != Some(libc::EINTR))
+            })
+            .map(|(&peer, _)| peer)
+            .collect();
+        let peers = transport.peers.borrow();
+        for id in closed {
+            // Once: the connection is not looked at again before its sender dialed anew.
+            transport.outbound.borrow_mut().remove(&id);
+            if let Some(peer) = peers.get(&id) {
+                let _ = peer.queue.unbounded_send(Outgoing::Reconnect);
             }
         }
     }
