@@ -448,6 +448,10 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     let follower = cluster.member((leader + 1) % 3).endpoint();
     let output = etcdctl(&follower, &["member", "promote", &id_hex], None);
     assert!(support::error_line(&output).contains("in sync with leader"), "{}", support::error_line(&output));
+    // One learner at a time, as etcd's.
+    let second = format!("http://127.0.0.1:{}", free_port());
+    let output = etcdctl(&endpoint, &["member", "add", "m4", "--peer-urls", &second, "--learner"], None);
+    assert_eq!(support::error_line(&output), "Error: etcdserver: too many learner members in cluster");
     let new = cluster.join("m3", &peer_url, &exported(&announced, "ETCD_INITIAL_CLUSTER"));
 
     // The learner catches up from the leader's log.
@@ -458,6 +462,8 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     }
     let members = member_list(&endpoint);
     assert_eq!(members.len(), 4);
+    let ids: Vec<u64> = members.iter().map(|m| m["ID"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "listed in ID order, as etcd lists them: {ids:?}");
     let learner = members.iter().find(|m| m["peerURLs"][0] == peer_url.as_str()).unwrap();
     assert_eq!(learner["isLearner"], true, "{members:?}");
     // A learner does not vote and cannot be the target of a write forwarding loop; a

@@ -141,6 +141,8 @@ pub const PEER_URL_EXIST: Status = Status::new(Code::FailedPrecondition, "etcdse
 pub const MEMBER_BAD_URLS: Status = Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid");
 pub const MEMBER_NOT_LEARNER: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member");
+pub const TOO_MANY_LEARNERS: Status =
+    Status::new(Code::FailedPrecondition, "etcdserver: too many learner members in cluster");
 pub const LEARNER_NOT_READY: Status =
     Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader");
 /// A membership change that would leave fewer started voters than a quorum (the strict

@@ -346,7 +346,7 @@ impl Core {
         let shared = &self.shared;
         let mut header = shared.header(shared.snapshot().revision());
         header.revision = 0; // etcd leaves the revision out of MemberList's header
-        Ok(pb::MemberListResponse { header: Some(header), members: shared.members.read().unwrap().clone() })
+        Ok(pb::MemberListResponse { header: Some(header), members: by_id(shared.members.read().unwrap().clone()) })
     }
 
     fn members(&self) -> Vec<pb::Member> {
@@ -364,7 +364,7 @@ impl Core {
         member: pb::Member,
     ) -> Result<Vec<pb::Member>, Status> {
         match self.propose(Command::ConfChange(change, member)).await? {
-            writer::Outcome::Members(members) => Ok(members),
+            writer::Outcome::Members(members) => Ok(by_id(members)),
             _ => unreachable!("the apply task answers a membership change with the members"),
         }
     }
@@ -383,6 +383,9 @@ impl Core {
         let members = self.members();
         if members.iter().any(|m| m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url))) {
             return Err(errors::PEER_URL_EXIST);
+        }
+        if request.is_learner && members.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
+            return Err(errors::TOO_MANY_LEARNERS);
         }
         // etcd's MemberAdd mixes the time in: a member added again gets a new ID.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -770,6 +773,15 @@ fn find_self(
         })
         .collect();
     Ok((me.id, membership.cluster_id, members))
+}
+
+/// Learners a cluster may have at once (etcd's maxLearners).
+const LEARNERS_MAX: usize = 1;
+
+/// Members in ID order, as etcd's Cluster service lists them.
+fn by_id(mut members: Vec<pb::Member>) -> Vec<pb::Member> {
+    members.sort_by_key(|member| member.id);
+    members
 }
 
 /// Builds the per-core handle for the raft core (local route).
