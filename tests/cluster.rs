@@ -584,6 +584,46 @@ fn membership_changes_that_would_lose_the_quorum_are_refused_as_etcd_refuses_the
     assert_eq!(member_list(&cluster.member(other).endpoint()).len(), 4);
 }
 
+/// etcd's --force-new-cluster: after the whole cluster is lost, one member restarted with it
+/// becomes a cluster of its own with everything that was acknowledged, and stays one when
+/// restarted without the flag.
+#[test]
+fn force_new_cluster_makes_a_surviving_member_a_cluster_of_its_own() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    for i in 0..30 {
+        let output = cluster.member((leader + i) % 3).etcdctl(&["put", &format!("key-{i:02}"), &format!("v{i}")]);
+        assert!(output.status.success(), "{}", support::error_line(&output));
+    }
+    // Every member has applied everything (the survivor's log must hold it all).
+    cluster.wait_for_same_index();
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    cluster.args[0].push("--force-new-cluster".to_owned());
+    cluster.restart(0);
+    cluster.wait_for_leader();
+    let endpoint = cluster.member(0).endpoint();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while member_list(&endpoint).len() != 1 {
+        assert!(Instant::now() < deadline, "the other members are never removed: {:?}", member_list(&endpoint));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..30 {
+        assert_eq!(get_value(&endpoint, &format!("key-{i:02}"), false), Some(format!("v{i}")), "key-{i:02}");
+    }
+    assert!(cluster.member(0).etcdctl(&["put", "after", "forced"]).status.success());
+
+    cluster.args[0].pop();
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.wait_for_leader();
+    let endpoint = cluster.member(0).endpoint();
+    assert_eq!(member_list(&endpoint).len(), 1);
+    assert_eq!(get_value(&endpoint, "after", false).as_deref(), Some("forced"));
+    assert_eq!(get_value(&endpoint, "key-29", false).as_deref(), Some("v29"));
+}
+
 #[test]
 fn move_leader_hands_leadership_to_the_target() {
     let cluster = Cluster::start(3);

@@ -101,6 +101,18 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub experimental_snapshot_catchup_entries: u64,
 
+    /// Force to create a new one member cluster.
+    #[arg(
+        long,
+        env = "ETCD_FORCE_NEW_CLUSTER",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub force_new_cluster: bool,
+
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(
         long,
@@ -179,6 +191,9 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// --strict-reconfig-check: refuse membership changes that would lose the quorum.
     pub strict_reconfig_check: bool,
+    /// --force-new-cluster: at this start, make the member a cluster of its own (its log
+    /// up to what it knows is committed, then the removal of every other member).
+    pub force_new_cluster: bool,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -311,6 +326,7 @@ impl Flags {
             snapshot_count: self.snapshot_count.max(1),
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             strict_reconfig_check: self.strict_reconfig_check,
+            force_new_cluster: self.force_new_cluster,
             quota_backend_bytes,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
@@ -503,5 +519,7 @@ mod tests {
         assert!(flags(&["--strict-reconfig-check=true"]).unwrap().into_config().unwrap().strict_reconfig_check);
         assert!(!flags(&["--strict-reconfig-check=false"]).unwrap().into_config().unwrap().strict_reconfig_check);
         assert!(flags(&["--strict-reconfig-check=maybe"]).is_err());
+        assert!(!flags(&[]).unwrap().into_config().unwrap().force_new_cluster);
+        assert!(flags(&["--force-new-cluster"]).unwrap().into_config().unwrap().force_new_cluster);
     }
 }

@@ -377,7 +377,16 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
         let last_index = recovered.entries.last().map(|e| e.index).unwrap_or(0);
         let snapshot_index = snapshot.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.index);
         hard_state.commit = hard_state.commit.min(last_index.max(snapshot_index));
-        RestartState { hard_state, snapshot, entries: recovered.entries }
+        let mut restart = RestartState { hard_state, snapshot, entries: recovered.entries };
+        if shared.config.force_new_cluster {
+            let appended = force_new_cluster(shared.member_id, &mut restart)?;
+            if !appended.is_empty() {
+                wal.append(&appended, Some(restart.hard_state))
+                    .await
+                    .map_err(|error| format!("cannot write the WAL: {error}"))?;
+            }
+        }
+        restart
     };
     let mut config = crate::raft::Config::new(shared.member_id);
     config.election_ticks = shared.config.election_ticks;
@@ -386,6 +395,54 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let raft = Raft::new(config, restart, Box::new(crate::raft::SplitMix64::new(seed)));
     Ok(Started { raft, wal })
+}
+
+/// etcd's --force-new-cluster, for a cluster that lost its quorum for good: entries that
+/// remove every other member are appended to this member's log, committed at once with all
+/// of it (and returned, for the WAL). Raft then starts as the only voter and elects itself;
+/// applying the removals leaves the member table with this member alone. Unlike etcd, no
+/// entry is discarded: the commit index this member persisted lags what it knew (it rides
+/// along with appends), so an entry past it may hold acknowledged writes; keeping them all
+/// may also keep writes whose clients saw a timeout. A member already alone is left as is.
+fn force_new_cluster(me: u64, restart: &mut RestartState) -> Result<Vec<Entry>, String> {
+    let snapshot = restart.snapshot.as_ref().and_then(|s| s.metadata.as_ref());
+    let last = restart.entries.last().map(|e| e.index).or(snapshot.map(|m| m.index)).unwrap_or(0);
+    let mut conf = snapshot.and_then(|m| m.conf_state.clone()).unwrap_or_default();
+    for entry in &restart.entries {
+        if entry.entry_type == EntryType::EntryConfChange as i32 {
+            conf = crate::raft::apply_conf_change(&conf, &crate::raft::membership::decode_conf_change(&entry.data));
+        }
+    }
+    if !conf.voters.contains(&me) {
+        return Err("--force-new-cluster: this member is not a voter of its cluster's configuration".into());
+    }
+    let others: Vec<u64> = conf.voters.iter().chain(&conf.learners).copied().filter(|&id| id != me).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let term = restart.hard_state.term;
+    let removals: Vec<Entry> = (last + 1..)
+        .zip(&others)
+        .map(|(index, &id)| {
+            let member = pb::Member { id, ..Default::default() };
+            let context = ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false };
+            let change = ConfChange {
+                change_type: ConfChangeType::ConfChangeRemoveNode as i32,
+                node_id: id,
+                context: context.encode_to_vec(),
+                ..Default::default()
+            };
+            Entry { term, index, entry_type: EntryType::EntryConfChange as i32, data: change.encode_to_vec().into() }
+        })
+        .collect();
+    restart.entries.extend(removals.iter().cloned());
+    restart.hard_state.commit = last + removals.len() as u64;
+    eprintln!(
+        "ringd: --force-new-cluster: the log up to index {last} is committed; removing {} other members: {}",
+        others.len(),
+        others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(removals)
 }
 
 /// The founding configuration: one ConfChange per --initial-cluster member (in id order,
