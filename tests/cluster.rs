@@ -582,6 +582,15 @@ fn membership_changes_that_would_lose_the_quorum_are_refused_as_etcd_refuses_the
     );
     assert!(output.status.success(), "{}", support::error_line(&output));
     assert_eq!(member_list(&cluster.member(other).endpoint()).len(), 4);
+    // And a voter, although only two of the three voters are up (x never started): its
+    // addition could not commit without it, so it starts as a learner (listed as a voter)
+    // and the change is answered instead of waiting forever.
+    let output =
+        etcdctl(&cluster.member(other).endpoint(), &["member", "add", "v", "--peer-urls", &unused_url()], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let members = member_list(&cluster.member(other).endpoint());
+    assert_eq!(members.len(), 5);
+    assert_eq!(members.iter().filter(|m| m["isLearner"] == true).count(), 1, "only z is a learner: {members:?}");
 }
 
 /// etcd's --force-new-cluster: after the whole cluster is lost, one member restarted with it

@@ -191,8 +191,8 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// --strict-reconfig-check: refuse membership changes that would lose the quorum.
     pub strict_reconfig_check: bool,
-    /// --force-new-cluster: at this start, make the member a cluster of its own (its log
-    /// up to what it knows is committed, then the removal of every other member).
+    /// --force-new-cluster: at this start, make the member a cluster of its own (its whole
+    /// log committed, then the removal of every other member); meant for one start.
     pub force_new_cluster: bool,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,

@@ -79,7 +79,8 @@ pub struct ConfContext {
     /// The member added or updated, with its peer URLs; for a removal only its id.
     #[prost(message, optional, tag = "3")]
     pub member: Option<pb::Member>,
-    /// A voter added to a one-voter cluster: Raft takes it as a learner, the member table as
+    /// A voter whose addition could not commit without it (the raft core's
+    /// `stage_added_voter`): Raft takes it as a learner, the member table as
     /// the voter asked for, and the leader promotes it once it has caught up (the raft
     /// core's `promote_caught_up_voters`).
     #[prost(bool, tag = "4")]

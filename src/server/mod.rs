@@ -81,8 +81,8 @@ pub struct Shared {
     /// once it is visible), and a linearizable read needs no ReadIndex.
     pub sole_voter_reads: AtomicBool,
     /// Whether this member does not vote in Raft's configuration now: a learner, a voter
-    /// added to a one-voter cluster until it has caught up (the table lists it as a voter
-    /// already), or a joining member before the leader's log reached it.
+    /// whose addition could not commit without it until it has caught up (the table lists
+    /// it as a voter already), or a joining member before the leader's log reached it.
     pub raft_learner: AtomicBool,
     /// The member table, written by the apply task.
     pub members: RwLock<Vec<pb::Member>>,

@@ -21,9 +21,10 @@
 //!
 //! Membership changes are checked here first (etcd's strict reconfiguration rules,
 //! `reconfig`), then proposed as one-member Raft changes, which take effect when appended.
-//! A voter added to a lone voter therefore starts as a learner (it would otherwise be needed
-//! to commit its own addition before it could join) and the leader promotes it once it has
-//! caught up (`promote_caught_up_voters`).
+//! A voter whose addition could not commit without it (the second of a lone voter, or any
+//! while too few voters are connected) therefore starts as a learner (it would otherwise be
+//! needed to commit its own addition before it could join) and the leader promotes it once
+//! it has caught up (`promote_caught_up_voters`).
 //!
 //! Invariants: nothing is acknowledged before its entry is committed (on a quorum of WALs)
 //! and applied; `messages_after_persist` of Ready n leave only after Readies 1..=n are
@@ -379,7 +380,8 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
         hard_state.commit = hard_state.commit.min(last_index.max(snapshot_index));
         let mut restart = RestartState { hard_state, snapshot, entries: recovered.entries };
         if shared.config.force_new_cluster {
-            let appended = force_new_cluster(shared.member_id, &mut restart)?;
+            let table = shared.members.read().unwrap().clone();
+            let appended = force_new_cluster(shared.member_id, &table, &mut restart, applied)?;
             if !appended.is_empty() {
                 wal.append(&appended, Some(restart.hard_state))
                     .await
@@ -404,45 +406,78 @@ pub async fn open(shared: &Shared, applied: u64) -> Result<Started, String> {
 /// entry is discarded: the commit index this member persisted lags what it knew (it rides
 /// along with appends), so an entry past it may hold acknowledged writes; keeping them all
 /// may also keep writes whose clients saw a timeout. A member already alone is left as is.
-fn force_new_cluster(me: u64, restart: &mut RestartState) -> Result<Vec<Entry>, String> {
+fn force_new_cluster(
+    me: u64,
+    table: &[pb::Member],
+    restart: &mut RestartState,
+    applied: u64,
+) -> Result<Vec<Entry>, String> {
     let snapshot = restart.snapshot.as_ref().and_then(|s| s.metadata.as_ref());
     let last = restart.entries.last().map(|e| e.index).or(snapshot.map(|m| m.index)).unwrap_or(0);
+    if applied > last {
+        // A snapshot's db installed, its later entries never received: the removals would
+        // land at indexes the store has already applied, and be skipped.
+        return Err(format!(
+            "--force-new-cluster: the store has applied index {applied}, past its log's last index {last}; \
+             restore this member's db as a new cluster instead"
+        ));
+    }
     let mut conf = snapshot.and_then(|m| m.conf_state.clone()).unwrap_or_default();
     for entry in &restart.entries {
         if entry.entry_type == EntryType::EntryConfChange as i32 {
             conf = crate::raft::apply_conf_change(&conf, &crate::raft::membership::decode_conf_change(&entry.data));
         }
     }
-    if !conf.voters.contains(&me) {
+    // A voter still in its learner stage (the table lists it as a voter) is made one first.
+    let staged_voter = conf.learners.contains(&me) && table.iter().any(|m| m.id == me && !m.is_learner);
+    if !conf.voters.contains(&me) && !staged_voter {
         return Err("--force-new-cluster: this member is not a voter of its cluster's configuration".into());
     }
-    let others: Vec<u64> = conf.voters.iter().chain(&conf.learners).copied().filter(|&id| id != me).collect();
-    if others.is_empty() {
+    let mut others: Vec<u64> = conf.voters.iter().chain(&conf.learners).copied().filter(|&id| id != me).collect();
+    for member in table {
+        if member.id != me && !others.contains(&member.id) {
+            others.push(member.id);
+        }
+    }
+    if others.is_empty() && !staged_voter {
         return Ok(Vec::new());
     }
-    let term = restart.hard_state.term;
-    let removals: Vec<Entry> = (last + 1..)
-        .zip(&others)
-        .map(|(index, &id)| {
-            let member = pb::Member { id, ..Default::default() };
-            let context = ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false };
-            let change = ConfChange {
-                change_type: ConfChangeType::ConfChangeRemoveNode as i32,
-                node_id: id,
-                context: context.encode_to_vec(),
-                ..Default::default()
-            };
-            Entry { term, index, entry_type: EntryType::EntryConfChange as i32, data: change.encode_to_vec().into() }
-        })
-        .collect();
-    restart.entries.extend(removals.iter().cloned());
-    restart.hard_state.commit = last + removals.len() as u64;
     eprintln!(
-        "ringd: --force-new-cluster: the log up to index {last} is committed; removing {} other members: {}",
+        "ringd: --force-new-cluster: the log up to index {last} is committed; removing {} other members: {} \
+         (start this member without the flag from now on)",
         others.len(),
         others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(", ")
     );
-    Ok(removals)
+    let change = |change_type: ConfChangeType, id: u64| {
+        let member = pb::Member { id, ..Default::default() };
+        let context = ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false };
+        ConfChange {
+            change_type: change_type as i32,
+            node_id: id,
+            context: context.encode_to_vec(),
+            ..Default::default()
+        }
+    };
+    let promotion = staged_voter.then(|| change(ConfChangeType::ConfChangeAddNode, me));
+    let removals = others.iter().map(|&id| change(ConfChangeType::ConfChangeRemoveNode, id));
+    let term = restart.hard_state.term.max(restart.entries.last().map_or(0, |e| e.term));
+    let appended: Vec<Entry> = (last + 1..)
+        .zip(promotion.into_iter().chain(removals))
+        .map(|(index, change)| Entry {
+            term,
+            index,
+            entry_type: EntryType::EntryConfChange as i32,
+            data: change.encode_to_vec().into(),
+        })
+        .collect();
+    restart.entries.extend(appended.iter().cloned());
+    if term != restart.hard_state.term {
+        // A torn tail lost the hard state written after its entries: no vote in this term.
+        restart.hard_state.term = term;
+        restart.hard_state.vote = crate::raft::NONE;
+    }
+    restart.hard_state.commit = last + appended.len() as u64;
+    Ok(appended)
 }
 
 /// The founding configuration: one ConfChange per --initial-cluster member (in id order,
@@ -674,17 +709,24 @@ impl RaftCore {
         self.propose_membership(change, Some(id));
     }
 
-    /// The leader, before it proposes a change: a second voter for a lone voter starts as a
-    /// learner that the member table lists as a voter (`ConfContext::as_voter`). As a voter
-    /// at once it would be needed to commit its own addition (Raft's configuration takes
-    /// effect when appended), which it cannot before it has joined, nor join before that.
+    /// The leader, before it proposes a change: a new voter whose addition could not commit
+    /// without it starts as a learner that the member table lists as a voter
+    /// (`ConfContext::as_voter`). That is the second voter of a lone voter, or any voter
+    /// while fewer voters are connected to the leader than the quorum it would make. As a
+    /// voter at once it would be needed to commit its own addition (Raft's configuration
+    /// takes effect when appended), which it cannot before it has joined, nor join before.
     fn stage_added_voter(&self, change: &mut ConfChange) {
         let conf = self.raft.conf_state();
-        let lone_voter_grows = change.change_type == ConfChangeType::ConfChangeAddNode as i32
-            && conf.voters.len() == 1
+        let adds_voter = change.change_type == ConfChangeType::ConfChangeAddNode as i32
             && !conf.voters.contains(&change.node_id)
             && !conf.learners.contains(&change.node_id);
-        if lone_voter_grows {
+        if !adds_voter {
+            return;
+        }
+        let me = self.shared.member_id;
+        let connected = conf.voters.iter().filter(|&&id| id == me || self.transport.active_since(id).is_some()).count();
+        let quorum_after = (conf.voters.len() + 1) / 2 + 1;
+        if connected < quorum_after {
             let mut context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
             context.as_voter = true;
             change.context = context.encode_to_vec();
@@ -707,7 +749,7 @@ impl RaftCore {
         }
     }
 
-    /// The leader, each tick: a voter added to a one-voter cluster (a learner in Raft, a
+    /// The leader, each tick: a voter added through a learner stage (a learner in Raft, a
     /// voter in the member table) is promoted once its log is as far as MemberPromote asks
     /// and the leader has heard from it lately.
     /// A proposal refused now (another change pending) is made again at a later tick.
@@ -1522,5 +1564,57 @@ mod tests {
         let tracked = &notices.forwarded[&3];
         assert_eq!(tracked.len(), FORWARDED_TRACKED_MAX);
         assert_eq!(tracked.front(), Some(&10), "the oldest are forgotten first");
+    }
+
+    fn member(id: u64, learner: bool) -> pb::Member {
+        pb::Member { id, name: format!("m{id}"), is_learner: learner, ..Default::default() }
+    }
+
+    fn conf_after(restart: &RestartState) -> crate::raft::pb::ConfState {
+        restart.entries.iter().fold(Default::default(), |conf, entry| {
+            crate::raft::apply_conf_change(&conf, &crate::raft::membership::decode_conf_change(&entry.data))
+        })
+    }
+
+    #[test]
+    fn a_forced_new_cluster_removes_every_other_member_after_the_whole_log() {
+        let mut restart = RestartState::bootstrap(&[1, 2, 3]);
+        restart.hard_state.commit = 1; // the persisted commit index lags: nothing is cut
+        let table = [member(1, false), member(2, false), member(3, false)];
+        let appended = force_new_cluster(2, &table, &mut restart, 1).unwrap();
+        assert_eq!(appended.iter().map(|e| e.index).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(restart.entries.len(), 5);
+        assert_eq!(restart.hard_state.commit, 5);
+        let conf = conf_after(&restart);
+        assert_eq!((conf.voters, conf.learners), (vec![2], vec![]));
+        // Alone already: nothing to do.
+        assert!(force_new_cluster(2, &table[1..2], &mut restart, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_forced_new_cluster_makes_a_staged_voter_a_voter_and_refuses_a_store_ahead_of_the_log() {
+        let mut restart = RestartState::bootstrap(&[1]);
+        let change = ConfChange {
+            change_type: ConfChangeType::ConfChangeAddLearnerNode as i32,
+            node_id: 2,
+            ..Default::default()
+        };
+        restart.entries.push(Entry {
+            term: 2,
+            index: 2,
+            entry_type: EntryType::EntryConfChange as i32,
+            data: change.encode_to_vec().into(),
+        });
+        let table = [member(1, false), member(2, false)];
+        let refused = force_new_cluster(2, &table, &mut restart.clone(), 3).unwrap_err();
+        assert!(refused.contains("past its log's last index 2"), "{refused}");
+        let learner_table = [member(1, false), member(2, true)];
+        assert!(force_new_cluster(2, &learner_table, &mut restart.clone(), 2).is_err(), "a real learner is refused");
+        let appended = force_new_cluster(2, &table, &mut restart, 2).unwrap();
+        assert_eq!(appended.len(), 2, "promote itself, remove member 1");
+        assert!(appended.iter().all(|e| e.term == 2), "never below the log's last term");
+        assert_eq!((restart.hard_state.term, restart.hard_state.commit), (2, 4));
+        let conf = conf_after(&restart);
+        assert_eq!((conf.voters, conf.learners), (vec![2], vec![]));
     }
 }
