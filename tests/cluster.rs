@@ -54,6 +54,12 @@ impl Cluster {
         }
     }
 
+    /// Kills member `i` and starts it again on its data dir, with its (current) flags.
+    fn bounce(&mut self, i: usize) {
+        self.kill(i);
+        self.restart(i);
+    }
+
     fn member(&self, i: usize) -> &Ringd {
         self.members[i].as_ref().expect("member is running")
     }
@@ -531,8 +537,7 @@ fn membership_changes_that_would_lose_the_quorum_are_refused_as_etcd_refuses_the
     // A restarted member sees every peer connected again (the other follower, which seldom
     // writes to it, dials it again once it finds its old connection closed), and so may
     // change the membership once the health interval (5 s) has passed.
-    cluster.kill(other);
-    cluster.restart(other);
+    cluster.bounce(other);
     cluster.wait_for_leader();
     let output = member_change(
         &cluster.member(other).endpoint(),
@@ -572,8 +577,7 @@ fn membership_changes_that_would_lose_the_quorum_are_refused_as_etcd_refuses_the
 
     // Without the check, the member asked adds a learner even though member x never started.
     cluster.args[other].push("--strict-reconfig-check=false".to_owned());
-    cluster.kill(other);
-    cluster.restart(other);
+    cluster.bounce(other);
     cluster.wait_for_leader();
     let output = etcdctl(
         &cluster.member(other).endpoint(),
@@ -624,8 +628,7 @@ fn force_new_cluster_makes_a_surviving_member_a_cluster_of_its_own() {
     assert!(cluster.member(0).etcdctl(&["put", "after", "forced"]).status.success());
 
     cluster.args[0].pop();
-    cluster.kill(0);
-    cluster.restart(0);
+    cluster.bounce(0);
     cluster.wait_for_leader();
     let endpoint = cluster.member(0).endpoint();
     assert_eq!(member_list(&endpoint).len(), 1);
@@ -860,8 +863,7 @@ fn a_removed_member_added_again_rejoins_with_a_fresh_data_dir() {
     assert_eq!(member_list(&endpoint).len(), 3);
     // Restarted, it is the same member (its ID comes from its data dir, not its flags).
     let id = cluster.member_id(again);
-    cluster.kill(again);
-    cluster.restart(again);
+    cluster.bounce(again);
     assert_eq!(cluster.member_id(again), id);
     cluster.wait_for_leader();
     assert!(cluster.member(again).etcdctl(&["put", "after-restart", "3"]).status.success());

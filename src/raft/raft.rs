@@ -186,6 +186,15 @@ impl RestartState {
         let hard_state = HardState { term: 1, vote: NONE, commit: entries.len() as u64 };
         RestartState { hard_state, snapshot: None, entries }
     }
+
+    /// The configuration in force after these entries (the snapshot's, then every
+    /// configuration entry applied as appended), as `Raft::new` will compute it.
+    pub fn conf_state(&self) -> ConfState {
+        let base = self.snapshot.as_ref().and_then(|s| s.metadata.as_ref()).and_then(|m| m.conf_state.clone());
+        self.entries.iter().filter(|entry| is_conf_entry(entry)).fold(base.unwrap_or_default(), |conf, entry| {
+            super::membership::apply_conf_change(&conf, &super::membership::decode_conf_change(&entry.data))
+        })
+    }
 }
 
 pub struct Raft {

@@ -87,6 +87,18 @@ pub struct ConfContext {
     pub as_voter: bool,
 }
 
+impl ConfContext {
+    /// The Raft change of member `node_id` that carries this context.
+    pub fn change(&self, change_type: crate::raft::pb::ConfChangeType, node_id: u64) -> crate::raft::pb::ConfChange {
+        crate::raft::pb::ConfChange {
+            change_type: change_type as i32,
+            node_id,
+            context: prost::Message::encode_to_vec(self),
+            ..Default::default()
+        }
+    }
+}
+
 /// One member's view of the membership: ids, names and URLs; learners flagged.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Members {

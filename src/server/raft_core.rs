@@ -422,12 +422,7 @@ fn force_new_cluster(
              restore this member's db as a new cluster instead"
         ));
     }
-    let mut conf = snapshot.and_then(|m| m.conf_state.clone()).unwrap_or_default();
-    for entry in &restart.entries {
-        if entry.entry_type == EntryType::EntryConfChange as i32 {
-            conf = crate::raft::apply_conf_change(&conf, &crate::raft::membership::decode_conf_change(&entry.data));
-        }
-    }
+    let conf = restart.conf_state();
     // A voter still in its learner stage (the table lists it as a voter) is made one first.
     let staged_voter = conf.learners.contains(&me) && table.iter().any(|m| m.id == me && !m.is_learner);
     if !conf.voters.contains(&me) && !staged_voter {
@@ -450,13 +445,7 @@ fn force_new_cluster(
     );
     let change = |change_type: ConfChangeType, id: u64| {
         let member = pb::Member { id, ..Default::default() };
-        let context = ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false };
-        ConfChange {
-            change_type: change_type as i32,
-            node_id: id,
-            context: context.encode_to_vec(),
-            ..Default::default()
-        }
+        ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false }.change(change_type, id)
     };
     let promotion = staged_voter.then(|| change(ConfChangeType::ConfChangeAddNode, me));
     let removals = others.iter().map(|&id| change(ConfChangeType::ConfChangeRemoveNode, id));
@@ -725,7 +714,7 @@ impl RaftCore {
         }
         let me = self.shared.member_id;
         let connected = conf.voters.iter().filter(|&&id| id == me || self.transport.active_since(id).is_some()).count();
-        let quorum_after = (conf.voters.len() + 1) / 2 + 1;
+        let quorum_after = super::reconfig::quorum(conf.voters.len() + 1);
         if connected < quorum_after {
             let mut context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
             context.as_voter = true;
@@ -764,21 +753,22 @@ impl RaftCore {
             members.iter().find(|m| !m.is_learner && learners.contains(&m.id) && ready(m.id)).cloned()
         };
         let Some(member) = member else { return };
+        let id = member.id;
         let context = ConfContext {
             requester: self.shared.member_id,
             request_id: self.next_id(),
-            member: Some(member.clone()),
+            member: Some(member),
             as_voter: false,
         };
-        let change = ConfChange {
-            change_type: ConfChangeType::ConfChangeAddNode as i32,
-            node_id: member.id,
-            context: context.encode_to_vec(),
-            ..Default::default()
-        };
-        if self.propose_membership(change, None) {
-            eprintln!("ringd: member {:x} has caught up: promoting it to the voter it was added as", member.id);
+        if self.propose_membership(context.change(ConfChangeType::ConfChangeAddNode, id), None) {
+            eprintln!("ringd: member {id:x} has caught up: promoting it to the voter it was added as");
         }
+    }
+
+    /// Whether `change` makes a learner of Raft's configuration a voter.
+    fn is_promotion(&self, change: &ConfChange) -> bool {
+        change.change_type == ConfChangeType::ConfChangeAddNode as i32
+            && self.raft.conf_state().learners.contains(&change.node_id)
     }
 
     /// etcd's readiness rule for a promotion: the learner's log within 10% of the leader's.
@@ -795,9 +785,7 @@ impl RaftCore {
             return Ok(());
         }
         let learner = match ConfChangeType::try_from(change.change_type) {
-            Ok(ConfChangeType::ConfChangeAddNode) if self.raft.conf_state().learners.contains(&change.node_id) => {
-                return Ok(());
-            }
+            Ok(ConfChangeType::ConfChangeAddNode) if self.is_promotion(change) => return Ok(()),
             Ok(ConfChangeType::ConfChangeAddNode) => false,
             Ok(ConfChangeType::ConfChangeAddLearnerNode) => true,
             Ok(ConfChangeType::ConfChangeRemoveNode) => {
@@ -826,9 +814,7 @@ impl RaftCore {
         if self.raft.role() != Role::Leader {
             return Ok(());
         }
-        let promoting = change.change_type == ConfChangeType::ConfChangeAddNode as i32
-            && self.raft.conf_state().learners.contains(&change.node_id);
-        if promoting {
+        if self.is_promotion(change) {
             if !self.caught_up(change.node_id) {
                 return Err(errors::LEARNER_NOT_READY);
             }
@@ -1570,12 +1556,6 @@ mod tests {
         pb::Member { id, name: format!("m{id}"), is_learner: learner, ..Default::default() }
     }
 
-    fn conf_after(restart: &RestartState) -> crate::raft::pb::ConfState {
-        restart.entries.iter().fold(Default::default(), |conf, entry| {
-            crate::raft::apply_conf_change(&conf, &crate::raft::membership::decode_conf_change(&entry.data))
-        })
-    }
-
     #[test]
     fn a_forced_new_cluster_removes_every_other_member_after_the_whole_log() {
         let mut restart = RestartState::bootstrap(&[1, 2, 3]);
@@ -1585,7 +1565,7 @@ mod tests {
         assert_eq!(appended.iter().map(|e| e.index).collect::<Vec<_>>(), [4, 5]);
         assert_eq!(restart.entries.len(), 5);
         assert_eq!(restart.hard_state.commit, 5);
-        let conf = conf_after(&restart);
+        let conf = restart.conf_state();
         assert_eq!((conf.voters, conf.learners), (vec![2], vec![]));
         // Alone already: nothing to do.
         assert!(force_new_cluster(2, &table[1..2], &mut restart, 5).unwrap().is_empty());
@@ -1614,7 +1594,7 @@ mod tests {
         assert_eq!(appended.len(), 2, "promote itself, remove member 1");
         assert!(appended.iter().all(|e| e.term == 2), "never below the log's last term");
         assert_eq!((restart.hard_state.term, restart.hard_state.commit), (2, 4));
-        let conf = conf_after(&restart);
+        let conf = restart.conf_state();
         assert_eq!((conf.voters, conf.learners), (vec![2], vec![]));
     }
 }

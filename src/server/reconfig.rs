@@ -97,7 +97,7 @@ fn started(member: &pb::Member) -> bool {
     !member.name.is_empty()
 }
 
-fn quorum(voters: usize) -> usize {
+pub(super) fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 

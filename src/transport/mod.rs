@@ -202,11 +202,12 @@ struct Activity {
 
 impl Activity {
     fn start(transport: &Rc<Transport>, peer: u64) -> Activity {
+        let now = Instant::now();
         let mut active = transport.active.borrow_mut();
-        let (connections, since) = active.entry(peer).or_insert((0, Instant::now()));
+        let (connections, since) = active.entry(peer).or_insert((0, now));
         *connections += 1;
         // A new connection restarts the clock even if the old one has not ended yet.
-        *since = Instant::now();
+        *since = now;
         Activity { transport: transport.clone(), peer }
     }
 }
