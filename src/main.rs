@@ -6,6 +6,14 @@
 static ALLOCATOR: ringd::allocator::Allocator = ringd::allocator::Allocator;
 
 fn main() {
+    // A panic is an invariant the code asserts that did not hold. The process stops: a
+    // core whose thread died would leave the others accepting requests it never answers.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("ringd: stopping after a panic");
+        std::process::abort();
+    }));
     let flags = ringd::server::Flags::parse_or_exit();
     let config = match flags.into_config() {
         Ok(config) => config,
