@@ -864,3 +864,110 @@ fn leases_survive_a_restart() {
     assert!(revoked.contains("revoked"), "{revoked}");
     assert_eq!(stdout(&ringd.etcdctl(&["get", "kept"])), "");
 }
+
+/// One member applies a sole voter's writes while their WAL write is in flight, and
+/// attaches their keys to leases only once they commit (`Ahead` in src/server/writer.rs);
+/// grants, revokes and writes that cannot go ahead are applied at commit. Under concurrent
+/// clients both kinds land in the same batches: afterwards every key must be attached to
+/// exactly the lease its last write gave it, and a revoke must delete exactly those keys.
+#[test]
+fn leased_keys_written_by_concurrent_clients_stay_attached_to_their_leases() {
+    use ringd::api::pb::etcdserverpb as pb;
+    let ringd = Ringd::start(&[]);
+    let endpoint = ringd::client::Endpoint::parse(&format!("127.0.0.1:{}", ringd.port)).unwrap();
+    const CLIENTS: u64 = 16;
+    const WRITES: u64 = 40;
+    const KEYS: u64 = 12;
+    // Which op (step % 6) and which key (step / 6) vary independently.
+    let key = |step: u64| format!("leased/{:02}", (step / 6) % KEYS).into_bytes();
+    let (leases, kvs, attached) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("a glommio executor for the test client")
+        .run(async move {
+            let channel = ringd::client::Channel::connect(&endpoint, std::time::Duration::from_secs(5)).await.unwrap();
+            let grant = |id: i64| {
+                let channel = &channel;
+                async move {
+                    let request = pb::LeaseGrantRequest { ttl: 300, id };
+                    let granted: pb::LeaseGrantResponse =
+                        channel.unary("/etcdserverpb.Lease/LeaseGrant", &request).await.unwrap();
+                    granted.id
+                }
+            };
+            let leases = [grant(0).await, grant(0).await];
+            let client = |n: u64| {
+                let channel = &channel;
+                async move {
+                    for i in 0..WRITES {
+                        let step = n * 7 + i * 5;
+                        match step % 6 {
+                            // A grant among the writes: it cannot go ahead.
+                            5 if i % 8 == 0 => {
+                                grant(0).await;
+                            }
+                            4 | 5 => {
+                                let request = pb::DeleteRangeRequest { key: key(step), ..Default::default() };
+                                let _: pb::DeleteRangeResponse =
+                                    channel.unary("/etcdserverpb.KV/DeleteRange", &request).await.unwrap();
+                            }
+                            // A txn's put without a lease detaches the key from its lease.
+                            3 => {
+                                let put = pb::PutRequest { key: key(step), value: b"t".to_vec(), ..Default::default() };
+                                let op = pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(put)) };
+                                let request = pb::TxnRequest { success: vec![op], ..Default::default() };
+                                let _: pb::TxnResponse = channel.unary("/etcdserverpb.KV/Txn", &request).await.unwrap();
+                            }
+                            which => {
+                                let lease = if which == 2 { 0 } else { leases[which as usize] };
+                                let request = pb::PutRequest {
+                                    key: key(step),
+                                    value: b"v".to_vec(),
+                                    lease,
+                                    ..Default::default()
+                                };
+                                let _: pb::PutResponse = channel.unary("/etcdserverpb.KV/Put", &request).await.unwrap();
+                            }
+                        }
+                    }
+                }
+            };
+            futures::future::join_all((0..CLIENTS).map(client)).await;
+            // Then one client alone, whose writes all go ahead but the grants; last, half the
+            // keys are written again, to lease A, lease B or none.
+            client(CLIENTS).await;
+            for k in (0..KEYS).step_by(2) {
+                let lease = [leases[0], leases[1], 0][(k % 3) as usize];
+                let request = pb::PutRequest { key: key(k * 6), value: b"w".to_vec(), lease, ..Default::default() };
+                let _: pb::PutResponse = channel.unary("/etcdserverpb.KV/Put", &request).await.unwrap();
+            }
+            let range =
+                pb::RangeRequest { key: b"leased/".to_vec(), range_end: b"leased0".to_vec(), ..Default::default() };
+            let kvs: pb::RangeResponse = channel.unary("/etcdserverpb.KV/Range", &range).await.unwrap();
+            let mut attached = Vec::new();
+            for id in leases {
+                let request = pb::LeaseTimeToLiveRequest { id, keys: true };
+                let ttl: pb::LeaseTimeToLiveResponse =
+                    channel.unary("/etcdserverpb.Lease/LeaseTimeToLive", &request).await.unwrap();
+                attached.push(ttl.keys);
+            }
+            (leases, kvs.kvs, attached)
+        });
+    assert!(!kvs.is_empty());
+    for (lease, keys) in leases.iter().zip(&attached) {
+        let mut expected: Vec<Vec<u8>> = kvs.iter().filter(|kv| kv.lease == *lease).map(|kv| kv.key.clone()).collect();
+        let mut keys = keys.clone();
+        expected.sort();
+        keys.sort();
+        assert_eq!(keys, expected, "the keys of lease {lease:x}");
+    }
+    assert!(attached.iter().all(|keys| !keys.is_empty()), "{attached:?}");
+    // A revoke deletes the keys attached to the lease, and nothing else.
+    let revoked = format!("{:x}", leases[0]);
+    assert!(ringd.etcdctl(&["lease", "revoke", &revoked]).status.success());
+    let left = stdout(&ringd.etcdctl(&["get", "leased/", "--prefix", "--keys-only"]));
+    let left: Vec<&str> = left.lines().filter(|line| !line.is_empty()).collect();
+    let mut expected: Vec<String> =
+        kvs.iter().filter(|kv| kv.lease != leases[0]).map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+}

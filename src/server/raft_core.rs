@@ -1119,6 +1119,9 @@ impl RaftCore {
             if !ready.committed_entries.is_empty() {
                 let _ = self.apply.unbounded_send(ApplyWork::Entries(ready.committed_entries));
             }
+            if self.commits_alone(&ready.entries) {
+                let _ = self.apply.unbounded_send(ApplyWork::Ahead(std::mem::take(&mut ready.entries)));
+            }
             for read in ready.read_states {
                 let round = read.request_context.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
                 if let Some(replies) = self.read_rounds.remove(&round) {
@@ -1127,6 +1130,20 @@ impl RaftCore {
             }
             self.publish_state();
         }
+    }
+
+    /// Whether `entries`, just handed to the WAL, will commit once this member's WAL write
+    /// is durable, whatever else happens short of a crash: this member leads, is the only
+    /// voter, and none of them changes the configuration (Raft's configuration takes
+    /// effect at append, so it is the one these entries commit under). No other member can
+    /// be elected without this one's vote, which it gives only to a log holding them. The
+    /// apply task may then apply them while the WAL writes (`ApplyWork::Ahead`).
+    fn commits_alone(&self, entries: &[Entry]) -> bool {
+        !entries.is_empty()
+            && self.raft.role() == Role::Leader
+            && self.raft.conf_state().voters == [self.shared.member_id]
+            && self.raft.conf_state().learners.is_empty()
+            && entries.iter().all(|entry| entry.entry_type == EntryType::EntryNormal as i32)
     }
 
     /// Sends messages to peers; a snapshot goes on a stream of its own, with the db.

@@ -120,6 +120,12 @@ pub enum ApplyWork {
     Install { index: u64, path: std::path::PathBuf },
     /// A peer says the cluster removed this member: record it durably, then stop.
     Removed,
+    /// Entries the raft core just handed to its WAL, which commit as soon as the write is
+    /// durable (`RaftCore::commits_alone`: a sole voter's). The apply task may apply them
+    /// and write their pages while the WAL writes, but publishes them and answers their
+    /// clients only once they arrive as `Entries` (`Ahead::apply`); otherwise it ignores
+    /// this and applies them then, as any committed entry.
+    Ahead(Vec<Entry>),
 }
 
 /// Starts one pinned executor per core, waits until each has bound the client port, then
@@ -407,6 +413,20 @@ async fn apply_loop(
                 Err(_) => break,
             }
         }
+        if matches!(batch.first(), Some(ApplyWork::Ahead(_))) && !background.busy(&store) {
+            let ApplyWork::Ahead(entries) = batch.remove(0) else { unreachable!("matched above") };
+            let mut ahead = Ahead {
+                store: &mut store,
+                lessor: &lessor,
+                shared: &shared,
+                waiters: &waiters,
+                replies: &mut replies,
+                checkpoints: &mut checkpoints,
+            };
+            if !ahead.apply(entries, &mut batch, &mut work).await {
+                return;
+            }
+        }
         let mut changed = background.busy(&store);
         let mut requests = 0u64;
         let mut members_changed = false;
@@ -465,6 +485,8 @@ async fn apply_loop(
                     changed = true;
                 }
                 ApplyWork::Install { .. } => unreachable!("handled above"),
+                // Not applied ahead: the entries follow, committed.
+                ApplyWork::Ahead(_) => {}
             }
         }
         shared.latency.record_since(0, super::latency::Stage::Apply, applying);
@@ -714,6 +736,186 @@ impl Turn<'_> {
     }
 }
 
+/// Applying entries ahead of their commit (`ApplyWork::Ahead`): a sole voter's put, delete
+/// or txn is applied and its pages written while its WAL write is in flight, so that once
+/// the write is durable only the publication and the reply are left. Nothing of it is seen
+/// before then: readers and watchers see published commits only, the lease table's keys
+/// change at publication (`DeferredLeases`), and the replies wait.
+struct Ahead<'a> {
+    store: &'a mut mvcc::Store,
+    lessor: &'a RefCell<Lessor>,
+    shared: &'a Shared,
+    waiters: &'a RefCell<Waiters>,
+    replies: &'a mut Vec<(Reply, Result<Outcome, Status>)>,
+    checkpoints: &'a mut Checkpoints,
+}
+
+/// The lease table as writes applied ahead see it: which leases exist is read at once (no
+/// grant or revoke is applied ahead), keys are attached and detached at publication.
+struct DeferredLeases<'a> {
+    lessor: &'a Lessor,
+    changes: &'a mut Vec<LeaseChange>,
+}
+
+enum LeaseChange {
+    Written { key: Vec<u8>, previous: i64, lease: i64 },
+    Deleted { key: Vec<u8>, lease: i64 },
+}
+
+impl kv::Leases for DeferredLeases<'_> {
+    fn exists(&self, lease: i64) -> bool {
+        self.lessor.contains(LeaseId(lease))
+    }
+
+    fn written(&mut self, key: &[u8], previous: i64, lease: i64) {
+        if previous != 0 || lease != 0 {
+            self.changes.push(LeaseChange::Written { key: key.to_vec(), previous, lease });
+        }
+    }
+
+    fn deleted(&mut self, key: &[u8], lease: i64) {
+        if lease != 0 {
+            self.changes.push(LeaseChange::Deleted { key: key.to_vec(), lease });
+        }
+    }
+}
+
+impl Ahead<'_> {
+    /// Applies `entries` and writes their pages, then takes work (from `batch`, then from
+    /// the channel) until they arrive committed, and only then publishes the commit, makes
+    /// its lease changes and answers. Work that came meanwhile is left in `batch`, in
+    /// order. Entries that cannot go ahead (not the store's next ones, or holding anything
+    /// but puts, deletes and txns) are left to be applied when they commit. Returns false
+    /// when the raft core is gone.
+    async fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        batch: &mut Vec<ApplyWork>,
+        work: &mut mpsc::UnboundedReceiver<ApplyWork>,
+    ) -> bool {
+        let Some(batches) = self.writes_only(&entries) else {
+            return true;
+        };
+        let applying = std::time::Instant::now();
+        let mut changes = Vec::new();
+        let mut requests = 0u64;
+        {
+            let lessor = self.lessor.borrow();
+            let mut leases = DeferredLeases { lessor: &lessor, changes: &mut changes };
+            for (entry, writes) in entries.iter().zip(batches) {
+                let ours = writes.member_id == self.shared.member_id;
+                for request in writes.requests {
+                    requests += 1;
+                    let reply = if ours { self.waiters.borrow_mut().take(request.id) } else { None };
+                    let command = match request.op {
+                        Some(entry::Op::Put(request)) => Command::Put(request),
+                        Some(entry::Op::DeleteRange(request)) => Command::DeleteRange(request),
+                        Some(entry::Op::Txn(request)) => Command::Txn(request),
+                        _ => continue,
+                    };
+                    let (result, _) = apply_write(self.store, &mut leases, self.shared, command);
+                    if let Some(reply) = reply {
+                        self.replies.push((reply, result));
+                    }
+                }
+                self.store.set_consistent_index(entry.index);
+            }
+        }
+        self.shared.latency.record_since(0, super::latency::Stage::Apply, applying);
+        let writing = std::time::Instant::now();
+        let (done, pages) = write_commit(self.store, mvcc::Durability::Visible).await;
+        let written = writing.elapsed();
+        let mut arrived: std::collections::VecDeque<ApplyWork> = batch.drain(..).collect();
+        loop {
+            let next = match arrived.pop_front() {
+                Some(next) => next,
+                None => match work.next().await {
+                    Some(next) => next,
+                    None => return false,
+                },
+            };
+            let ApplyWork::Entries(committed) = next else {
+                batch.push(next);
+                continue;
+            };
+            if self.committed(&entries, committed, batch) {
+                break;
+            }
+        }
+        batch.extend(arrived);
+        // The commit's stage is its own time: the page writes, then the publication.
+        let started = std::time::Instant::now().checked_sub(written).unwrap_or_else(std::time::Instant::now);
+        publish_commit(self.store, self.shared, done, mvcc::Durability::Visible, started);
+        let mut lessor = self.lessor.borrow_mut();
+        for change in changes {
+            match change {
+                LeaseChange::Written { key, previous, lease } => {
+                    lessor.key_written(&key, LeaseId(previous), LeaseId(lease))
+                }
+                LeaseChange::Deleted { key, lease } => lessor.key_deleted(&key, LeaseId(lease)),
+            }
+        }
+        drop(lessor);
+        self.checkpoints.committed(mvcc::Durability::Visible, requests, pages);
+        self.shared.applied_index.store(self.store.consistent_index(), Ordering::Release);
+        for (reply, result) in self.replies.drain(..) {
+            let _ = reply.send(result);
+        }
+        true
+    }
+
+    /// The request batches of `entries` (None for an empty entry) if they can be applied
+    /// ahead: the store's next entries, holding only puts, deletes and txns.
+    fn writes_only(&self, entries: &[Entry]) -> Option<Vec<Batch>> {
+        let next = self.store.consistent_index() + 1;
+        if entries.first().is_none_or(|first| first.index != next) {
+            return None;
+        }
+        let mut batches = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let batch = if entry.data.is_empty() { Batch::default() } else { Batch::decode(&entry.data[..]).ok()? };
+            let writes = batch.requests.iter().all(|request| {
+                matches!(
+                    request.op,
+                    Some(entry::Op::Put(_)) | Some(entry::Op::DeleteRange(_)) | Some(entry::Op::Txn(_))
+                )
+            });
+            if !writes {
+                return None;
+            }
+            batches.push(batch);
+        }
+        Some(batches)
+    }
+
+    /// Takes committed entries while entries applied ahead wait: each of those must arrive
+    /// as it was applied (the raft core's promise, `RaftCore::commits_alone`); later ones
+    /// go to `batch`. Returns whether the last entry applied ahead has now committed.
+    fn committed(&self, ahead: &[Entry], committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> bool {
+        let first = ahead[0].index;
+        let last = ahead[ahead.len() - 1].index;
+        let through = committed.last().map_or(0, |entry| entry.index);
+        let mut later = Vec::new();
+        for entry in committed {
+            if entry.index > last {
+                later.push(entry);
+            } else if entry.index >= first {
+                let applied = &ahead[(entry.index - first) as usize];
+                if (applied.term, &applied.data) != (entry.term, &entry.data) {
+                    fatal(&format!(
+                        "entry {} committed at term {} is not the one applied ahead of its commit (term {})",
+                        entry.index, entry.term, applied.term
+                    ));
+                }
+            }
+        }
+        if !later.is_empty() {
+            batch.push(ApplyWork::Entries(later));
+        }
+        through >= last
+    }
+}
+
 /// A bound on defragmentation steps: each moves a fixed number of pages, so twice the page
 /// count is more than enough unless old snapshots pin pages (then it gives up, best effort).
 fn defragment_steps_max(store: &mvcc::Store) -> usize {
@@ -860,6 +1062,17 @@ async fn next_work(work: &mut mpsc::UnboundedReceiver<ApplyWork>, due_in: Option
 /// the process before any reply of the batch is sent. Returns the pages the commit wrote.
 async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::Durability) -> u64 {
     let started = std::time::Instant::now();
+    let (done, pages) = write_commit(store, durability).await;
+    publish_commit(store, shared, done, durability, started);
+    pages
+}
+
+/// A commit's first half: its pages written (and synced, for a durable one). Nothing is
+/// visible to readers yet, and the store takes no write until `publish_commit`.
+async fn write_commit(
+    store: &mut mvcc::Store,
+    durability: mvcc::Durability,
+) -> (Result<mvcc::CommitDone, mvcc::StoreError>, u64) {
     let job = match store.prepare_commit_with(durability) {
         Ok(job) => job,
         Err(error) => fatal(&error),
@@ -872,6 +1085,17 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
     } else {
         glommio::executor().spawn_blocking(move || job.run()).await
     };
+    (done, pages as u64)
+}
+
+/// A commit's second half: published to every core's readers and watchers.
+fn publish_commit(
+    store: &mut mvcc::Store,
+    shared: &Shared,
+    done: Result<mvcc::CommitDone, mvcc::StoreError>,
+    durability: mvcc::Durability,
+    started: std::time::Instant,
+) {
     if let Err(error) = store.finish_commit(done) {
         fatal(&error);
     }
@@ -883,7 +1107,6 @@ async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::
         mvcc::Durability::Durable => super::latency::Stage::Checkpoint,
     };
     shared.latency.record_since(0, stage, started);
-    pages as u64
 }
 
 fn fatal(error: &dyn std::fmt::Display) -> ! {
@@ -900,43 +1123,7 @@ fn apply(
 ) -> (Result<Outcome, Status>, bool) {
     let mut leases = LessorHook(lessor);
     match command {
-        Command::Put(request) => {
-            if let Err(status) = check_quota(store, shared, (request.key.len() + request.value.len()) as u64) {
-                return (Err(status), false);
-            }
-            let mut txn = store.write();
-            let result = kv::put(&mut txn, &mut leases, &request);
-            let revision = txn.end();
-            (
-                result.map(|mut r| {
-                    r.header = Some(shared.header(revision));
-                    Outcome::Put(r)
-                }),
-                true,
-            )
-        }
-        Command::DeleteRange(request) => {
-            let mut txn = store.write();
-            let mut response = kv::delete_range(&mut txn, &mut leases, &request);
-            let revision = txn.end();
-            response.header = Some(shared.header(revision));
-            (Ok(Outcome::DeleteRange(response)), true)
-        }
-        Command::Txn(request) => {
-            if let Err(status) = check_quota(store, shared, prost::Message::encoded_len(&request) as u64) {
-                return (Err(status), false);
-            }
-            let mut txn = store.write();
-            let result = kv::txn_write(&mut txn, &mut leases, &request);
-            let revision = txn.end();
-            (
-                result.map(|mut r| {
-                    r.header = Some(shared.header(revision));
-                    Outcome::Txn(r)
-                }),
-                true,
-            )
-        }
+        Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => apply_write(store, &mut leases, shared, command),
         Command::Compact(request) => {
             let result = store.compact(request.revision).map_err(kv::mvcc_status);
             let header = Some(shared.header(store.current_revision()));
@@ -998,6 +1185,55 @@ fn apply(
             )
         }
         Command::Alarm(request) => (Ok(Outcome::Alarm(alarm(store, shared, &request))), false),
+    }
+}
+
+/// A put, delete or txn: the store, and the lease table's keys through `leases`.
+fn apply_write(
+    store: &mut mvcc::Store,
+    leases: &mut dyn kv::Leases,
+    shared: &Shared,
+    command: Command,
+) -> (Result<Outcome, Status>, bool) {
+    match command {
+        Command::Put(request) => {
+            if let Err(status) = check_quota(store, shared, (request.key.len() + request.value.len()) as u64) {
+                return (Err(status), false);
+            }
+            let mut txn = store.write();
+            let result = kv::put(&mut txn, leases, &request);
+            let revision = txn.end();
+            (
+                result.map(|mut r| {
+                    r.header = Some(shared.header(revision));
+                    Outcome::Put(r)
+                }),
+                true,
+            )
+        }
+        Command::DeleteRange(request) => {
+            let mut txn = store.write();
+            let mut response = kv::delete_range(&mut txn, leases, &request);
+            let revision = txn.end();
+            response.header = Some(shared.header(revision));
+            (Ok(Outcome::DeleteRange(response)), true)
+        }
+        Command::Txn(request) => {
+            if let Err(status) = check_quota(store, shared, prost::Message::encoded_len(&request) as u64) {
+                return (Err(status), false);
+            }
+            let mut txn = store.write();
+            let result = kv::txn_write(&mut txn, leases, &request);
+            let revision = txn.end();
+            (
+                result.map(|mut r| {
+                    r.header = Some(shared.header(revision));
+                    Outcome::Txn(r)
+                }),
+                true,
+            )
+        }
+        _ => unreachable!("only puts, deletes and txns are writes"),
     }
 }
 
