@@ -1137,7 +1137,12 @@ impl RaftCore {
     /// voter, and none of them changes the configuration (Raft's configuration takes
     /// effect at append, so it is the one these entries commit under). No other member can
     /// be elected without this one's vote, which it gives only to a log holding them. The
-    /// apply task may then apply them while the WAL writes (`ApplyWork::Ahead`).
+    /// apply task may then apply them while the WAL writes (`ApplyWork::Ahead`), and stops
+    /// the member if they commit otherwise. Rules elsewhere keep that true: one membership
+    /// change at a time (`propose_conf_change`), so a learner's promotion is proposed only
+    /// once the change that added it, and every entry before that, has committed; a lone
+    /// voter's second voter joins as a learner first (`stage_added_voter`); a leader moves
+    /// only to a voter.
     fn commits_alone(&self, entries: &[Entry]) -> bool {
         !entries.is_empty()
             && self.raft.role() == Role::Leader

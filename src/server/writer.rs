@@ -432,6 +432,9 @@ async fn apply_loop(
         let mut members_changed = false;
         let mut removed = false;
         let applying = std::time::Instant::now();
+        // A turn with nothing to apply (after entries applied ahead, a checkpoint falling
+        // due) records no apply.
+        let applies = !batch.is_empty();
         for next in batch.drain(..) {
             if let ApplyWork::Install { index, path } = next {
                 store = install(store, &shared, index, &path);
@@ -489,7 +492,9 @@ async fn apply_loop(
                 ApplyWork::Ahead(_) => {}
             }
         }
-        shared.latency.record_since(0, super::latency::Stage::Apply, applying);
+        if applies {
+            shared.latency.record_since(0, super::latency::Stage::Apply, applying);
+        }
         background.step(&mut store);
         let defragmenting = !background.defragmentations.is_empty();
         let durability = checkpoints.durability(changed, defragmenting);
@@ -784,8 +789,9 @@ impl Ahead<'_> {
     /// Applies `entries` and writes their pages, then takes work (from `batch`, then from
     /// the channel) until they arrive committed, and only then publishes the commit, makes
     /// its lease changes and answers. Work that came meanwhile is left in `batch`, in
-    /// order. Entries that cannot go ahead (not the store's next ones, or holding anything
-    /// but puts, deletes and txns) are left to be applied when they commit. Returns false
+    /// order. Entries that cannot go ahead (not the store's next ones, holding anything but
+    /// puts, deletes and txns, or a write that would raise the NOSPACE alarm) are left to
+    /// be applied when they commit. Returns false
     /// when the raft core is gone.
     async fn apply(
         &mut self,
@@ -826,6 +832,7 @@ impl Ahead<'_> {
         let (done, pages) = write_commit(self.store, mvcc::Durability::Visible).await;
         let written = writing.elapsed();
         let mut arrived: std::collections::VecDeque<ApplyWork> = batch.drain(..).collect();
+        let mut unchecked = entries[0].index;
         loop {
             let next = match arrived.pop_front() {
                 Some(next) => next,
@@ -834,12 +841,19 @@ impl Ahead<'_> {
                     None => return false,
                 },
             };
-            let ApplyWork::Entries(committed) = next else {
-                batch.push(next);
-                continue;
-            };
-            if self.committed(&entries, committed, batch) {
-                break;
+            match next {
+                ApplyWork::Entries(committed) => {
+                    if Ahead::committed(&entries, &mut unchecked, committed, batch) {
+                        break;
+                    }
+                }
+                ApplyWork::Install { index, .. } => fatal(&format!(
+                    "a leader's snapshot at index {index} arrived while entries {}..={} applied ahead of \
+                     their commit were waiting for it",
+                    entries[0].index,
+                    entries[entries.len() - 1].index
+                )),
+                next => batch.push(next),
             }
         }
         batch.extend(arrived);
@@ -874,11 +888,15 @@ impl Ahead<'_> {
         let mut batches = Vec::with_capacity(entries.len());
         for entry in entries {
             let batch = if entry.data.is_empty() { Batch::default() } else { Batch::decode(&entry.data[..]).ok()? };
-            let writes = batch.requests.iter().all(|request| {
-                matches!(
-                    request.op,
-                    Some(entry::Op::Put(_)) | Some(entry::Op::DeleteRange(_)) | Some(entry::Op::Txn(_))
-                )
+            // A write that would raise the NOSPACE alarm waits for its commit: the alarm is
+            // seen by every core at once.
+            let trips_quota =
+                |cost| !self.shared.alarm_no_space.load(Ordering::Acquire) && over_quota(self.store, self.shared, cost);
+            let writes = batch.requests.iter().all(|request| match &request.op {
+                Some(entry::Op::Put(put)) => !trips_quota(put_quota_cost(put)),
+                Some(entry::Op::Txn(txn)) => !trips_quota(txn_quota_cost(txn)),
+                Some(entry::Op::DeleteRange(_)) => true,
+                _ => false,
             });
             if !writes {
                 return None;
@@ -888,31 +906,36 @@ impl Ahead<'_> {
         Some(batches)
     }
 
-    /// Takes committed entries while entries applied ahead wait: each of those must arrive
-    /// as it was applied (the raft core's promise, `RaftCore::commits_alone`); later ones
-    /// go to `batch`. Returns whether the last entry applied ahead has now committed.
-    fn committed(&self, ahead: &[Entry], committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> bool {
+    /// Takes committed entries while entries applied ahead wait for them. `unchecked` is
+    /// the first of those not yet seen committed; each must arrive in turn, as it was
+    /// applied (the raft core's promise, `RaftCore::commits_alone`): anything else means
+    /// another leader replaced them, and the member stops before it answers any of them.
+    /// Later entries go to `batch`. Returns whether every entry applied ahead has committed.
+    fn committed(ahead: &[Entry], unchecked: &mut u64, committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> bool {
         let first = ahead[0].index;
         let last = ahead[ahead.len() - 1].index;
-        let through = committed.last().map_or(0, |entry| entry.index);
         let mut later = Vec::new();
         for entry in committed {
-            if entry.index > last {
+            if entry.index < first {
+                continue;
+            }
+            if entry.index > last && *unchecked > last {
                 later.push(entry);
-            } else if entry.index >= first {
-                let applied = &ahead[(entry.index - first) as usize];
-                if (applied.term, &applied.data) != (entry.term, &entry.data) {
-                    fatal(&format!(
-                        "entry {} committed at term {} is not the one applied ahead of its commit (term {})",
-                        entry.index, entry.term, applied.term
-                    ));
-                }
+                continue;
+            }
+            let applied = ahead.get((*unchecked - first) as usize).filter(|_| entry.index == *unchecked);
+            match applied {
+                Some(applied) if (applied.term, &applied.data) == (entry.term, &entry.data) => *unchecked += 1,
+                _ => fatal(&format!(
+                    "entry {} (term {}) committed where entry {} applied ahead of its commit was expected",
+                    entry.index, entry.term, *unchecked
+                )),
             }
         }
         if !later.is_empty() {
             batch.push(ApplyWork::Entries(later));
         }
-        through >= last
+        *unchecked > last
     }
 }
 
@@ -1197,7 +1220,7 @@ fn apply_write(
 ) -> (Result<Outcome, Status>, bool) {
     match command {
         Command::Put(request) => {
-            if let Err(status) = check_quota(store, shared, (request.key.len() + request.value.len()) as u64) {
+            if let Err(status) = check_quota(store, shared, put_quota_cost(&request)) {
                 return (Err(status), false);
             }
             let mut txn = store.write();
@@ -1219,7 +1242,7 @@ fn apply_write(
             (Ok(Outcome::DeleteRange(response)), true)
         }
         Command::Txn(request) => {
-            if let Err(status) = check_quota(store, shared, prost::Message::encoded_len(&request) as u64) {
+            if let Err(status) = check_quota(store, shared, txn_quota_cost(&request)) {
                 return (Err(status), false);
             }
             let mut txn = store.write();
@@ -1243,11 +1266,24 @@ fn check_quota(store: &mvcc::Store, shared: &Shared, cost_bytes: u64) -> Result<
     if shared.alarm_no_space.load(Ordering::Acquire) {
         return Err(errors::NO_SPACE);
     }
-    if store.size_bytes() + cost_bytes + QUOTA_KEY_OVERHEAD_BYTES > shared.config.quota_backend_bytes {
+    if over_quota(store, shared, cost_bytes) {
         shared.alarm_no_space.store(true, Ordering::Release);
         return Err(errors::NO_SPACE);
     }
     Ok(())
+}
+
+fn over_quota(store: &mvcc::Store, shared: &Shared, cost_bytes: u64) -> bool {
+    store.size_bytes() + cost_bytes + QUOTA_KEY_OVERHEAD_BYTES > shared.config.quota_backend_bytes
+}
+
+/// What a put or a txn costs in etcd's quota check.
+fn put_quota_cost(request: &pb::PutRequest) -> u64 {
+    (request.key.len() + request.value.len()) as u64
+}
+
+fn txn_quota_cost(request: &pb::TxnRequest) -> u64 {
+    prost::Message::encoded_len(request) as u64
 }
 
 fn alarm(store: &mvcc::Store, shared: &Shared, request: &pb::AlarmRequest) -> pb::AlarmResponse {
