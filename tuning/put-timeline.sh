@@ -141,42 +141,74 @@ def kind(index, name, rest):
 
 marks = [(t, k) for index, (tid, t, name, rest) in enumerate(events) if tid == core
          for k in [kind(index, name, rest)] if k]
-# Anchors of one cycle, in order; 'handle' occurs twice (the WAL's Persisted event, then the
-# next request's proposal after it was read).
-anchors = ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'sendto', 'recvfrom', 'handle',
-           'wal_submit', 'wal_done']
-phases = [
-    ('WAL write durable -> raft loop (Persisted)', ''),
-    ('raft loop -> apply starts', ''),
-    ('apply -> first store pwritev', ''),
-    ('store pwritev(s) -> finish_commit', ''),
-    ('finish_commit -> reply sendto', ''),
-    ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
-    ('request read -> raft loop (proposal)', ''),
-    ('raft loop -> WAL write submitted', ''),
-    ('WAL write submitted -> completion seen', 'the device, and the core picking it up'),
+# The anchors of one cycle, in order, from one WAL completion to the next; 'handle' occurs
+# twice (the WAL's Persisted event, then the next request's proposal after it was read).
+# A sole voter applies a put while its WAL write is in flight (`Ahead` in
+# src/server/writer.rs): its page writes come before the completion, and only the
+# publication (finish_commit) is left after it. Entries that did not go ahead are applied
+# after their commit (`Turn::apply_entry`).
+schemes = [
+    ('applied ahead, during the WAL write',
+     ['wal_done', 'handle', 'finish_commit', 'sendto', 'recvfrom', 'handle', 'wal_submit', 'pwritev', 'wal_done'],
+     [
+         ('WAL write durable -> raft loop (Persisted)', ''),
+         ('raft loop -> finish_commit (published)', ''),
+         ('finish_commit -> reply sendto', ''),
+         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
+         ('request read -> raft loop (proposal)', ''),
+         ('raft loop -> WAL write submitted', ''),
+         ('WAL write submitted -> store pwritev', 'the apply, ahead'),
+         ('store pwritev -> WAL completion seen', 'the device, and the core picking it up'),
+     ]),
+    ('applied after the commit',
+     ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'sendto', 'recvfrom', 'handle',
+      'wal_submit', 'wal_done'],
+     [
+         ('WAL write durable -> raft loop (Persisted)', ''),
+         ('raft loop -> apply starts', ''),
+         ('apply -> first store pwritev', ''),
+         ('store pwritev(s) -> finish_commit', ''),
+         ('finish_commit -> reply sendto', ''),
+         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
+         ('request read -> raft loop (proposal)', ''),
+         ('raft loop -> WAL write submitted', ''),
+         ('WAL write submitted -> completion seen', 'the device, and the core picking it up'),
+     ]),
 ]
-durations = [[] for _ in phases]
-totals = []
-skipped = 0
-starts = [i for i, (_, k) in enumerate(marks) if k == 'wal_done']
-for a, b in zip(starts, starts[1:]):
+
+
+def cycle(a, b, anchors):
+    """The times of `anchors` between marks a and b (both 'wal_done'), or None."""
     found, position = [], a
     for anchor in anchors[:-1]:
         while position < b and marks[position][1] != anchor:
             position += 1
         if position == b:
-            break
+            return None
         found.append(marks[position][0])
         position += 1
-    if len(found) != len(anchors) - 1:
+    # Nothing of the next cycle's order in between: a cycle whose apply ran after its
+    # commit has no page write between its submission and its completion.
+    if anchors[-2] == 'wal_submit' and any(k == 'pwritev' for _, k in marks[position:b]):
+        return None
+    return found + [marks[b][0]]
+
+
+durations = [[[] for _ in phases] for _, _, phases in schemes]
+totals = [[] for _ in schemes]
+skipped = 0
+starts = [i for i, (_, k) in enumerate(marks) if k == 'wal_done']
+for a, b in zip(starts, starts[1:]):
+    for s, (_, anchors, phases) in enumerate(schemes):
+        found = cycle(a, b, anchors)
+        if found:
+            totals[s].append(found[-1] - found[0])
+            for i in range(len(phases)):
+                durations[s][i].append(found[i + 1] - found[i])
+            break
+    else:
         skipped += 1
-        continue
-    found.append(marks[b][0])
-    totals.append(found[-1] - found[0])
-    for i in range(len(phases)):
-        durations[i].append(found[i + 1] - found[i])
-if not totals:
+if not any(totals):
     sys.exit("put-timeline: no complete cycle found")
 
 
@@ -186,9 +218,13 @@ def row(name, values, note=''):
     print(f"{name:44s} {p50:8.1f} {p90:8.1f} {p99:8.1f} {statistics.mean(values):8.1f}  {note}")
 
 
-print(f"\n{len(totals)} put cycles on the raft core's thread ({skipped} without every phase, left out)")
-print(f"{'phase':44s} {'p50 µs':>8s} {'p90 µs':>8s} {'p99 µs':>8s} {'mean µs':>8s}")
-for (name, note), values in zip(phases, durations):
-    row(name, values, note)
-row('whole cycle (one put)', totals, 'percentiles of whole cycles, not sums of the rows')
+for (title, _, phases), phase_durations, cycle_totals in zip(schemes, durations, totals):
+    if not cycle_totals:
+        continue
+    print(f"\n{len(cycle_totals)} put cycles on the raft core's thread, {title}")
+    print(f"{'phase':44s} {'p50 µs':>8s} {'p90 µs':>8s} {'p99 µs':>8s} {'mean µs':>8s}")
+    for (name, note), values in zip(phases, phase_durations):
+        row(name, values, note)
+    row('whole cycle (one put)', cycle_totals, 'percentiles of whole cycles, not sums of the rows')
+print(f"\n{skipped} cycles without every phase of either order, left out")
 EOF
