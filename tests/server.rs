@@ -225,6 +225,11 @@ fn a_txn_nested_too_deeply_is_refused_before_raft_and_the_server_goes_on() {
 /// `GET /debug/cores` over `observer`, until each core's live client connections satisfy
 /// `done` (a closed connection is uncounted when its core notices), for at most 10 s.
 fn wait_for_connections(observer: &mut KeepAlive, what: &str, done: impl Fn([u64; 2]) -> bool) -> [u64; 2] {
+    wait_for_cores(observer, what, |counts, _| done(counts))
+}
+
+/// `wait_for_connections`, with the connections accepted since start given to `done` too.
+fn wait_for_cores(observer: &mut KeepAlive, what: &str, done: impl Fn([u64; 2], u64) -> bool) -> [u64; 2] {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (status, body) = observer.request("GET", "/debug/cores", "");
@@ -235,7 +240,7 @@ fn wait_for_connections(observer: &mut KeepAlive, what: &str, done: impl Fn([u64
             (Some(true), Some(false))
         );
         let counts = [0, 1].map(|core| cores["cores"][core]["client_connections"].as_u64().unwrap());
-        if done(counts) {
+        if done(counts, cores["accepted_connections"].as_u64().unwrap()) {
             return counts;
         }
         assert!(std::time::Instant::now() < deadline, "connections per core: {counts:?}; expected {what}");
@@ -253,8 +258,12 @@ fn connections_are_spread_evenly_over_the_cores_the_raft_core_first() {
     let ringd = Ringd::start(&["--cores", "2"]);
     let mut observer = KeepAlive::connect(ringd.port);
     // The start-up probe's connection may still be counted (and so may have sent the
-    // observer to core 1): wait until only the observer is.
-    let alone = wait_for_connections(&mut observer, "the observer alone", |counts| counts[0] + counts[1] == 1);
+    // observer to core 1), or not even accepted yet (a core busy elsewhere takes it later,
+    // and counts it until it sees it closed): wait until both were accepted and only the
+    // observer is live.
+    let alone = wait_for_cores(&mut observer, "the observer alone", |counts, accepted| {
+        accepted == 2 && counts[0] + counts[1] == 1
+    });
     let mut counts = alone;
     let mut clients = Vec::new();
     for opened in 1..=7 {

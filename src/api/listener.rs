@@ -170,6 +170,7 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>, balancer: Rc<Bal
                 continue;
             }
         };
+        core.shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
         if let Some((stream, live)) = balancer.place(stream) {
             glommio::spawn_local(serve_connection(stream.bind_to_executor(), core.clone(), live)).detach();
         }

@@ -90,6 +90,8 @@ pub struct Shared {
     pub latency: latency::Latency,
     /// Live client connections per core (`api::listener` places connections by them).
     pub client_connections: crate::api::listener::ConnectionCounts,
+    /// Client connections accepted since start, on every core (GET /debug/cores).
+    pub accepted_connections: AtomicU64,
     /// The origin of the lessor's clock (monotonic).
     pub started: std::time::Instant,
     pub db_size_bytes: AtomicU64,
@@ -538,8 +540,8 @@ impl Core {
         self.shared.latency.json()
     }
 
-    /// GET /debug/cores: each core's CPU and live client connections, and the core that
-    /// serves the connection asking (`answered_by`).
+    /// GET /debug/cores: each core's CPU and live client connections, the connections
+    /// accepted since start, and the core that serves the connection asking (`answered_by`).
     pub fn cores_json(&self) -> serde_json::Value {
         let cores: Vec<serde_json::Value> = (0..self.shared.config.cores)
             .map(|core| {
@@ -551,7 +553,8 @@ impl Core {
                 })
             })
             .collect();
-        serde_json::json!({ "cores": cores, "answered_by": self.index })
+        let accepted = self.shared.accepted_connections.load(Ordering::Relaxed);
+        serde_json::json!({ "cores": cores, "accepted_connections": accepted, "answered_by": self.index })
     }
 
     pub fn version_json(&self) -> serde_json::Value {
@@ -674,6 +677,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         members: RwLock::new(members),
         latency: latency::Latency::new(config.cores),
         client_connections: crate::api::listener::connection_counts(config.cores),
+        accepted_connections: AtomicU64::new(0),
         started: std::time::Instant::now(),
         db_size_bytes: AtomicU64::new(store.size_bytes()),
         db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
