@@ -791,8 +791,7 @@ impl Ahead<'_> {
     /// its lease changes and answers. Work that came meanwhile is left in `batch`, in
     /// order. Entries that cannot go ahead (not the store's next ones, holding anything but
     /// puts, deletes and txns, or a write that would raise the NOSPACE alarm) are left to
-    /// be applied when they commit. Returns false
-    /// when the raft core is gone.
+    /// be applied when they commit. Returns false when the raft core is gone.
     async fn apply(
         &mut self,
         entries: Vec<Entry>,
@@ -878,20 +877,21 @@ impl Ahead<'_> {
         true
     }
 
-    /// The request batches of `entries` (None for an empty entry) if they can be applied
-    /// ahead: the store's next entries, holding only puts, deletes and txns.
+    /// The request batches of `entries` (an empty one for an empty entry, a leader's
+    /// first of its term) if they can be applied ahead: the store's next entries, holding
+    /// only puts, deletes and txns.
     fn writes_only(&self, entries: &[Entry]) -> Option<Vec<Batch>> {
         let next = self.store.consistent_index() + 1;
         if entries.first().is_none_or(|first| first.index != next) {
             return None;
         }
+        // A write that would raise the NOSPACE alarm waits for its commit: the alarm is seen
+        // by every core at once.
+        let trips_quota =
+            |cost| !self.shared.alarm_no_space.load(Ordering::Acquire) && over_quota(self.store, self.shared, cost);
         let mut batches = Vec::with_capacity(entries.len());
         for entry in entries {
             let batch = if entry.data.is_empty() { Batch::default() } else { Batch::decode(&entry.data[..]).ok()? };
-            // A write that would raise the NOSPACE alarm waits for its commit: the alarm is
-            // seen by every core at once.
-            let trips_quota =
-                |cost| !self.shared.alarm_no_space.load(Ordering::Acquire) && over_quota(self.store, self.shared, cost);
             let writes = batch.requests.iter().all(|request| match &request.op {
                 Some(entry::Op::Put(put)) => !trips_quota(put_quota_cost(put)),
                 Some(entry::Op::Txn(txn)) => !trips_quota(txn_quota_cost(txn)),
