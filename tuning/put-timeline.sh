@@ -6,8 +6,9 @@
 # WARMUP keys, then records `ringbench --conns=1 --clients=1 put` (TOTAL puts, 8-byte keys,
 # 256-byte values, as the 1-client row of tuning/scenarios/etcd-doc.toml) with `perf record`
 # attached to ringd: io_uring submissions and completions (the WAL's direct write), the
-# sendto/recvfrom of the client connection, the store's pwritev, and uprobes on three of
-# ringd's functions (RaftCore::handle, Turn::apply_entry, Store::finish_commit). Each put's
+# sendto/recvfrom of the client connection, the store's pwritev, and uprobes on four of
+# ringd's functions (RaftCore::handle, Turn::apply_entry, Store::finish_commit,
+# grpc::send_reply). Each put's
 # cycle runs from one WAL write's completion to the next; the table gives every phase's p50,
 # p90, p99 and mean over the cycles that passed through all of them.
 #
@@ -54,6 +55,7 @@ trap cleanup EXIT
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe apply_entry '4Turn11apply_entry17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
+add_probe send_reply '4grpc10send_reply17h[0-9a-f]+E$'
 
 # shellcheck disable=SC2086
 "$RINGD" --data-dir "$data/ringd" --listen-client-urls "http://$ENDPOINT" --advertise-client-urls "http://$ENDPOINT" \
@@ -135,7 +137,7 @@ def kind(index, name, rest):
     if name == 'sys_exit_recvfrom':
         # A read that returned bytes (not EAGAIN, nor 0).
         return 'recvfrom' if received(rest) > 0 else None
-    probe = re.match(r'put_timeline_\d+_(handle|apply_entry|finish_commit)$', name)
+    probe = re.match(r'put_timeline_\d+_(handle|apply_entry|finish_commit|send_reply)$', name)
     return probe.group(1) if probe else None
 
 
@@ -149,11 +151,13 @@ marks = [(t, k) for index, (tid, t, name, rest) in enumerate(events) if tid == c
 # after their commit (`Turn::apply_entry`).
 schemes = [
     ('applied ahead, during the WAL write',
-     ['wal_done', 'handle', 'finish_commit', 'sendto', 'recvfrom', 'handle', 'wal_submit', 'pwritev', 'wal_done'],
+     ['wal_done', 'handle', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle', 'wal_submit', 'pwritev',
+      'wal_done'],
      [
          ('WAL write durable -> raft loop (Persisted)', ''),
          ('raft loop -> finish_commit (published)', ''),
-         ('finish_commit -> reply sendto', ''),
+         ('finish_commit -> send_reply', 'the reply reaches its stream'),
+         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
          ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
          ('request read -> raft loop (proposal)', ''),
          ('raft loop -> WAL write submitted', ''),
@@ -161,14 +165,15 @@ schemes = [
          ('store pwritev -> WAL completion seen', 'the device, and the core picking it up'),
      ]),
     ('applied after the commit',
-     ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'sendto', 'recvfrom', 'handle',
+     ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle',
       'wal_submit', 'wal_done'],
      [
          ('WAL write durable -> raft loop (Persisted)', ''),
          ('raft loop -> apply starts', ''),
          ('apply -> first store pwritev', ''),
          ('store pwritev(s) -> finish_commit', ''),
-         ('finish_commit -> reply sendto', ''),
+         ('finish_commit -> send_reply', 'the reply reaches its stream'),
+         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
          ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
          ('request read -> raft loop (proposal)', ''),
          ('raft loop -> WAL write submitted', ''),
