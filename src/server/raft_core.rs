@@ -1144,10 +1144,11 @@ impl RaftCore {
     /// voter's second voter joins as a learner first (`stage_added_voter`); a leader moves
     /// only to a voter.
     fn commits_alone(&self, entries: &[Entry]) -> bool {
+        let conf = self.raft.conf_state();
         !entries.is_empty()
             && self.raft.role() == Role::Leader
-            && self.raft.conf_state().voters == [self.shared.member_id]
-            && self.raft.conf_state().learners.is_empty()
+            && conf.voters == [self.shared.member_id]
+            && conf.learners.is_empty()
             && entries.iter().all(|entry| entry.entry_type == EntryType::EntryNormal as i32)
     }
 

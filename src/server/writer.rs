@@ -907,9 +907,10 @@ impl Ahead<'_> {
     }
 
     /// Takes committed entries while entries applied ahead wait for them. `unchecked` is
-    /// the first of those not yet seen committed; each must arrive in turn, as it was
-    /// applied (the raft core's promise, `RaftCore::commits_alone`): anything else means
-    /// another leader replaced them, and the member stops before it answers any of them.
+    /// the first of those not yet seen committed; each must arrive in turn, at the term it
+    /// was applied at (the raft core's promise, `RaftCore::commits_alone`; an index and a
+    /// term name one entry, Raft's log matching): anything else means another leader
+    /// replaced them, and the member stops before it answers any of them.
     /// Later entries go to `batch`. Returns whether every entry applied ahead has committed.
     fn committed(ahead: &[Entry], unchecked: &mut u64, committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> bool {
         let first = ahead[0].index;
@@ -925,7 +926,7 @@ impl Ahead<'_> {
             }
             let applied = ahead.get((*unchecked - first) as usize).filter(|_| entry.index == *unchecked);
             match applied {
-                Some(applied) if (applied.term, &applied.data) == (entry.term, &entry.data) => *unchecked += 1,
+                Some(applied) if applied.term == entry.term => *unchecked += 1,
                 _ => fatal(&format!(
                     "entry {} (term {}) committed where entry {} applied ahead of its commit was expected",
                     entry.index, entry.term, *unchecked
