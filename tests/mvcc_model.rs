@@ -1,7 +1,8 @@
 //! Property tests of the MVCC store against a plain in-memory model of etcd's semantics:
-//! random puts, deletes, txns, compactions, aux table changes, visible commits, durable
-//! checkpoints, reopens, crashes (back to the last checkpoint) and ranges at random revisions,
-//! read through the writer and through snapshots, must give the model's answers.
+//! random puts, deletes, txns, compactions, aux table changes, visible commits, speculative
+//! commits (published, or aborted back to the last published commit), durable checkpoints,
+//! reopens, crashes (back to the last checkpoint) and ranges at random revisions, read through
+//! the writer and through snapshots, must give the model's answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ringd::mvcc::{
-    CrashMode, Durability, KeyValue, MvccError, RangeOptions, RangeResult, SimFile, Snapshot, Store, StoreOptions,
-    AUX_KEY_SIZE_MAX_BYTES,
+    CrashMode, Durability, KeyValue, MvccError, RangeOptions, RangeResult, SimFile, Snapshot, Store, StoreFile,
+    StoreOptions, AUX_KEY_SIZE_MAX_BYTES, AUX_TABLE_LEASES,
 };
 
 const SIM_CAPACITY_BYTES: u64 = 256 << 20;
@@ -82,6 +83,9 @@ enum Op {
     Range(RangeSpec),
     Commit,
     CommitVisible,
+    /// A speculative commit, then published (true, a visible commit) or aborted (false: the
+    /// store goes back to its last published commit).
+    Speculate(bool),
     Reopen,
     /// Reopen a crash image without a checkpoint first (unsynced writes torn if true).
     Crash(bool),
@@ -134,6 +138,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => range_spec().prop_map(Op::Range),
         2 => Just(Op::Commit),
         3 => Just(Op::CommitVisible),
+        3 => any::<bool>().prop_map(Op::Speculate),
         1 => Just(Op::Reopen),
         1 => any::<bool>().prop_map(Op::Crash),
         2 => aux_change().prop_map(|(table, key, value_len)| Op::Aux { table, key, value_len }),
@@ -248,6 +253,21 @@ impl Model {
     }
 }
 
+/// A write of one txn as the shadow saw it, to replay.
+#[derive(Clone, Debug)]
+enum ShadowWrite {
+    Put { key: Vec<u8>, value: Vec<u8>, lease: i64 },
+    Delete { key: Vec<u8>, end: Vec<u8> },
+}
+
+/// What changed the shadow since its last checkpoint: a txn's writes in order, or a
+/// compaction (one that succeeded) at its revision.
+#[derive(Clone, Debug)]
+enum ShadowChange {
+    Txn(Vec<ShadowWrite>),
+    Compact(i64),
+}
+
 struct Harness {
     keys: Vec<Vec<u8>>,
     aux_keys: Vec<Vec<u8>>,
@@ -262,6 +282,12 @@ struct Harness {
     /// that it crashes back to the same state): its HashKV must be equal.
     shadow: Store,
     shadow_sim: Arc<SimFile>,
+    /// The shadow's changes since its last checkpoint, and how many of them the store's last
+    /// published commit holds. The shadow cannot drop writes made after that commit (it has
+    /// no commit there), so when the store aborts a speculative commit the shadow reopens at
+    /// its checkpoint (the store's last one) and replays the published part of the log.
+    shadow_log: Vec<ShadowChange>,
+    shadow_log_published: usize,
     commits: u64,
 }
 
@@ -306,6 +332,8 @@ impl Harness {
             snapshots: Vec::new(),
             shadow,
             shadow_sim,
+            shadow_log: Vec::new(),
+            shadow_log_published: 0,
             commits: 0,
         }
     }
@@ -315,6 +343,7 @@ impl Harness {
         let mut sub = 0;
         let mut txn = self.store.write();
         let mut shadow = self.shadow.write();
+        let mut shadow_writes = Vec::new();
         assert_eq!(txn.revision(), revision);
         for op in ops {
             match op {
@@ -349,6 +378,7 @@ impl Harness {
                     }
                     sub += 1;
                     shadow.put(key, &value, *lease);
+                    shadow_writes.push(ShadowWrite::Put { key: key.clone(), value, lease: *lease });
                 }
                 TxnOp::Delete { key, end } => {
                     let (key, end) = (self.keys[*key].clone(), end_key(&self.keys, *end));
@@ -360,6 +390,7 @@ impl Harness {
                     }
                     assert_eq!(txn.delete_range(&key, &end), expected, "delete_range's deleted keys");
                     shadow.delete_range(&key, &end);
+                    shadow_writes.push(ShadowWrite::Delete { key, end });
                 }
                 TxnOp::Aux { table, key, value_len } => {
                     let key = &self.aux_keys[*key];
@@ -388,6 +419,7 @@ impl Harness {
         assert_eq!(txn.end(), expected_end);
         assert_eq!(shadow.end(), expected_end);
         self.model.current = expected_end;
+        self.shadow_log.push(ShadowChange::Txn(shadow_writes));
     }
 
     fn apply(&mut self, op: &Op) {
@@ -399,6 +431,9 @@ impl Harness {
                 let expected = self.model.compact(revision);
                 assert_eq!(self.store.compact(revision), expected, "compact({revision})");
                 assert_eq!(self.shadow.compact(revision), expected);
+                if expected.is_ok() {
+                    self.shadow_log.push(ShadowChange::Compact(revision));
+                }
             }
             Op::Range(spec) => {
                 let current = self.model.current;
@@ -419,6 +454,22 @@ impl Harness {
             }
             Op::Commit => self.commit(Durability::Durable),
             Op::CommitVisible => self.commit(Durability::Visible),
+            Op::Speculate(publish) => {
+                self.next_consistent_index();
+                let job = self.store.prepare_speculative_commit().expect("prepare a speculative commit");
+                let done = job.run();
+                if *publish {
+                    self.store.finish_commit(done).expect("finish a speculative commit");
+                    self.published(Durability::Visible);
+                } else {
+                    self.store.abort_commit(done).expect("abort a speculative commit");
+                    // Every write since the last published commit is gone, the consistent
+                    // index set for this one included (`commits` did not advance).
+                    self.model = self.committed.clone();
+                    self.reopen_shadow_at_published();
+                    self.verify_aborted();
+                }
+            }
             Op::Reopen => {
                 self.commit(Durability::Durable);
                 let image = self.sim.crash_image(CrashMode::DropUnsynced, 0);
@@ -431,6 +482,8 @@ impl Harness {
                 (self.sim, self.store) = open_sim(&image);
                 let shadow_image = self.shadow_sim.crash_image(CrashMode::DropUnsynced, 0);
                 (self.shadow_sim, self.shadow) = open_sim(&shadow_image);
+                self.shadow_log.clear();
+                self.shadow_log_published = 0;
                 self.model = self.durable.clone();
                 self.committed = self.durable.clone();
                 self.verify_reopened();
@@ -474,17 +527,88 @@ impl Harness {
 
     /// A commit with the next consistent index; a checkpoint also checkpoints the shadow.
     fn commit(&mut self, durability: Durability) {
-        self.commits += 1;
-        self.model.consistent_index = self.commits;
-        self.store.set_consistent_index(self.commits);
+        self.next_consistent_index();
         self.store.commit_with(durability).expect("commit");
+        self.published(durability);
+    }
+
+    /// Sets the consistent index the next commit saves: one past the last published commit's.
+    fn next_consistent_index(&mut self) {
+        self.model.consistent_index = self.commits + 1;
+        self.store.set_consistent_index(self.commits + 1);
+    }
+
+    /// After the store published a commit: the writer's state is the committed one, and for
+    /// a checkpoint the durable one too (the shadow checkpoints with it, its log starts anew).
+    fn published(&mut self, durability: Durability) {
+        self.commits += 1;
         self.committed = self.model.clone();
         if durability == Durability::Durable {
             self.shadow.commit().expect("shadow checkpoint");
             self.durable = self.model.clone();
+            self.shadow_log.clear();
         }
+        self.shadow_log_published = self.shadow_log.len();
         assert_eq!(self.store.durable_consistent_index(), self.durable.consistent_index);
         self.verify_snapshots();
+    }
+
+    /// After an abort: the shadow drops the changes made since the store's last published
+    /// commit by reopening at its checkpoint and replaying the ones before it.
+    fn reopen_shadow_at_published(&mut self) {
+        self.shadow_log.truncate(self.shadow_log_published);
+        let image = self.shadow_sim.crash_image(CrashMode::DropUnsynced, 0);
+        (self.shadow_sim, self.shadow) = open_sim(&image);
+        assert_eq!(self.shadow.current_revision(), self.durable.current, "the shadow reopens at the checkpoint");
+        for change in &self.shadow_log {
+            match change {
+                ShadowChange::Txn(writes) => {
+                    let mut txn = self.shadow.write();
+                    for write in writes {
+                        match write {
+                            ShadowWrite::Put { key, value, lease } => {
+                                txn.put(key, value, *lease);
+                            }
+                            ShadowWrite::Delete { key, end } => {
+                                txn.delete_range(key, end);
+                            }
+                        }
+                    }
+                    txn.end();
+                }
+                ShadowChange::Compact(revision) => {
+                    self.shadow.compact(*revision).expect("a logged compaction replays");
+                }
+            }
+        }
+        assert_eq!(
+            self.shadow.current_revision(),
+            self.committed.current,
+            "the shadow replays to the published commit"
+        );
+    }
+
+    /// After an abort: the writer is the last published commit (state, free list and all),
+    /// and what readers see has not changed.
+    fn verify_aborted(&mut self) {
+        assert_eq!(self.store.consistent_index(), self.committed.consistent_index, "consistent index after abort");
+        assert_eq!(self.store.current_revision(), self.committed.current, "revision after abort");
+        assert_eq!(self.store.compact_revision(), self.committed.compacted, "compact revision after abort");
+        let (key, end) = all_keys();
+        let txn = self.store.write();
+        let got = txn.range(&key, &end, &RangeOptions::default());
+        drop(txn);
+        let expected = self.committed.range(&key, &end, &RangeOptions::default(), self.committed.current);
+        assert_eq!(got, expected, "writer range after abort");
+        // Every page is reachable from the published meta or on the free list, exactly once:
+        // the aborted commit's pages went back, the pages it freed did not.
+        self.store.check().expect("check after abort");
+        self.store.check_durable().expect("check of the metas on disk after abort");
+        self.verify_snapshots();
+        for table in 0..AUX_TABLE_COUNT {
+            assert_eq!(self.store.aux_scan(table), self.committed.aux_scan(table), "aux table {table} after abort");
+        }
+        assert_eq!(self.store.hash_kv(0), self.shadow.hash_kv(0), "the shadow is back at the published commit too");
     }
 
     /// After a reopen: the store is its last checkpoint, intact.
@@ -739,4 +863,119 @@ fn aux_tables_round_trip_across_reopen_defragment_and_image() {
     let (_, copy) = open_sim(&bytes);
     verify(&copy, "a copy from a snapshot image");
     assert_eq!(copy.hash(), reopened.hash(), "the image holds every tree, the aux tree included");
+}
+
+/// Every key's value as the writer reads it (its uncommitted writes included).
+fn writer_contents(store: &mut Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let (key, end) = all_keys();
+    let txn = store.write();
+    let got = txn.range(&key, &end, &RangeOptions::default()).expect("a range at the current revision");
+    drop(txn);
+    got.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+/// Speculative commits dropped round after round: each abort leaves exactly the published
+/// state, and the pages its job wrote go back to the free list, so the next round takes them
+/// again and the file stops growing. A speculation that is published then checkpointed
+/// survives a crash; the dropped ones (the last one's pages never synced) leave no trace.
+#[test]
+fn an_aborted_speculative_commit_leaves_the_published_state_and_frees_its_pages() {
+    let key = |i: u32| format!("/registry/pods/ns/pod-{i:05}").into_bytes();
+    let key_count = 4000u32;
+    let (sim, mut store) = open_sim(&[]);
+    // Three generations of every key in visible commits: trees of several levels, and free
+    // pages (the older generations' nodes) for the speculative commits to write.
+    let mut published = BTreeMap::new();
+    let mut index = 0;
+    for generation in 0..3i64 {
+        let mut txn = store.write();
+        for i in 0..key_count {
+            let value = value_bytes(generation * 10_000 + i as i64, 120);
+            txn.put(&key(i), &value, 0);
+            published.insert(key(i), value);
+        }
+        txn.end();
+        store.aux_put(AUX_TABLE_LEASES, &[generation as u8], b"published");
+        index += 1;
+        store.set_consistent_index(index);
+        store.commit_with(Durability::Visible).unwrap();
+    }
+    let published_revision = store.current_revision();
+    let published_hash = store.hash_kv(0).unwrap();
+    let published_aux = store.aux_scan(AUX_TABLE_LEASES);
+    assert_eq!(published_aux.len(), 3);
+    // (size of the published commit, length of the file) after each round.
+    let mut sizes = Vec::new();
+    for round in 0..30u32 {
+        // Puts over most leaves, a deleted range, an aux change and a compaction (whose
+        // first step the commit takes): none of it survives the abort.
+        let mut txn = store.write();
+        for j in 0..300 {
+            txn.put(&key((round * 131 + j * 13) % key_count), &value_bytes(-1 - round as i64, 200), 1);
+        }
+        assert_eq!(txn.delete_range(&key(round * 100), &key(round * 100 + 50)).len(), 50);
+        txn.end();
+        store.aux_put(AUX_TABLE_LEASES, &round.to_be_bytes(), b"aborted");
+        assert!(store.aux_delete(AUX_TABLE_LEASES, &[0]));
+        store.compact(published_revision - 1).unwrap();
+        store.set_consistent_index(index + 1);
+        let job = store.prepare_speculative_commit().unwrap();
+        assert!(job.page_count() > 0, "round {round}: the speculative commit writes pages");
+        let done = job.run();
+        store.abort_commit(done).unwrap();
+        assert_eq!(store.current_revision(), published_revision, "round {round}: revision");
+        assert_eq!(store.compact_revision(), 0, "round {round}: compact revision");
+        assert_eq!(store.consistent_index(), index, "round {round}: consistent index");
+        assert_eq!(store.hash_kv(0).unwrap(), published_hash, "round {round}: HashKV");
+        assert!(writer_contents(&mut store) == published, "round {round}: the writer reads the published keys");
+        assert_eq!(store.aux_scan(AUX_TABLE_LEASES), published_aux, "round {round}: aux table");
+        store.check().unwrap_or_else(|e| panic!("check after round {round}: {e}"));
+        store.check_durable().unwrap_or_else(|e| panic!("check of the metas on disk after round {round}: {e}"));
+        sizes.push((store.size_bytes(), sim.len_bytes().unwrap()));
+    }
+    // Each round's commit writes about half of the free pages; had an abort kept them, the
+    // free pages would run out by the second round and every round would extend the file.
+    assert_eq!(sizes[1], *sizes.last().unwrap(), "the file stops growing: (size, file length) {sizes:?}");
+
+    // A speculation that is published, then a checkpoint.
+    let mut txn = store.write();
+    for i in (0..key_count).step_by(7) {
+        let value = value_bytes(1_000_000 + i as i64, 90);
+        txn.put(&key(i), &value, 2);
+        published.insert(key(i), value);
+    }
+    txn.delete_range(&key(3900), &key(key_count));
+    published.retain(|k, _| *k < key(3900));
+    let finished_revision = txn.end();
+    store.aux_put(AUX_TABLE_LEASES, b"finished", b"published");
+    index += 1;
+    store.set_consistent_index(index);
+    let job = store.prepare_speculative_commit().unwrap();
+    store.finish_commit(job.run()).unwrap();
+    assert_eq!(store.reader().snapshot().revision(), finished_revision, "a finished speculation is published");
+    index += 1;
+    store.set_consistent_index(index);
+    store.commit().unwrap();
+    // One more dropped speculation after the checkpoint: its pages are written, never synced.
+    let mut txn = store.write();
+    for i in 0..1000 {
+        txn.put(&key(i), b"dropped", 3);
+    }
+    txn.end();
+    store.aux_put(AUX_TABLE_LEASES, b"dropped", b"dropped");
+    store.set_consistent_index(index + 1);
+    let job = store.prepare_speculative_commit().unwrap();
+    store.abort_commit(job.run()).unwrap();
+    store.check().unwrap();
+
+    let (_, mut reopened) = open_sim(&sim.crash_image(CrashMode::TearUnsynced, 7));
+    reopened.check().expect("check after the crash");
+    reopened.check_durable().expect("check of the metas on disk after the crash");
+    assert_eq!(reopened.current_revision(), finished_revision);
+    assert_eq!(reopened.consistent_index(), index);
+    assert!(writer_contents(&mut reopened) == published, "the crash keeps the finished writes, none of the aborted");
+    let mut expected_aux = published_aux;
+    expected_aux.push((b"finished".to_vec(), b"published".to_vec()));
+    expected_aux.sort();
+    assert_eq!(reopened.aux_scan(AUX_TABLE_LEASES), expected_aux);
 }

@@ -307,6 +307,9 @@ struct InFlight {
     slot: Option<usize>,
     /// The file's length once the job is done.
     file_len_bytes: u64,
+    /// A speculative commit (`prepare_speculative_commit`): the pages it writes, which
+    /// `abort_commit` hands back to the free pages. None for any other commit.
+    speculative: Option<Vec<PageId>>,
 }
 
 /// The writer: one owner (the raft core).
@@ -1035,6 +1038,19 @@ impl Store {
     /// unusable until `finish_commit`. A durable commit with nothing changed still makes the
     /// last visible commit durable (its pages are synced and its meta written).
     pub fn prepare_commit_with(&mut self, durability: Durability) -> Result<CommitJob, StoreError> {
+        self.prepare(durability, false)
+    }
+
+    /// A visible commit that the owner may drop instead of publishing it: `finish_commit`
+    /// publishes it as any visible commit, `abort_commit` takes the writer back to the last
+    /// published commit. Its job writes pages no meta reaches (free ones, or past the
+    /// published page count) and never shortens the file, so dropping it leaves nothing to
+    /// undo on disk. The server applies a leader's entries with one while they replicate.
+    pub fn prepare_speculative_commit(&mut self) -> Result<CommitJob, StoreError> {
+        self.prepare(Durability::Visible, true)
+    }
+
+    fn prepare(&mut self, durability: Durability, speculative: bool) -> Result<CommitJob, StoreError> {
         if let Some(error) = &self.sticky {
             return Err(error.clone());
         }
@@ -1046,7 +1062,8 @@ impl Store {
         let already_durable = self.newest_durable().txn_id == self.committed.txn_id;
         if !self.changed && (slot.is_none() || already_durable) {
             let file_len_bytes = self.file_len_bytes;
-            self.in_flight = Some(InFlight { meta: self.committed, slot: None, file_len_bytes });
+            let speculative = speculative.then(Vec::new);
+            self.in_flight = Some(InFlight { meta: self.committed, slot: None, file_len_bytes, speculative });
             return Ok(CommitJob { txn_id: self.committed.txn_id, work: None });
         }
         // A durable checkpoint writes a free list; the last visible commit has none on disk.
@@ -1056,9 +1073,13 @@ impl Store {
         } else {
             (self.committed, Vec::new())
         };
-        let (file_len_bytes, truncate_to_bytes) = self.truncation(meta.page_count, slot);
+        let (file_len_bytes, truncate_to_bytes) = match self.truncation(meta.page_count, slot) {
+            (_, Some(_)) if speculative => (self.file_len_bytes.max(meta.page_count * PAGE_SIZE as u64), None),
+            truncation => truncation,
+        };
         let meta_write = slot.map(|slot| (meta.encode_page(), slot as u64 * PAGE_SIZE as u64));
-        self.in_flight = Some(InFlight { meta, slot, file_len_bytes });
+        let speculative = speculative.then(|| pages.iter().map(|&(id, _)| id).collect());
+        self.in_flight = Some(InFlight { meta, slot, file_len_bytes, speculative });
         let file = Arc::clone(&self.shared.file);
         let work = CommitWork { file, pages, meta: meta_write, truncate_to_bytes };
         Ok(CommitJob { txn_id: meta.txn_id, work: Some(work) })
@@ -1262,6 +1283,56 @@ impl Store {
         self.file_len_bytes = in_flight.file_len_bytes;
         assert!(matches!(self.kv, Child::Page(id) if id == meta.kv_root));
         assert!(matches!(self.aux, Child::Page(id) if id == meta.aux_root));
+        Ok(())
+    }
+
+    /// Drops the speculative commit in flight unpublished, with every write made since the
+    /// last published commit: the writer is back at the published meta, where readers are.
+    /// The pages its job wrote, and those it trimmed off the page count, are free again;
+    /// the pages it freed are the published meta's and stay in use. An I/O error of the job
+    /// is sticky, as in `finish_commit`.
+    pub fn abort_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
+        let in_flight = self.in_flight.take().expect("abort_commit follows prepare_speculative_commit");
+        let written = in_flight.speculative.expect("only a speculative commit is aborted");
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                self.sticky = Some(error.clone());
+                return Err(error);
+            }
+        };
+        let meta = in_flight.meta;
+        assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
+        tree::recycle_page_buffers(done.buffers);
+        let published = self.committed;
+        if meta.txn_id != published.txn_id {
+            assert_eq!(meta.txn_id, published.txn_id + 1);
+            // `release_freed` made one group of the pages this txn freed, the last; all of
+            // them are reached by the published meta, so none left it for the ready list.
+            if self.free_pending.last().is_some_and(|group| group.freed_at == meta.txn_id) {
+                self.free_pending.pop();
+            }
+            let mut back: Vec<PageId> = written
+                .into_iter()
+                .filter(|&id| id < published.page_count)
+                .chain(meta.page_count..published.page_count)
+                .collect();
+            back.sort_unstable_by(|a, b| b.cmp(a));
+            self.free_ready = merge_descending(core::mem::take(&mut self.free_ready), back);
+            debug_assert!(self.free_ready.windows(2).all(|pair| pair[0] > pair[1]), "a page freed twice");
+        }
+        self.file_len_bytes = in_flight.file_len_bytes;
+        self.kv = Child::Page(published.kv_root);
+        self.rev = Child::Page(published.rev_root);
+        self.aux = Child::Page(published.aux_root);
+        self.aux_entry_count = published.aux_entry_count;
+        self.current_revision = published.current_revision;
+        self.compact_revision = published.compact_revision;
+        self.compact_scan = (published.compact_scan_main, published.compact_scan_sub);
+        self.consistent_index = published.consistent_index;
+        self.kv_entry_count = published.kv_entry_count;
+        self.freed.clear();
+        self.changed = false;
         Ok(())
     }
 
