@@ -890,3 +890,85 @@ fn a_member_that_was_never_added_cannot_join() {
     assert_ne!(code, 0);
     assert!(stderr.contains("couldn't find local name \"stray\" in the initial cluster configuration"), "{stderr}");
 }
+
+/// Sends `signal` (SIGSTOP, SIGCONT) to member `i`'s process.
+fn signal(cluster: &Cluster, i: usize, signal: &str) {
+    let pid = cluster.member(i).child.id().to_string();
+    let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+fn hash_kv(endpoint: &str) -> (u64, u64) {
+    let output = etcdctl(endpoint, &["endpoint", "hashkv", "-w", "json"], None);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let hash_kv = &json[0]["HashKV"];
+    (hash_kv["hash"].as_u64().unwrap(), hash_kv["header"]["revision"].as_u64().unwrap())
+}
+
+/// A leader applies its entries while they replicate (`Ahead` in writer.rs), and publishes
+/// them only once they commit. Here the followers are killed, so a put to the leader is
+/// applied ahead and never commits; the leader steps down for lack of a quorum and must
+/// drop it. It is then stopped (SIGSTOP) while the followers restart, elect a leader of
+/// their own and write at the same indexes; once resumed, it takes their entries. Every
+/// member ends with the same keys, revision and HashKV, and the put it applied ahead is
+/// nowhere.
+#[test]
+fn a_deposed_leader_drops_the_writes_it_applied_ahead_of_their_commit() {
+    // A 3 s election timeout: the leader still leads when the put reaches it, however slowly
+    // etcdctl starts on a loaded machine.
+    let mut cluster = Cluster::start_with(3, &["--election-timeout", "3000", "--heartbeat-interval", "300"]);
+    let leader = cluster.wait_for_leader();
+    let output = cluster.member(leader).etcdctl(&["put", "before", "1"]);
+    assert!(output.status.success(), "{}", support::error_line(&output));
+    cluster.wait_for_same_index();
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let follower_ids: Vec<u64> = followers.iter().map(|&i| cluster.member_id(i)).collect();
+    // Killed, not stopped: an append the leader sends must not wait in a socket for them.
+    for &i in &followers {
+        cluster.kill(i);
+    }
+    let output = cluster.member(leader).etcdctl(&["put", "lost", "x", "--command-timeout=2s"]);
+    assert!(!output.status.success(), "a put without a quorum was acknowledged");
+    // Check-quorum: within an election timeout the leader steps down.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while cluster.status(leader).is_none_or(|status| status.0 != 0) {
+        assert!(Instant::now() < deadline, "the leader without a quorum did not step down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Readers never saw it (it was never published).
+    assert_eq!(get_value(&cluster.member(leader).endpoint(), "lost", true), None);
+    assert_eq!(get_value(&cluster.member(leader).endpoint(), "before", true).as_deref(), Some("1"));
+    signal(&cluster, leader, "-STOP");
+    for &i in &followers {
+        cluster.restart(i);
+    }
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let writer = loop {
+        let statuses: Vec<Option<(u64, u64, u64, u64)>> = followers.iter().map(|&i| cluster.status(i)).collect();
+        let leaders: Vec<u64> = statuses.iter().map(|s| s.map_or(0, |s| s.0)).collect();
+        // Until their election timeout they still name the stopped leader.
+        if let Some(position) = follower_ids.iter().position(|&id| id == leaders[0] && id == leaders[1]) {
+            break followers[position];
+        }
+        assert!(Instant::now() < deadline, "the two followers elect no leader: {statuses:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for n in 0..5 {
+        let output = cluster.member(writer).etcdctl(&["put", &format!("after-{n}"), "2"]);
+        assert!(output.status.success(), "{}", support::error_line(&output));
+    }
+    signal(&cluster, leader, "-CONT");
+    cluster.wait_for_leader();
+    cluster.wait_for_same_index();
+    let hashes: Vec<(u64, u64)> = (0..3).map(|i| hash_kv(&cluster.member(i).endpoint())).collect();
+    assert!(hashes.iter().all(|hash| *hash == hashes[0]), "members differ (hash, revision): {hashes:?}");
+    for i in 0..3 {
+        let endpoint = cluster.member(i).endpoint();
+        assert_eq!(get_value(&endpoint, "lost", true), None, "member {i} has the write that never committed");
+        assert_eq!(get_value(&endpoint, "after-4", true).as_deref(), Some("2"), "member {i}");
+        assert_eq!(get_value(&endpoint, "before", true).as_deref(), Some("1"), "member {i}");
+    }
+    let stderr = cluster.members[leader].take().unwrap().kill_and_read_stderr();
+    assert!(stderr.contains("applied ahead of their commit: this member stopped leading"), "{stderr}");
+}

@@ -9,8 +9,8 @@
 # puts WARMUP keys, then records `ringbench --target-leader --conns=1 --clients=1 put` (TOTAL
 # puts, 8-byte keys, 256-byte values) with `perf record -a` (the whole machine: three
 # processes take part): io_uring submissions and completions (the WALs' direct writes), the
-# sendto/recvfrom of the client and peer connections, sched_switch, and uprobes on two of
-# ringd's functions (RaftCore::handle, Store::finish_commit). Each cycle runs from one of the
+# sendto/recvfrom of the client and peer connections, sched_switch, and uprobes on three of
+# ringd's functions (RaftCore::handle, Store::prepare, Store::finish_commit). Each cycle runs from one of the
 # client's request sends to the next; the table gives, for every event of a role (leader,
 # each follower by member name, client) and its occurrence in the cycle, the median and mean
 # offset from the cycle's start, over the cycles that have it (kinds seen in more than half
@@ -88,6 +88,7 @@ trap 'exit 143' TERM
 probes=()
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
+add_probe prepare '5Store7prepare17h[0-9a-f]+E'
 
 logs() {
   local i
@@ -312,6 +313,8 @@ def kind(index):
         return who, 'RaftCore::handle'
     if name == 'cluster_put_timeline_%s_finish_commit' % probe_run:
         return who, 'finish_commit (apply done)'
+    if name == 'cluster_put_timeline_%s_prepare' % probe_run:
+        return who, 'Store::prepare (applied, pages next)'
     if name == 'sys_enter_sendto':
         fd, length = sent(rest)
         if who == 'client':

@@ -11,7 +11,9 @@ add_probe() {
   symbol=$(nm "$RINGD" | awk -v tail="$tail" '!found && $3 ~ tail && $3 !~ /drop_in_place/ {print $3; found = 1}')
   [ -n "$symbol" ] || { echo "$SCRIPT: no symbol matching $tail in $RINGD" >&2; exit 2; }
   event="${PROBE_PREFIX}_$label"
-  if ! perf probe -q -x "$RINGD" -a "$event=$symbol" >"$data/probe.log" 2>&1; then
+  # A local symbol may carry LLVM's ".llvm.<n>" suffix, which the debug info perf probe
+  # looks names up in does not have.
+  if ! perf probe -q -x "$RINGD" -a "$event=${symbol%%.llvm.*}" >"$data/probe.log" 2>&1; then
     echo "$SCRIPT: perf probe could not add $symbol:" >&2
     cat "$data/probe.log" >&2
     exit 2

@@ -72,6 +72,10 @@
 //!   (which also flushes every visible commit's pages since the last checkpoint), the meta
 //!   page into its slot, fdatasync. With no tree changed since the last visible commit it
 //!   writes the free list and a meta in one more txn.
+//! * A speculative commit (`prepare_speculative_commit`) is a visible one whose owner may
+//!   drop it instead of publishing it (`abort_commit`): the writer goes back to the last
+//!   published commit, and the pages the job wrote, which no meta reaches, are free again.
+//!   The server applies a leader's entries with one while they replicate.
 //!
 //! After any crash, whatever visible commits followed the last checkpoint and whichever of
 //! their writes reached the disk, open finds exactly the last durable checkpoint (or the one

@@ -273,6 +273,9 @@ pub struct RaftCore {
     incoming_snapshot: Option<(u64, std::path::PathBuf)>,
     /// Index of this member's newest snapshot (log compacted up to a margin below it).
     snapshot_index: u64,
+    /// The term in which this member, leading, last handed entries to the apply task to
+    /// apply ahead of their commit (`ApplyWork::Ahead`), until it stops leading in it.
+    ahead_term: Option<u64>,
     /// The term and vote of the last hard state handed to the WAL.
     synced_term_vote: (u64, u64),
     /// A hard state whose only change is the commit index, written with the next append.
@@ -522,6 +525,7 @@ impl RaftCore {
             lessor,
             incoming_snapshot: None,
             snapshot_index,
+            ahead_term: None,
             synced_term_vote: (on_disk.term, on_disk.vote),
             lazy_hard_state: None,
             bytes_since_snapshot: 0,
@@ -1046,8 +1050,10 @@ impl RaftCore {
     }
 
     fn work_off_readies(&mut self) {
+        self.abandon_ahead_if_deposed();
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
+            self.abandon_ahead_if_deposed();
             let messages = std::mem::take(&mut ready.messages);
             self.send(messages);
             if let Some(snapshot) = &ready.snapshot {
@@ -1119,7 +1125,8 @@ impl RaftCore {
             if !ready.committed_entries.is_empty() {
                 let _ = self.apply.unbounded_send(ApplyWork::Entries(ready.committed_entries));
             }
-            if self.commits_alone(&ready.entries) {
+            if self.applies_ahead(&ready.entries) {
+                self.ahead_term = Some(self.raft.term());
                 let _ = self.apply.unbounded_send(ApplyWork::Ahead(std::mem::take(&mut ready.entries)));
             }
             for read in ready.read_states {
@@ -1132,24 +1139,33 @@ impl RaftCore {
         }
     }
 
-    /// Whether `entries`, just handed to the WAL, will commit once this member's WAL write
-    /// is durable, whatever else happens short of a crash: this member leads, is the only
-    /// voter, and none of them changes the configuration (Raft's configuration takes
-    /// effect at append, so it is the one these entries commit under). No other member can
-    /// be elected without this one's vote, which it gives only to a log holding them. The
-    /// apply task may then apply them while the WAL writes (`ApplyWork::Ahead`), and stops
-    /// the member if they commit otherwise. Rules elsewhere keep that true: one membership
-    /// change at a time (`propose_conf_change`), so a learner's promotion is proposed only
-    /// once the change that added it, and every entry before that, has committed; a lone
-    /// voter's second voter joins as a learner first (`stage_added_voter`); a leader moves
-    /// only to a voter.
-    fn commits_alone(&self, entries: &[Entry]) -> bool {
-        let conf = self.raft.conf_state();
-        !entries.is_empty()
-            && self.raft.role() == Role::Leader
-            && conf.voters == [self.shared.member_id]
-            && conf.learners.is_empty()
+    /// Whether the apply task may apply `entries`, just handed to the WAL, ahead of their
+    /// commit (`ApplyWork::Ahead`): this member leads and none of them changes the
+    /// configuration. A lone voter's commit once its WAL write is durable; a cluster's once
+    /// a quorum has them, meanwhile the apply task writes their pages and holds them back
+    /// from readers, watchers, the lease table and their clients until they arrive
+    /// committed, and drops them if anything else does (`Ahead::apply` in writer.rs).
+    /// A cluster's leader does so only with nothing before them still to commit: under load
+    /// its entries commit a group at a time, each group applied in one store commit, and
+    /// one applied ahead of its group cost a store commit of its own.
+    fn applies_ahead(&self, entries: &[Entry]) -> bool {
+        let Some(first) = entries.first() else { return false };
+        self.raft.role() == Role::Leader
+            && (self.raft.conf_state().voters.len() == 1 || first.index == self.raft.log().committed + 1)
             && entries.iter().all(|entry| entry.entry_type == EntryType::EntryNormal as i32)
+    }
+
+    /// A leader that stops leading (a new term, or stepping down for lack of a quorum,
+    /// which need not make a Ready) cannot tell whether the entries it handed to apply
+    /// ahead will commit: the apply task drops them (`ApplyWork::Abandon`) and applies
+    /// whatever commits at their indexes when it does.
+    fn abandon_ahead_if_deposed(&mut self) {
+        if let Some(term) = self.ahead_term {
+            if self.raft.role() != Role::Leader || self.raft.term() != term {
+                self.ahead_term = None;
+                let _ = self.apply.unbounded_send(ApplyWork::Abandon);
+            }
+        }
     }
 
     /// Sends messages to peers; a snapshot goes on a stream of its own, with the db.

@@ -120,12 +120,15 @@ pub enum ApplyWork {
     Install { index: u64, path: std::path::PathBuf },
     /// A peer says the cluster removed this member: record it durably, then stop.
     Removed,
-    /// Entries the raft core just handed to its WAL, which commit as soon as the write is
-    /// durable (`RaftCore::commits_alone`: a sole voter's). The apply task may apply them
-    /// and write their pages while the WAL writes, but publishes them and answers their
-    /// clients only once they arrive as `Entries` (`Ahead::apply`); otherwise it ignores
-    /// this and applies them then, as any committed entry.
+    /// Entries a leader just handed to its WAL and its followers (`RaftCore::applies_ahead`).
+    /// The apply task may apply them and write their pages while they are written and
+    /// replicated, but publishes them and answers their clients only once they arrive as
+    /// `Entries` (`Ahead::apply`); otherwise it ignores this and applies them then, as any
+    /// committed entry.
     Ahead(Vec<Entry>),
+    /// The leader that sent `Ahead` stopped leading: entries applied ahead and not yet
+    /// committed are dropped (they may commit later, or be replaced).
+    Abandon,
 }
 
 /// Starts one pinned executor per core, waits until each has bound the client port, then
@@ -420,7 +423,6 @@ async fn apply_loop(
                 lessor: &lessor,
                 shared: &shared,
                 waiters: &waiters,
-                replies: &mut replies,
                 checkpoints: &mut checkpoints,
             };
             if !ahead.apply(entries, &mut batch, &mut work).await {
@@ -460,7 +462,11 @@ async fn apply_loop(
             match next {
                 ApplyWork::Entries(entries) => {
                     for entry in entries {
-                        if entry.index > turn.store.consistent_index() {
+                        let next = turn.store.consistent_index() + 1;
+                        if entry.index > next {
+                            fatal(&format!("entry {} committed where entry {next} was expected", entry.index));
+                        }
+                        if entry.index == next {
                             members_changed |= turn.apply_entry(entry);
                             changed = true;
                         }
@@ -488,8 +494,9 @@ async fn apply_loop(
                     changed = true;
                 }
                 ApplyWork::Install { .. } => unreachable!("handled above"),
-                // Not applied ahead: the entries follow, committed.
-                ApplyWork::Ahead(_) => {}
+                // Not applied ahead: the entries follow, committed. Nothing waits to be
+                // abandoned outside `Ahead::apply`.
+                ApplyWork::Ahead(_) | ApplyWork::Abandon => {}
             }
         }
         if applies {
@@ -741,17 +748,20 @@ impl Turn<'_> {
     }
 }
 
-/// Applying entries ahead of their commit (`ApplyWork::Ahead`): a sole voter's put, delete
-/// or txn is applied and its pages written while its WAL write is in flight, so that once
-/// the write is durable only the publication and the reply are left. Nothing of it is seen
-/// before then: readers and watchers see published commits only, the lease table's keys
-/// change at publication (`DeferredLeases`), and the replies wait.
+/// Applying entries ahead of their commit (`ApplyWork::Ahead`): a leader's puts, deletes
+/// and txns are applied and their pages written while the entries are written to its WAL
+/// and replicated, so that once they commit only the publication and the replies are left.
+/// Nothing of it is seen before then: readers and watchers see published commits only, the
+/// lease table's keys change at publication (`DeferredLeases`), and the replies wait. If
+/// they do not commit as applied (the leader was deposed, another leader's entries commit
+/// at their indexes, or its snapshot arrives), the store drops the commit
+/// (`Store::abort_commit`), the replies go back to wait for their entries, and whatever
+/// commits is applied as any committed entry.
 struct Ahead<'a> {
     store: &'a mut mvcc::Store,
     lessor: &'a RefCell<Lessor>,
     shared: &'a Shared,
     waiters: &'a RefCell<Waiters>,
-    replies: &'a mut Vec<(Reply, Result<Outcome, Status>)>,
     checkpoints: &'a mut Checkpoints,
 }
 
@@ -789,9 +799,13 @@ impl Ahead<'_> {
     /// Applies `entries` and writes their pages, then takes work (from `batch`, then from
     /// the channel) until they arrive committed, and only then publishes the commit, makes
     /// its lease changes and answers. Work that came meanwhile is left in `batch`, in
-    /// order. Entries that cannot go ahead (not the store's next ones, holding anything but
-    /// puts, deletes and txns, or a write that would raise the NOSPACE alarm) are left to
-    /// be applied when they commit. Returns false when the raft core is gone.
+    /// order, but for reads that the published state already answers; the rest (hash,
+    /// defragment, reads past the published index, checkpoints) waits for the commit, or
+    /// on a leader that lost its quorum until it steps down (an election timeout). If the
+    /// entries are dropped, what committed of them is applied again, ahead of that work.
+    /// Entries that cannot go ahead (not the store's next ones, holding anything but puts,
+    /// deletes and txns, or a write that would raise the NOSPACE alarm) are left to be
+    /// applied when they commit. Returns false when the raft core is gone.
     async fn apply(
         &mut self,
         entries: Vec<Entry>,
@@ -804,6 +818,8 @@ impl Ahead<'_> {
         let applying = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut requests = 0u64;
+        // (request id, reply, result) of this member's clients.
+        let mut answers = Vec::new();
         {
             let lessor = self.lessor.borrow();
             let mut leases = DeferredLeases { lessor: &lessor, changes: &mut changes };
@@ -820,7 +836,7 @@ impl Ahead<'_> {
                     };
                     let (result, _) = apply_write(self.store, &mut leases, self.shared, command);
                     if let Some(reply) = reply {
-                        self.replies.push((reply, result));
+                        answers.push((request.id, reply, result));
                     }
                 }
                 self.store.set_consistent_index(entry.index);
@@ -828,11 +844,11 @@ impl Ahead<'_> {
         }
         self.shared.latency.record_since(0, super::latency::Stage::Apply, applying);
         let writing = std::time::Instant::now();
-        let (done, pages) = write_commit(self.store, mvcc::Durability::Visible).await;
+        let (done, pages) = run_commit(self.store.prepare_speculative_commit()).await;
         let written = writing.elapsed();
         let mut arrived: std::collections::VecDeque<ApplyWork> = batch.drain(..).collect();
         let mut unchecked = entries[0].index;
-        loop {
+        let dropped = loop {
             let next = match arrived.pop_front() {
                 Some(next) => next,
                 None => match work.next().await {
@@ -841,21 +857,50 @@ impl Ahead<'_> {
                 },
             };
             match next {
-                ApplyWork::Entries(committed) => {
-                    if Ahead::committed(&entries, &mut unchecked, committed, batch) {
-                        break;
+                ApplyWork::Entries(committed) => match Ahead::committed(&entries, &mut unchecked, committed, batch) {
+                    Verdict::Waiting => {}
+                    Verdict::Committed => break None,
+                    Verdict::Replaced(rest) => {
+                        arrived.push_front(ApplyWork::Entries(rest));
+                        break Some("another leader's entries committed at their indexes");
+                    }
+                },
+                // A read index the published state reaches needs nothing applied ahead.
+                ApplyWork::Reads(index, waiting) if index <= self.shared.applied_index.load(Ordering::Acquire) => {
+                    for reply in waiting {
+                        let _ = reply.send(Ok(Outcome::ReadBarrier));
                     }
                 }
-                ApplyWork::Install { index, .. } => fatal(&format!(
-                    "a leader's snapshot at index {index} arrived while entries {}..={} applied ahead of \
-                     their commit were waiting for it",
-                    entries[0].index,
-                    entries[entries.len() - 1].index
-                )),
+                ApplyWork::Abandon => break Some("this member stopped leading"),
+                install @ ApplyWork::Install { .. } => {
+                    arrived.push_front(install);
+                    break Some("a leader's snapshot arrived");
+                }
                 next => batch.push(next),
             }
+        };
+        // The store drops every entry applied ahead; those seen committed already (a
+        // commit that reached part of them) are applied again, first.
+        let seen = (unchecked - entries[0].index) as usize;
+        if dropped.is_some() && seen > 0 {
+            arrived.push_front(ApplyWork::Entries(entries[..seen].to_vec()));
         }
         batch.extend(arrived);
+        if let Some(why) = dropped {
+            if let Err(error) = self.store.abort_commit(done) {
+                fatal(&error);
+            }
+            eprintln!(
+                "ringd: dropped entries {}..={}, applied ahead of their commit: {why}",
+                entries[0].index,
+                entries[entries.len() - 1].index
+            );
+            let mut waiters = self.waiters.borrow_mut();
+            for (id, reply, _) in answers {
+                waiters.insert(id, reply);
+            }
+            return true;
+        }
         // The commit's stage is its own time: the page writes, then the publication.
         let started = std::time::Instant::now().checked_sub(written).unwrap_or_else(std::time::Instant::now);
         publish_commit(self.store, self.shared, done, mvcc::Durability::Visible, started);
@@ -871,7 +916,7 @@ impl Ahead<'_> {
         drop(lessor);
         self.checkpoints.committed(mvcc::Durability::Visible, requests, pages);
         self.shared.applied_index.store(self.store.consistent_index(), Ordering::Release);
-        for (reply, result) in self.replies.drain(..) {
+        for (_, reply, result) in answers {
             let _ = reply.send(result);
         }
         true
@@ -908,36 +953,56 @@ impl Ahead<'_> {
 
     /// Takes committed entries while entries applied ahead wait for them. `unchecked` is
     /// the first of those not yet seen committed; each must arrive in turn, at the term it
-    /// was applied at (the raft core's promise, `RaftCore::commits_alone`; an index and a
-    /// term name one entry, Raft's log matching): anything else means another leader
-    /// replaced them, and the member stops before it answers any of them.
-    /// Later entries go to `batch`. Returns whether every entry applied ahead has committed.
-    fn committed(ahead: &[Entry], unchecked: &mut u64, committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> bool {
+    /// was applied at (an index and a term name one entry: Raft's log matching). Entries
+    /// past the last one applied ahead go to `batch`. An entry of another term at one of
+    /// their indexes means another leader's entries replaced them: the store drops them
+    /// all, and `Replaced` carries the committed entries from that one on (those before it
+    /// are the ones applied ahead up to `unchecked`).
+    fn committed(ahead: &[Entry], unchecked: &mut u64, committed: Vec<Entry>, batch: &mut Vec<ApplyWork>) -> Verdict {
         let first = ahead[0].index;
         let last = ahead[ahead.len() - 1].index;
         let mut later = Vec::new();
-        for entry in committed {
+        let mut committed = committed.into_iter();
+        while let Some(entry) = committed.next() {
             if entry.index < first {
                 continue;
             }
-            if entry.index > last && *unchecked > last {
+            if *unchecked > last {
                 later.push(entry);
                 continue;
             }
-            let applied = ahead.get((*unchecked - first) as usize).filter(|_| entry.index == *unchecked);
-            match applied {
-                Some(applied) if applied.term == entry.term => *unchecked += 1,
-                _ => fatal(&format!(
-                    "entry {} (term {}) committed where entry {} applied ahead of its commit was expected",
-                    entry.index, entry.term, *unchecked
-                )),
+            if entry.index != *unchecked {
+                fatal(&format!(
+                    "entry {} committed where entry {} applied ahead of its commit was expected",
+                    entry.index, *unchecked
+                ));
             }
+            if ahead[(*unchecked - first) as usize].term != entry.term {
+                let mut rest = vec![entry];
+                rest.extend(committed);
+                return Verdict::Replaced(rest);
+            }
+            *unchecked += 1;
         }
         if !later.is_empty() {
             batch.push(ApplyWork::Entries(later));
         }
-        *unchecked > last
+        if *unchecked > last {
+            Verdict::Committed
+        } else {
+            Verdict::Waiting
+        }
     }
+}
+
+/// What committed entries say of the entries applied ahead.
+enum Verdict {
+    /// Some are still to commit.
+    Waiting,
+    /// All of them committed as applied.
+    Committed,
+    /// Another entry committed in place of one: it and the entries after it.
+    Replaced(Vec<Entry>),
 }
 
 /// A bound on defragmentation steps: each moves a fixed number of pages, so twice the page
@@ -1097,7 +1162,14 @@ async fn write_commit(
     store: &mut mvcc::Store,
     durability: mvcc::Durability,
 ) -> (Result<mvcc::CommitDone, mvcc::StoreError>, u64) {
-    let job = match store.prepare_commit_with(durability) {
+    run_commit(store.prepare_commit_with(durability)).await
+}
+
+/// Runs a prepared commit's job: its pages written (and synced, for a durable one).
+async fn run_commit(
+    prepared: Result<mvcc::CommitJob, mvcc::StoreError>,
+) -> (Result<mvcc::CommitDone, mvcc::StoreError>, u64) {
+    let job = match prepared {
         Ok(job) => job,
         Err(error) => fatal(&error),
     };
@@ -1315,6 +1387,51 @@ fn alarm(store: &mvcc::Store, shared: &Shared, request: &pb::AlarmRequest) -> pb
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        indexes.map(|index| Entry { index, term, ..Entry::default() }).collect()
+    }
+
+    fn indexes(work: &[ApplyWork]) -> Vec<Vec<u64>> {
+        let list = |entries: &Vec<Entry>| entries.iter().map(|entry| entry.index).collect();
+        work.iter()
+            .map(|work| if let ApplyWork::Entries(entries) = work { list(entries) } else { Vec::new() })
+            .collect()
+    }
+
+    #[test]
+    fn entries_applied_ahead_commit_in_turn_and_later_ones_wait_in_the_batch() {
+        let ahead = entries(5..=7, 2);
+        let (mut unchecked, mut batch) = (5, Vec::new());
+        let mut committed = entries(4..=4, 1);
+        committed.extend(entries(5..=5, 2));
+        assert!(matches!(Ahead::committed(&ahead, &mut unchecked, committed, &mut batch), Verdict::Waiting));
+        assert_eq!(unchecked, 6);
+        assert!(batch.is_empty());
+        let verdict = Ahead::committed(&ahead, &mut unchecked, entries(6..=9, 2), &mut batch);
+        assert!(matches!(verdict, Verdict::Committed));
+        assert_eq!(indexes(&batch), [vec![8, 9]]);
+    }
+
+    #[test]
+    fn an_entry_of_another_term_replaces_those_applied_ahead_from_its_index() {
+        let ahead = entries(5..=7, 2);
+        let (mut unchecked, mut batch) = (5, Vec::new());
+        let mut committed = entries(5..=5, 2);
+        committed.extend(entries(6..=8, 3));
+        match Ahead::committed(&ahead, &mut unchecked, committed, &mut batch) {
+            Verdict::Replaced(rest) => {
+                assert_eq!(
+                    rest.iter().map(|entry| (entry.index, entry.term)).collect::<Vec<_>>(),
+                    [(6, 3), (7, 3), (8, 3)]
+                )
+            }
+            _ => panic!("entries of term 3 at indexes 6 to 8 replace those applied ahead at term 2"),
+        }
+        // Entry 5 committed as applied: `Ahead::apply` applies it again with the rest.
+        assert_eq!(unchecked, 6);
+        assert!(batch.is_empty());
+    }
 
     fn window(commits: u64, requests: u64, pages: u64) -> WritebackWindow {
         WritebackWindow { commits, requests, pages }
