@@ -88,7 +88,8 @@ trap 'exit 143' TERM
 probes=()
 add_probe handle '8RaftCore6handle17h[0-9a-f]+E$'
 add_probe finish_commit '5Store13finish_commit17h[0-9a-f]+E$'
-add_probe prepare '5Store7prepare17h[0-9a-f]+E'
+# Store::prepare (before 783aa87: Store::prepare_commit_with), where a commit's pages are made.
+add_probe prepare '5Store(7prepare|19prepare_commit_with)17h[0-9a-f]+E'
 
 logs() {
   local i
@@ -348,15 +349,25 @@ starts = [i for i, e in enumerate(events)
           if e[1] == client and e[4] == 'sys_enter_sendto' and sent(e[5])[1] == request_size]
 offsets = defaultdict(list)
 cycles = []
+# Per cycle, from the leader's quorum (the later of its own WAL write done and the first
+# follower's ack read after it sent the appends) to its reply's send: Raft's commit, the
+# apply (or, applied ahead, the publication) and the reply.
+quorum_to_reply = []
 for a, b in zip(starts, starts[1:]):
     t0 = events[a][3]
     seen = Counter()
+    first = {}
     for i in range(a, b):
         who, what = kind(i)
         if who and what:
             seen[(who, what)] += 1
             offsets[(who, what, seen[(who, what)])].append(events[i][3] - t0)
+            if what != 'ack read' or ('leader', 'append sent') in first:
+                first.setdefault((who, what), events[i][3])
     cycles.append(events[b][3] - t0)
+    wal, ack, reply = (first.get(('leader', what)) for what in ('WAL write done', 'ack read', 'reply sent'))
+    if wal is not None and ack is not None and reply is not None and max(wal, ack) < reply:
+        quorum_to_reply.append(reply - max(wal, ack))
 if not cycles:
     sys.exit("cluster-put-timeline: no complete cycle found")
 
@@ -415,6 +426,10 @@ print(f"{'event':46s} {'cycles':>6s} {'p50 µs':>8s} {'mean µs':>8s}")
 for p50, mean, count, (who, what, n) in rows:
     label = f"{who}: {what}" + (f" #{n}" if (who, what) in repeated else '')
     print(f"{label:46s} {count:6d} {p50:8.1f} {mean:8.1f}")
+if quorum_to_reply:
+    ordered = sorted(quorum_to_reply)
+    print(f"{'leader: its quorum -> reply sent, p50 / mean µs':46s} {len(ordered):6d} "
+          f"{percentile(ordered, 0.5):.1f} / {statistics.mean(ordered):.1f}")
 ordered = sorted(cycles)
 print(f"{'whole cycle: p50 / p90 / p99 / mean µs':46s} {len(cycles):6d} "
       f"{percentile(ordered, 0.5):.1f} / {percentile(ordered, 0.9):.1f} / {percentile(ordered, 0.99):.1f} / "
