@@ -1260,17 +1260,8 @@ impl Store {
     /// Publishes the commit to readers, and for a durable one records the meta slot it
     /// replaced (or, after an I/O error, makes the error sticky).
     pub fn finish_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
-        let in_flight = self.in_flight.take().expect("finish_commit follows prepare_commit");
-        let done = match done {
-            Ok(done) => done,
-            Err(error) => {
-                self.sticky = Some(error.clone());
-                return Err(error);
-            }
-        };
+        let in_flight = self.job_done(done, "finish_commit follows prepare_commit")?;
         let meta = in_flight.meta;
-        assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
-        tree::recycle_page_buffers(done.buffers);
         if meta.txn_id != self.committed.txn_id {
             assert_eq!(meta.txn_id, self.committed.txn_id + 1);
             self.committed = meta;
@@ -1286,14 +1277,10 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the speculative commit in flight unpublished, with every write made since the
-    /// last published commit: the writer is back at the published meta, where readers are.
-    /// The pages its job wrote, and those it trimmed off the page count, are free again;
-    /// the pages it freed are the published meta's and stay in use. An I/O error of the job
-    /// is sticky, as in `finish_commit`.
-    pub fn abort_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
-        let in_flight = self.in_flight.take().expect("abort_commit follows prepare_speculative_commit");
-        let written = in_flight.speculative.expect("only a speculative commit is aborted");
+    /// The commit in flight, its job done (its page buffers kept for the next nodes); an I/O
+    /// error of the job is made sticky and returned.
+    fn job_done(&mut self, done: Result<CommitDone, StoreError>, order: &str) -> Result<InFlight, StoreError> {
+        let in_flight = self.in_flight.take().expect(order);
         let done = match done {
             Ok(done) => done,
             Err(error) => {
@@ -1301,9 +1288,20 @@ impl Store {
                 return Err(error);
             }
         };
-        let meta = in_flight.meta;
-        assert_eq!(done.txn_id, meta.txn_id, "the job of this commit finished");
+        assert_eq!(done.txn_id, in_flight.meta.txn_id, "the job of this commit finished");
         tree::recycle_page_buffers(done.buffers);
+        Ok(in_flight)
+    }
+
+    /// Drops the speculative commit in flight unpublished, with every write made since the
+    /// last published commit: the writer is back at the published meta, where readers are.
+    /// The pages its job wrote, and those it trimmed off the page count, are free again;
+    /// the pages it freed are the published meta's and stay in use. An I/O error of the job
+    /// is sticky, as in `finish_commit`.
+    pub fn abort_commit(&mut self, done: Result<CommitDone, StoreError>) -> Result<(), StoreError> {
+        let in_flight = self.job_done(done, "abort_commit follows prepare_speculative_commit")?;
+        let written = in_flight.speculative.expect("only a speculative commit is aborted");
+        let meta = in_flight.meta;
         let published = self.committed;
         if meta.txn_id != published.txn_id {
             assert_eq!(meta.txn_id, published.txn_id + 1);
