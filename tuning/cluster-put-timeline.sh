@@ -14,8 +14,10 @@
 # client's request sends to the next; the table gives, for every event of a role (leader,
 # each follower by member name, client) and its occurrence in the cycle, the median and mean
 # offset from the cycle's start, over the cycles that have it (kinds seen in more than half
-# of them), ordered by median. Then the whole cycle's percentiles, and each CPU's time per
-# thread (from sched_switch), which shows who shares a CPU with whom.
+# of them), ordered by median. Then the leader's time from its quorum (its WAL write done and
+# the first ack after its appends) to its reply's send, per cycle; the whole cycle's
+# percentiles, and each CPU's time per thread (from sched_switch), which shows who shares a
+# CPU with whom.
 #
 # The threads are found from the data: the leader's raft core sends the appends (sendto
 # longer than a value), the followers' raft cores are the other ringd threads that submit

@@ -300,7 +300,8 @@ struct PendingGroup {
     pages: Vec<(TxnId, PageId)>,
 }
 
-/// A commit between `prepare_commit_with` and `finish_commit`.
+/// A commit between its prepare (`prepare_commit_with`, `prepare_speculative_commit`) and
+/// `finish_commit` (or `abort_commit`).
 struct InFlight {
     meta: Meta,
     /// The meta slot a durable commit writes; None for a visible one.
@@ -1035,7 +1036,7 @@ impl Store {
 
     /// A commit's in-memory part: spills the dirty nodes to pages and writes the free list
     /// and the next meta into a job; no I/O happens before the job runs, and the writer is
-    /// unusable until `finish_commit`. A durable commit with nothing changed still makes the
+    /// unusable until `finish_commit` (or `abort_commit`). A durable commit with nothing changed still makes the
     /// last visible commit durable (its pages are synced and its meta written).
     pub fn prepare_commit_with(&mut self, durability: Durability) -> Result<CommitJob, StoreError> {
         self.prepare(durability, false)

@@ -1147,7 +1147,7 @@ impl RaftCore {
     /// committed, and drops them if anything else does (`Ahead::apply` in writer.rs).
     /// A cluster's leader does so only with nothing before them still to commit: under load
     /// its entries commit a group at a time, each group applied in one store commit, and
-    /// one applied ahead of its group cost a store commit of its own.
+    /// one applied ahead of its group would cost a store commit of its own.
     fn applies_ahead(&self, entries: &[Entry]) -> bool {
         let Some(first) = entries.first() else { return false };
         self.raft.role() == Role::Leader

@@ -802,7 +802,7 @@ impl Ahead<'_> {
     /// order, but for reads that the published state already answers; the rest (hash,
     /// defragment, reads past the published index, checkpoints) waits for the commit, or
     /// on a leader that lost its quorum until it steps down (an election timeout). If the
-    /// entries are dropped, what committed of them is applied again, ahead of that work.
+    /// entries are dropped, what committed of them is applied again, after that work.
     /// Entries that cannot go ahead (not the store's next ones, holding anything but puts,
     /// deletes and txns, or a write that would raise the NOSPACE alarm) are left to be
     /// applied when they commit. Returns false when the raft core is gone.
@@ -880,7 +880,8 @@ impl Ahead<'_> {
             }
         };
         // The store drops every entry applied ahead; those seen committed already (a
-        // commit that reached part of them) are applied again, first.
+        // commit that reached part of them) are applied again, before what came after them
+        // (and after the work that waited in `batch`: none of them was answered).
         let seen = (unchecked - entries[0].index) as usize;
         if dropped.is_some() && seen > 0 {
             arrived.push_front(ApplyWork::Entries(entries[..seen].to_vec()));
