@@ -1074,10 +1074,7 @@ impl Store {
         } else {
             (self.committed, Vec::new())
         };
-        let (file_len_bytes, truncate_to_bytes) = match self.truncation(meta.page_count, slot) {
-            (_, Some(_)) if speculative => (self.file_len_bytes.max(meta.page_count * PAGE_SIZE as u64), None),
-            truncation => truncation,
-        };
+        let (file_len_bytes, truncate_to_bytes) = self.truncation(meta.page_count, slot, !speculative);
         let meta_write = slot.map(|slot| (meta.encode_page(), slot as u64 * PAGE_SIZE as u64));
         let speculative = speculative.then(|| pages.iter().map(|&(id, _)| id).collect());
         self.in_flight = Some(InFlight { meta, slot, file_len_bytes, speculative });
@@ -1147,9 +1144,14 @@ impl Store {
     /// The file's length after a commit of `page_count` pages (written into meta `slot` if
     /// durable), and the truncation its job does. The file keeps every page a durable meta
     /// counts, the new one's and the one left on disk, so that either opens after a crash;
-    /// readers never touch the dropped pages (they were free, see `trim_tail`).
-    fn truncation(&self, page_count: u64, slot: Option<usize>) -> (u64, Option<u64>) {
+    /// readers never touch the dropped pages (they were free, see `trim_tail`). A commit that
+    /// may be aborted (`may_shorten` false) keeps the file's length: the published meta may
+    /// count pages past its own page count.
+    fn truncation(&self, page_count: u64, slot: Option<usize>, may_shorten: bool) -> (u64, Option<u64>) {
         let written_bytes = self.file_len_bytes.max(page_count * PAGE_SIZE as u64);
+        if !may_shorten {
+            return (written_bytes, None);
+        }
         let kept_durable_pages = (0..2)
             .filter(|&index| Some(index) != slot)
             .filter_map(|index| self.durable[index].map(|meta| meta.page_count))

@@ -1050,10 +1050,11 @@ impl RaftCore {
     }
 
     fn work_off_readies(&mut self) {
+        // Before any Ready's committed entries: the role and term change only while Raft
+        // steps (`handle`), never between the Readies taken here.
         self.abandon_ahead_if_deposed();
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
-            self.abandon_ahead_if_deposed();
             let messages = std::mem::take(&mut ready.messages);
             self.send(messages);
             if let Some(snapshot) = &ready.snapshot {

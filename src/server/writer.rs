@@ -1152,21 +1152,14 @@ async fn next_work(work: &mut mpsc::UnboundedReceiver<ApplyWork>, due_in: Option
 /// the process before any reply of the batch is sent. Returns the pages the commit wrote.
 async fn checkpoint(store: &mut mvcc::Store, shared: &Shared, durability: mvcc::Durability) -> u64 {
     let started = std::time::Instant::now();
-    let (done, pages) = write_commit(store, durability).await;
+    let (done, pages) = run_commit(store.prepare_commit_with(durability)).await;
     publish_commit(store, shared, done, durability, started);
     pages
 }
 
-/// A commit's first half: its pages written (and synced, for a durable one). Nothing is
-/// visible to readers yet, and the store takes no write until `publish_commit`.
-async fn write_commit(
-    store: &mut mvcc::Store,
-    durability: mvcc::Durability,
-) -> (Result<mvcc::CommitDone, mvcc::StoreError>, u64) {
-    run_commit(store.prepare_commit_with(durability)).await
-}
-
-/// Runs a prepared commit's job: its pages written (and synced, for a durable one).
+/// A commit's first half, the prepared commit's job: its pages written (and synced, for a
+/// durable one). Nothing is visible to readers yet, and the store takes no write until
+/// `publish_commit`.
 async fn run_commit(
     prepared: Result<mvcc::CommitJob, mvcc::StoreError>,
 ) -> (Result<mvcc::CommitDone, mvcc::StoreError>, u64) {
