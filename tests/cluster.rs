@@ -496,7 +496,9 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     // Promoting a voter and adding an existing peer URL are refused as etcd refuses them.
     let output = etcdctl(&endpoint, &["member", "promote", &id_hex], None);
     assert!(support::error_line(&output).contains("can only promote a learner member"));
-    let output = etcdctl(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url], None);
+    // (The strict reconfiguration check comes first, as etcd's: "unhealthy cluster" until the
+    // new voter has been connected for five seconds; `member_change` waits that out.)
+    let output = member_change(&endpoint, &["member", "add", "again", "--peer-urls", &peer_url]);
     assert!(support::error_line(&output).contains("Peer URLs already exists"), "{}", support::error_line(&output));
 
     // Remove a follower: it stops, the rest goes on with four... three members.
@@ -518,6 +520,55 @@ fn a_learner_is_added_catches_up_is_promoted_and_a_member_is_removed() {
     cluster.wait_for_same_index();
     let output = etcdctl(&endpoint, &["member", "remove", &removed_id], None);
     assert!(support::error_line(&output).contains("member not found"), "{}", support::error_line(&output));
+}
+
+/// Membership changes asked for at once on every member are checked by the leader, one at a
+/// time, against a member table that holds every change before it (etcd checks each when it
+/// applies it). Of learners added together one is added and the others get etcd's "too many
+/// learner members"; of one peer URL added together, "Peer URLs already exists"; or, while
+/// the change before them is not yet applied, "unhealthy cluster". A follower's client gets
+/// the leader's refusal, and the membership ends with one learner each round.
+#[test]
+fn membership_changes_asked_for_at_once_on_every_member_are_checked_one_after_another() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let endpoint = cluster.member(leader).endpoint();
+    // The strict reconfiguration check wants every peer connected for five seconds.
+    std::thread::sleep(Duration::from_secs(6));
+    for round in 0..6 {
+        let one_url = round % 2 == 1;
+        let shared_url = format!("http://127.0.0.1:{}", free_port());
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let askers: Vec<_> = (0..6)
+            .map(|i| {
+                let port = cluster.member(i % 3).port;
+                // Each its own URL, and in the odd rounds one URL all share besides (the ID
+                // comes from the URLs and the second: one URL alone would be one ID).
+                let own = format!("http://127.0.0.1:{}", free_port());
+                let urls = if one_url { format!(r#""{own}","{shared_url}""#) } else { format!(r#""{own}""#) };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut connection = support::KeepAlive::connect(port);
+                    let body = format!(r#"{{"peerURLs":[{urls}],"isLearner":true}}"#);
+                    barrier.wait();
+                    connection.request("POST", "/v3/cluster/member/add", &body)
+                })
+            })
+            .collect();
+        let answers: Vec<(u16, String)> = askers.into_iter().map(|asker| asker.join().unwrap()).collect();
+        let refusal = if one_url { "Peer URLs already exists" } else { "too many learner members in cluster" };
+        for (status, body) in &answers {
+            let expected = *status == 200 || body.contains(refusal) || body.contains("unhealthy cluster");
+            assert!(expected, "round {round}: {status} {body}");
+        }
+        assert_eq!(answers.iter().filter(|(status, _)| *status == 200).count(), 1, "round {round}: {answers:?}");
+        let members = member_list(&endpoint);
+        let learners: Vec<&serde_json::Value> = members.iter().filter(|m| m["isLearner"] == true).collect();
+        assert_eq!(learners.len(), 1, "round {round}: {members:?}");
+        let learner = format!("{:x}", learners[0]["ID"].as_u64().unwrap());
+        let output = member_change(&endpoint, &["member", "remove", &learner]);
+        assert!(output.status.success(), "{}", support::error_line(&output));
+    }
 }
 
 /// etcd's `--strict-reconfig-check`: with a member down, the member asked refuses to add

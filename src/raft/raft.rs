@@ -306,6 +306,13 @@ impl Raft {
         &self.conf
     }
 
+    /// The index of the last configuration entry in the log, or the snapshot's index if
+    /// there is none past it (the snapshot may hold changes): a caller that has applied this
+    /// far knows every membership change.
+    pub fn last_conf_change_index(&self) -> u64 {
+        self.conf_history.last().map_or(self.log.snapshot_index(), |(index, _)| *index)
+    }
+
     pub fn progress(&self, id: u64) -> Option<&Progress> {
         self.progress.get(&id)
     }

@@ -25,7 +25,7 @@ pub struct Batch {
 pub struct Request {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub op: Option<Op>,
 }
 
@@ -53,6 +53,20 @@ pub enum Op {
     /// The leader's checkpoints of remaining TTLs.
     #[prost(message, tag = "10")]
     LeaseCheckpoints(LeaseCheckpoints),
+    /// The leader refused a membership change a follower passed to it (the raft core's
+    /// `check_conf_change`): the follower's client gets this error when the follower
+    /// applies it, as etcd's gets the error its apply found.
+    #[prost(message, tag = "11")]
+    Refused(Refusal),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Refusal {
+    /// The gRPC status code.
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    #[prost(string, tag = "2")]
+    pub message: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -85,6 +99,10 @@ pub struct ConfContext {
     /// core's `promote_caught_up_voters`).
     #[prost(bool, tag = "4")]
     pub as_voter: bool,
+    /// A client's MemberPromote (etcd's `IsPromote`): the leader checks the change as a
+    /// promotion, whatever else an AddNode of that ID would mean.
+    #[prost(bool, tag = "5")]
+    pub promote: bool,
 }
 
 impl ConfContext {

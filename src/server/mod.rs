@@ -379,22 +379,13 @@ impl Core {
 
     /// etcd's MemberAdd: the new member's ID is derived from its peer URLs and the cluster
     /// token, as the member derives it itself when it starts (with the same
-    /// --initial-cluster-token).
+    /// --initial-cluster-token). The leader checks it against the membership (the raft
+    /// core's `check_conf_change`), as every change.
     pub async fn member_add(&self, request: pb::MemberAddRequest) -> Result<pb::MemberAddResponse, Status> {
         check_peer_urls(&request.peer_ur_ls)?;
-        let members = self.members();
-        if members.iter().any(|m| m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url))) {
-            return Err(errors::PEER_URL_EXIST);
-        }
-        if request.is_learner && members.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
-            return Err(errors::TOO_MANY_LEARNERS);
-        }
         // etcd's MemberAdd mixes the time in: a member added again gets a new ID.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let id = identity::member_id_at(&request.peer_ur_ls, &self.shared.config.cluster_token, now);
-        if members.iter().any(|m| m.id == id) {
-            return Err(errors::MEMBER_EXIST);
-        }
         let member =
             pb::Member { id, peer_ur_ls: request.peer_ur_ls, is_learner: request.is_learner, ..Default::default() };
         let change_type = if request.is_learner {
@@ -408,7 +399,7 @@ impl Core {
     }
 
     pub async fn member_remove(&self, request: pb::MemberRemoveRequest) -> Result<pb::MemberRemoveResponse, Status> {
-        let member = self.member(request.id)?;
+        let member = pb::Member { id: request.id, ..Default::default() };
         let change = crate::raft::pb::ConfChange {
             change_type: ConfChangeType::ConfChangeRemoveNode as i32,
             node_id: request.id,
@@ -420,15 +411,7 @@ impl Core {
 
     pub async fn member_update(&self, request: pb::MemberUpdateRequest) -> Result<pb::MemberUpdateResponse, Status> {
         check_peer_urls(&request.peer_ur_ls)?;
-        let mut member = self.member(request.id)?;
-        if self
-            .members()
-            .iter()
-            .any(|m| m.id != request.id && m.peer_ur_ls.iter().any(|url| request.peer_ur_ls.contains(url)))
-        {
-            return Err(errors::PEER_URL_EXIST);
-        }
-        member.peer_ur_ls = request.peer_ur_ls;
+        let member = pb::Member { id: request.id, peer_ur_ls: request.peer_ur_ls, ..Default::default() };
         let change = crate::raft::pb::ConfChange {
             change_type: ConfChangeType::ConfChangeUpdateNode as i32,
             node_id: request.id,
@@ -778,9 +761,6 @@ fn find_self(
         .collect();
     Ok((me.id, membership.cluster_id, members))
 }
-
-/// Learners a cluster may have at once (etcd's maxLearners).
-const LEARNERS_MAX: usize = 1;
 
 /// Members in ID order, as etcd's Cluster service lists them.
 fn by_id(mut members: Vec<pb::Member>) -> Vec<pb::Member> {

@@ -20,7 +20,10 @@
 //! whose entry is lost with a leader change times out on its core (etcd's behaviour).
 //!
 //! Membership changes are checked here first (etcd's strict reconfiguration rules,
-//! `reconfig`), then proposed as one-member Raft changes, which take effect when appended.
+//! `reconfig`, by the member asked), then by the leader against its member table (IDs, peer
+//! URLs, the learner limit: `check_conf_change`; a follower's change it refuses comes back
+//! to the follower as an entry, `entry::Op::Refused`), then proposed as one-member Raft
+//! changes, which take effect when appended.
 //! A voter whose addition could not commit without it (the second of a lone voter, or any
 //! while too few voters are connected) therefore starts as a learner (it would otherwise be
 //! needed to commit its own addition before it could join) and the leader promotes it once
@@ -44,6 +47,7 @@ use std::time::Instant;
 
 use super::entry::{self, Batch, ConfContext};
 use super::latency::Stage;
+use super::reconfig;
 use super::writer::{ApplyWork, Command, Outcome, Reply};
 use super::{Proposal, Shared};
 use crate::api::errors::{self, Status};
@@ -448,7 +452,7 @@ fn force_new_cluster(
     );
     let change = |change_type: ConfChangeType, id: u64| {
         let member = pb::Member { id, ..Default::default() };
-        ConfContext { requester: 0, request_id: 0, member: Some(member), as_voter: false }.change(change_type, id)
+        ConfContext { member: Some(member), ..Default::default() }.change(change_type, id)
     };
     let promotion = staged_voter.then(|| change(ConfChangeType::ConfChangeAddNode, me));
     let removals = others.iter().map(|&id| change(ConfChangeType::ConfChangeRemoveNode, id));
@@ -481,7 +485,7 @@ fn bootstrap(shared: &Shared) -> RestartState {
     for entry in &mut restart.entries {
         let mut change = ConfChange::decode(&entry.data[..]).expect("bootstrap encodes a ConfChange");
         let member = members.iter().find(|m| m.id == change.node_id).cloned();
-        change.context = ConfContext { requester: 0, request_id: 0, member, as_voter: false }.encode_to_vec();
+        change.context = ConfContext { member, ..Default::default() }.encode_to_vec();
         entry.data = change.encode_to_vec().into();
     }
     restart
@@ -690,14 +694,16 @@ impl RaftCore {
         member: crate::api::pb::etcdserverpb::Member,
         reply: Reply,
     ) {
+        let id = self.next_id();
+        // MemberPromote passes the table's learner, MemberAdd a voter's AddNode as no learner.
+        let promote = change.change_type == ConfChangeType::ConfChangeAddNode as i32 && member.is_learner;
+        let requester = self.shared.member_id;
+        change.context =
+            ConfContext { requester, request_id: id, member: Some(member), as_voter: false, promote }.encode_to_vec();
         if let Err(status) = self.may_reconfigure(&change).and_then(|()| self.check_conf_change(&change)) {
             let _ = reply.send(Err(status));
             return;
         }
-        let id = self.next_id();
-        change.context =
-            ConfContext { requester: self.shared.member_id, request_id: id, member: Some(member), as_voter: false }
-                .encode_to_vec();
         self.waiters.borrow_mut().insert(id, reply);
         self.propose_membership(change, Some(id));
     }
@@ -763,16 +769,29 @@ impl RaftCore {
             request_id: self.next_id(),
             member: Some(member),
             as_voter: false,
+            promote: true,
         };
         if self.propose_membership(context.change(ConfChangeType::ConfChangeAddNode, id), None) {
             eprintln!("ringd: member {id:x} has caught up: promoting it to the voter it was added as");
         }
     }
 
-    /// Whether `change` makes a learner of Raft's configuration a voter.
-    fn is_promotion(&self, change: &ConfChange) -> bool {
-        change.change_type == ConfChangeType::ConfChangeAddNode as i32
-            && self.raft.conf_state().learners.contains(&change.node_id)
+    /// What a client's change asks for, by its type and context (a promotion is an AddNode
+    /// the context marks, as etcd's `IsPromote`), and the member it names.
+    fn change_kind(change: &ConfChange) -> Result<(reconfig::Change, pb::Member), Status> {
+        let context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
+        let kind = match ConfChangeType::try_from(change.change_type) {
+            Ok(ConfChangeType::ConfChangeAddNode) if context.promote => reconfig::Change::Promote,
+            Ok(ConfChangeType::ConfChangeAddNode) => reconfig::Change::Add { learner: false },
+            Ok(ConfChangeType::ConfChangeAddLearnerNode) => reconfig::Change::Add { learner: true },
+            Ok(ConfChangeType::ConfChangeRemoveNode) => reconfig::Change::Remove,
+            Ok(ConfChangeType::ConfChangeUpdateNode) => reconfig::Change::Update,
+            Err(_) => {
+                return Err(Status::with_message(errors::Code::InvalidArgument, "unknown conf change".to_owned()))
+            }
+        };
+        let member = context.member.unwrap_or_default();
+        Ok((kind, pb::Member { id: change.node_id, ..member }))
     }
 
     /// etcd's readiness rule for a promotion: the learner's log within 10% of the leader's.
@@ -788,16 +807,11 @@ impl RaftCore {
         if !self.shared.config.strict_reconfig_check {
             return Ok(());
         }
-        let learner = match ConfChangeType::try_from(change.change_type) {
-            Ok(ConfChangeType::ConfChangeAddNode) if self.is_promotion(change) => return Ok(()),
-            Ok(ConfChangeType::ConfChangeAddNode) => false,
-            Ok(ConfChangeType::ConfChangeAddLearnerNode) => true,
-            Ok(ConfChangeType::ConfChangeRemoveNode) => {
-                return self.reconfig_view(|view| view.may_remove(change.node_id));
-            }
-            _ => return Ok(()),
-        };
-        self.reconfig_view(|view| view.may_add(learner))
+        match Self::change_kind(change)?.0 {
+            reconfig::Change::Add { learner } => self.reconfig_view(|view| view.may_add(learner)),
+            reconfig::Change::Remove => self.reconfig_view(|view| view.may_remove(change.node_id)),
+            reconfig::Change::Update | reconfig::Change::Promote => Ok(()),
+        }
     }
 
     fn reconfig_view<T>(&self, check: impl FnOnce(&super::reconfig::View) -> T) -> T {
@@ -811,14 +825,29 @@ impl RaftCore {
         })
     }
 
-    /// The leader's checks of a change (a follower forwards, and the leader checks there):
-    /// a learner is promoted only once its log is within 10% of the leader's (etcd's rule),
-    /// and, with the strict reconfiguration check, if the voters to be have a started quorum.
+    /// The leader's checks of a change, made before it proposes it (a follower passes the
+    /// changes its clients ask for to the leader, which checks them in `step`): against the
+    /// member table (`reconfig::validate`: IDs, peer URLs, the learner limit), and for a
+    /// promotion the learner's log within 10% of the leader's (etcd's rule) and, with the
+    /// strict reconfiguration check, a started quorum of the voters to be.
+    ///
+    /// etcd makes the table's checks when it applies a change. Here Raft's configuration
+    /// takes effect when a change is appended, so the leader, the only member that appends
+    /// new entries, makes them when it proposes, against a table that holds every change in
+    /// its log: until the apply task has applied the last one, the next is refused as Raft
+    /// refuses one while another is uncommitted. One change at a time, each checked against
+    /// all before it, so two changes asked for at once on different members cannot both
+    /// pass (two learners, one peer URL twice).
     fn check_conf_change(&self, change: &ConfChange) -> Result<(), Status> {
         if self.raft.role() != Role::Leader {
             return Ok(());
         }
-        if self.is_promotion(change) {
+        if self.raft.last_conf_change_index() > self.shared.applied_index.load(Ordering::Acquire) {
+            return Err(errors::UNHEALTHY_CLUSTER);
+        }
+        let (kind, member) = Self::change_kind(change)?;
+        reconfig::validate(&self.shared.members.read().unwrap(), kind, &member)?;
+        if kind == reconfig::Change::Promote {
             if !self.caught_up(change.node_id) {
                 return Err(errors::LEARNER_NOT_READY);
             }
@@ -827,6 +856,22 @@ impl RaftCore {
             }
         }
         Ok(())
+    }
+
+    /// A follower's change the leader refused (`check_conf_change`, or Raft's own refusal):
+    /// the refusal goes through Raft as an entry of the follower's, whose client waits for
+    /// it. Returns whether it was proposed; if not (no longer the leader), the follower's
+    /// client times out, as when the change itself is lost on its way.
+    fn refuse_forwarded(&mut self, change: &ConfChange, status: &Status) -> bool {
+        let context = ConfContext::decode(change.context.as_slice()).unwrap_or_default();
+        if context.requester == crate::raft::NONE {
+            return false;
+        }
+        let refusal = entry::Refusal { code: status.code as u32, message: status.message.to_string() };
+        let request = entry::Request { id: context.request_id, op: Some(entry::Op::Refused(refusal)) };
+        let data = Batch { member_id: context.requester, requests: vec![request] }.encode_to_vec();
+        self.flush_batch();
+        self.propose_or_forward(EntryType::EntryNormal, data.into()).is_ok()
     }
 
     fn move_leader(&mut self, target: u64, reply: Reply) {
@@ -1014,14 +1059,17 @@ impl RaftCore {
             for entry in message.entries {
                 let entry_type = EntryType::try_from(entry.entry_type).unwrap_or(EntryType::EntryNormal);
                 if self.raft.role() == Role::Leader {
-                    if entry_type == EntryType::EntryConfChange {
-                        let refused = ConfChange::decode(&entry.data[..])
-                            .map_or(true, |change| self.check_conf_change(&change).is_err());
-                        if refused {
-                            continue;
+                    let proposed = if entry_type == EntryType::EntryConfChange {
+                        let Ok(change) = ConfChange::decode(&entry.data[..]) else { continue };
+                        let checked = self.check_conf_change(&change);
+                        match checked.and_then(|()| self.propose_or_forward(entry_type, entry.data)) {
+                            Ok(()) => true,
+                            Err(status) => self.refuse_forwarded(&change, &status),
                         }
-                    }
-                    if self.propose_or_forward(entry_type, entry.data).is_ok() {
+                    } else {
+                        self.propose_or_forward(entry_type, entry.data).is_ok()
+                    };
+                    if proposed {
                         self.commit_notices.forwarded(message.from, self.raft.log().last_index());
                     }
                 } else {

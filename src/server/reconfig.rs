@@ -9,6 +9,9 @@
 //! transport's `active_since`). A peer counts as connected only after `HEALTH_INTERVAL`
 //! without a break, so the checks refuse for five seconds after a member starts, as etcd's.
 //! A promotion is checked by the leader, which alone knows whether the learner caught up.
+//!
+//! `validate` is etcd's other check, of a change against the membership (IDs, peer URLs,
+//! the learner limit), made by the leader alone.
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +96,63 @@ impl View<'_> {
     }
 }
 
+/// At most this many learners at once (etcd's maxLearners).
+pub const LEARNERS_MAX: usize = 1;
+
+/// The kinds of change a client asks for, as `validate` tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Add { learner: bool },
+    Remove,
+    Update,
+    Promote,
+}
+
+/// etcd's check of a change against the membership (its membership/cluster.go
+/// `ValidateConfigurationChange`): an added member's ID and peer URLs must be new and the
+/// learners stay within `LEARNERS_MAX`; a removed, updated or promoted member must exist,
+/// an updated one's URLs must be no other member's, a promoted one must be a learner.
+/// etcd checks when it applies the change; ringd's leader checks when it proposes it,
+/// against a table that holds every change in its log (the raft core's
+/// `check_conf_change`), because Raft's configuration takes effect when appended.
+pub fn validate(members: &[pb::Member], change: Change, member: &pb::Member) -> Result<(), Status> {
+    let known = members.iter().find(|known| known.id == member.id);
+    let urls_taken = || {
+        members
+            .iter()
+            .filter(|other| other.id != member.id)
+            .any(|other| other.peer_ur_ls.iter().any(|url| member.peer_ur_ls.contains(url)))
+    };
+    match change {
+        Change::Add { learner } => {
+            if known.is_some() {
+                return Err(errors::MEMBER_EXIST);
+            }
+            if urls_taken() {
+                return Err(errors::PEER_URL_EXIST);
+            }
+            if learner && members.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
+                return Err(errors::TOO_MANY_LEARNERS);
+            }
+        }
+        Change::Remove => {
+            known.ok_or(errors::MEMBER_NOT_FOUND)?;
+        }
+        Change::Update => {
+            known.ok_or(errors::MEMBER_NOT_FOUND)?;
+            if urls_taken() {
+                return Err(errors::PEER_URL_EXIST);
+            }
+        }
+        Change::Promote => {
+            if !known.ok_or(errors::MEMBER_NOT_FOUND)?.is_learner {
+                return Err(errors::MEMBER_NOT_LEARNER);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn started(member: &pb::Member) -> bool {
     !member.name.is_empty()
 }
@@ -169,6 +229,40 @@ mod tests {
         // Two unstarted voters of four: the two started left are not a quorum of three.
         let four = vec![member(1, "a", false), member(2, "b", false), member(3, "", false), member(4, "", false)];
         assert_eq!(check(&four, &[2, 3, 4], |v| v.may_remove(2)), Err(errors::NOT_ENOUGH_STARTED_MEMBERS));
+    }
+
+    fn with_urls(id: u64, learner: bool, urls: &[&str]) -> pb::Member {
+        let peer_ur_ls = urls.iter().map(|url| url.to_string()).collect();
+        pb::Member { id, is_learner: learner, peer_ur_ls, ..Default::default() }
+    }
+
+    #[test]
+    fn a_change_is_validated_against_the_membership_as_etcd_validates_it() {
+        let table = vec![with_urls(1, false, &["http://a:1"]), with_urls(2, false, &["http://b:1", "http://b:2"])];
+        let add = |learner| Change::Add { learner };
+        assert_eq!(validate(&table, add(true), &with_urls(3, true, &["http://c:1"])), Ok(()));
+        assert_eq!(validate(&table, add(false), &with_urls(2, false, &["http://c:1"])), Err(errors::MEMBER_EXIST));
+        let taken = with_urls(3, false, &["http://c:1", "http://b:2"]);
+        assert_eq!(validate(&table, add(false), &taken), Err(errors::PEER_URL_EXIST));
+        let mut with_learner = table.clone();
+        with_learner.push(with_urls(3, true, &["http://c:1"]));
+        let second = with_urls(4, true, &["http://d:1"]);
+        assert_eq!(validate(&with_learner, add(true), &second), Err(errors::TOO_MANY_LEARNERS));
+        assert_eq!(validate(&with_learner, add(false), &with_urls(4, false, &["http://d:1"])), Ok(()));
+        // An update may keep its own URLs, not take another's.
+        assert_eq!(validate(&table, Change::Update, &with_urls(2, false, &["http://b:2"])), Ok(()));
+        assert_eq!(
+            validate(&table, Change::Update, &with_urls(2, false, &["http://a:1"])),
+            Err(errors::PEER_URL_EXIST)
+        );
+        assert_eq!(validate(&table, Change::Update, &with_urls(9, false, &[])), Err(errors::MEMBER_NOT_FOUND));
+        assert_eq!(validate(&table, Change::Remove, &with_urls(9, false, &[])), Err(errors::MEMBER_NOT_FOUND));
+        assert_eq!(validate(&table, Change::Remove, &with_urls(1, false, &[])), Ok(()));
+        assert_eq!(validate(&with_learner, Change::Promote, &with_urls(3, false, &[])), Ok(()));
+        assert_eq!(
+            validate(&with_learner, Change::Promote, &with_urls(2, false, &[])),
+            Err(errors::MEMBER_NOT_LEARNER)
+        );
     }
 
     #[test]

@@ -666,6 +666,13 @@ impl Turn<'_> {
                     }
                     continue;
                 }
+                Some(entry::Op::Refused(refusal)) => {
+                    if let Some(reply) = reply {
+                        let code = crate::client::code_from_number(refusal.code);
+                        self.replies.push((reply, Err(Status::with_message(code, refusal.message))));
+                    }
+                    continue;
+                }
                 Some(entry::Op::Attributes(member)) => {
                     let mut members = self.shared.members.write().unwrap();
                     if let Some(known) = members.iter_mut().find(|m| m.id == member.id) {
