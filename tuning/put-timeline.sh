@@ -19,7 +19,9 @@
 #        `perf probe`, perf from Debian's linux-perf, and python3)
 # Env: TOTAL (3000), WARMUP (2000), RINGD (target/release/ringd), RINGBENCH
 #      (target/release/ringbench), RINGD_ARGS (extra ringd flags, e.g. "--idle-poll-us 0"),
-#      KEEP=1 keeps the recording (perf.data, perf.txt) and prints where.
+#      KEEP=1 keeps the recording (perf.data, perf.txt) and prints where; TMPDIR places the
+#      data dir (on a RAM disk, e.g. a zram device mounted there, the WAL's write completes
+#      as it is submitted, and the cycle is read in that order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-3000}
@@ -163,6 +165,23 @@ schemes = [
          ('raft loop -> WAL write submitted', ''),
          ('WAL write submitted -> store pwritev', 'the apply, ahead'),
          ('store pwritev -> WAL completion seen', 'the device, and the core picking it up'),
+     ]),
+    # On a device that completes a write as it is submitted (a RAM disk: zram, or TMPDIR on
+    # one), the apply ahead runs after the WAL's completion, and the page writes come
+    # before the raft loop hears of it.
+    ('applied ahead, the WAL write done at once',
+     ['wal_done', 'pwritev', 'handle', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle', 'wal_submit',
+      'wal_done'],
+     [
+         ('WAL write durable -> store pwritev', 'the apply, ahead'),
+         ('store pwritev -> raft loop (Persisted)', ''),
+         ('raft loop -> finish_commit (published)', ''),
+         ('finish_commit -> send_reply', 'the reply reaches its stream'),
+         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
+         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
+         ('request read -> raft loop (proposal)', ''),
+         ('raft loop -> WAL write submitted', ''),
+         ('WAL write submitted -> completion seen', 'the device'),
      ]),
     ('applied after the commit',
      ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle',
