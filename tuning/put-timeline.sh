@@ -145,6 +145,16 @@ def kind(index, name, rest):
 
 marks = [(t, k) for index, (tid, t, name, rest) in enumerate(events) if tid == core
          for k in [kind(index, name, rest)] if k]
+# From the publication to the next request's WAL write submitted: the same in every order.
+reply_to_submit = (
+    ['finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle', 'wal_submit'],
+    [
+        ('finish_commit -> send_reply', 'the reply reaches its stream'),
+        ('send_reply -> reply sendto', 'HTTP/2 frames written'),
+        ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
+        ('request read -> raft loop (proposal)', ''),
+        ('raft loop -> WAL write submitted', ''),
+    ])
 # The anchors of one cycle, in order, from one WAL completion to the next; 'handle' occurs
 # twice (the WAL's Persisted event, then the next request's proposal after it was read).
 # A sole voter applies a put while its WAL write is in flight (`Ahead` in
@@ -153,53 +163,25 @@ marks = [(t, k) for index, (tid, t, name, rest) in enumerate(events) if tid == c
 # after their commit (`Turn::apply_entry`).
 schemes = [
     ('applied ahead, during the WAL write',
-     ['wal_done', 'handle', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle', 'wal_submit', 'pwritev',
-      'wal_done'],
-     [
-         ('WAL write durable -> raft loop (Persisted)', ''),
-         ('raft loop -> finish_commit (published)', ''),
-         ('finish_commit -> send_reply', 'the reply reaches its stream'),
-         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
-         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
-         ('request read -> raft loop (proposal)', ''),
-         ('raft loop -> WAL write submitted', ''),
-         ('WAL write submitted -> store pwritev', 'the apply, ahead'),
-         ('store pwritev -> WAL completion seen', 'the device, and the core picking it up'),
-     ]),
+     ['wal_done', 'handle'] + reply_to_submit[0] + ['pwritev', 'wal_done'],
+     [('WAL write durable -> raft loop (Persisted)', ''), ('raft loop -> finish_commit (published)', '')]
+     + reply_to_submit[1]
+     + [('WAL write submitted -> store pwritev', 'the apply, ahead'),
+        ('store pwritev -> WAL completion seen', 'the device, and the core picking it up')]),
     # On a device that completes a write as it is submitted (a RAM disk: zram, or TMPDIR on
     # one), the apply ahead runs after the WAL's completion, and the page writes come
     # before the raft loop hears of it.
     ('applied ahead, the WAL write done at once',
-     ['wal_done', 'pwritev', 'handle', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle', 'wal_submit',
-      'wal_done'],
-     [
-         ('WAL write durable -> store pwritev', 'the apply, ahead'),
-         ('store pwritev -> raft loop (Persisted)', ''),
-         ('raft loop -> finish_commit (published)', ''),
-         ('finish_commit -> send_reply', 'the reply reaches its stream'),
-         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
-         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
-         ('request read -> raft loop (proposal)', ''),
-         ('raft loop -> WAL write submitted', ''),
-         ('WAL write submitted -> completion seen', 'the device'),
-     ]),
+     ['wal_done', 'pwritev', 'handle'] + reply_to_submit[0] + ['wal_done'],
+     [('WAL write durable -> store pwritev', 'the apply, ahead'), ('store pwritev -> raft loop (Persisted)', ''),
+      ('raft loop -> finish_commit (published)', '')]
+     + reply_to_submit[1] + [('WAL write submitted -> completion seen', 'the device')]),
     ('applied after the commit',
-     ['wal_done', 'handle', 'apply_entry', 'pwritev', 'finish_commit', 'send_reply', 'sendto', 'recvfrom', 'handle',
-      'wal_submit', 'wal_done'],
-     [
-         ('WAL write durable -> raft loop (Persisted)', ''),
-         ('raft loop -> apply starts', ''),
-         ('apply -> first store pwritev', ''),
-         ('store pwritev(s) -> finish_commit', ''),
-         ('finish_commit -> send_reply', 'the reply reaches its stream'),
-         ('send_reply -> reply sendto', 'HTTP/2 frames written'),
-         ('reply sendto -> next request read', 'ringbench, loopback TCP, ringd\'s send'),
-         ('request read -> raft loop (proposal)', ''),
-         ('raft loop -> WAL write submitted', ''),
-         ('WAL write submitted -> completion seen', 'the device, and the core picking it up'),
-     ]),
+     ['wal_done', 'handle', 'apply_entry', 'pwritev'] + reply_to_submit[0] + ['wal_done'],
+     [('WAL write durable -> raft loop (Persisted)', ''), ('raft loop -> apply starts', ''),
+      ('apply -> first store pwritev', ''), ('store pwritev(s) -> finish_commit', '')]
+     + reply_to_submit[1] + [('WAL write submitted -> completion seen', 'the device, and the core picking it up')]),
 ]
-
 
 def cycle(a, b, anchors):
     """The times of `anchors` between marks a and b (both 'wal_done'), or None."""
