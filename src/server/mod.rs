@@ -101,6 +101,31 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a member starting on `store` (its ID, cluster and members decided).
+    fn new(config: Config, store: &mvcc::Store, member_id: u64, cluster_id: u64, members: Vec<pb::Member>) -> Shared {
+        Shared {
+            cluster_id: AtomicU64::new(cluster_id),
+            member_id,
+            reader: RwLock::new(store.reader()),
+            alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),
+            applied_index: AtomicU64::new(store.consistent_index()),
+            sole_voter_reads: AtomicBool::new(false),
+            raft_learner: AtomicBool::new(false),
+            leader_id: AtomicU64::new(crate::raft::NONE),
+            raft_term: AtomicU64::new(0),
+            raft_index: AtomicU64::new(0),
+            members: RwLock::new(members),
+            latency: latency::Latency::new(config.cores),
+            client_connections: crate::api::listener::connection_counts(config.cores),
+            accepted_connections: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            db_size_bytes: AtomicU64::new(store.size_bytes()),
+            db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
+            watch: watch::Publisher::new(config.cores, store.current_revision()),
+            config,
+        }
+    }
+
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id(),
@@ -646,27 +671,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         cluster_id = stored_cluster_id.unwrap_or(cluster_id);
     }
-    let shared = Arc::new(Shared {
-        cluster_id: AtomicU64::new(cluster_id),
-        member_id,
-        reader: RwLock::new(store.reader()),
-        alarm_no_space: AtomicBool::new(store.size_bytes() > config.quota_backend_bytes),
-        applied_index: AtomicU64::new(store.consistent_index()),
-        sole_voter_reads: AtomicBool::new(false),
-        raft_learner: AtomicBool::new(false),
-        leader_id: AtomicU64::new(crate::raft::NONE),
-        raft_term: AtomicU64::new(0),
-        raft_index: AtomicU64::new(0),
-        members: RwLock::new(members),
-        latency: latency::Latency::new(config.cores),
-        client_connections: crate::api::listener::connection_counts(config.cores),
-        accepted_connections: AtomicU64::new(0),
-        started: std::time::Instant::now(),
-        db_size_bytes: AtomicU64::new(store.size_bytes()),
-        db_size_in_use_bytes: AtomicU64::new(store.size_in_use_bytes()),
-        watch: watch::Publisher::new(config.cores, store.current_revision()),
-        config,
-    });
+    let shared = Arc::new(Shared::new(config, &store, member_id, cluster_id, members));
     writer::start_cores(shared, store)
 }
 

@@ -1400,6 +1400,64 @@ mod tests {
             .collect()
     }
 
+    /// A put of `key` by this member's client `id`, as the entry at `index` of term 2.
+    fn put_entry(member_id: u64, index: u64, id: u64, key: &str) -> Entry {
+        let put = pb::PutRequest { key: key.as_bytes().to_vec(), value: b"v".to_vec(), ..Default::default() };
+        let batch = Batch { member_id, requests: vec![entry::Request { id, op: Some(entry::Op::Put(put)) }] };
+        let data = batch.encode_to_vec().into();
+        Entry { index, term: 2, entry_type: EntryType::EntryNormal as i32, data }
+    }
+
+    /// Two entries applied ahead; the first commits, then the leader is deposed before the
+    /// second does. The store drops both (the raft core never sends the first again), and
+    /// the first comes back, first in the batch, to be applied as a committed entry; both
+    /// clients wait again, unanswered.
+    #[test]
+    fn entries_dropped_after_a_commit_reached_part_of_them_give_that_part_back_to_apply() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let data_dir = directory.path().to_path_buf();
+        LocalExecutorBuilder::new(Placement::Unbound).io_memory(64 * 1024).make().expect("executor").run(async move {
+            use clap::Parser;
+            let flags = super::super::Flags::try_parse_from(["ringd", "--data-dir", data_dir.to_str().unwrap()]);
+            let config = flags.expect("flags").into_config().expect("config");
+            let mut store = mvcc::Store::open(&data_dir.join("db"), mvcc::StoreOptions::default()).expect("store");
+            let shared = Shared::new(config, &store, 1, 1, Vec::new());
+            let lessor_config =
+                crate::lease::LessorConfig::new(shared.config.heartbeat_interval, shared.config.election_ticks);
+            let lessor = RefCell::new(Lessor::load(&mut store, lessor_config).expect("lessor"));
+            let waiters = RefCell::new(Waiters::default());
+            let mut checkpoints = Checkpoints::new();
+            let (revision, index) = (store.current_revision(), store.consistent_index());
+            let mut answers = Vec::new();
+            for id in [1, 2] {
+                let (reply, answer) = futures::channel::oneshot::channel();
+                waiters.borrow_mut().insert(id, reply);
+                answers.push(answer);
+            }
+            let ahead = vec![put_entry(1, index + 1, 1, "a"), put_entry(1, index + 2, 2, "b")];
+            let (work, mut received) = mpsc::unbounded();
+            work.unbounded_send(ApplyWork::Entries(ahead[..1].to_vec())).unwrap();
+            work.unbounded_send(ApplyWork::Abandon).unwrap();
+            let mut batch = Vec::new();
+            let mut applying = Ahead {
+                store: &mut store,
+                lessor: &lessor,
+                shared: &shared,
+                waiters: &waiters,
+                checkpoints: &mut checkpoints,
+            };
+            assert!(applying.apply(ahead.clone(), &mut batch, &mut received).await);
+            assert_eq!(indexes(&batch), [vec![index + 1]], "the committed one, to apply again");
+            assert_eq!((store.current_revision(), store.consistent_index()), (revision, index));
+            assert_eq!(shared.applied_index.load(Ordering::Acquire), index);
+            store.check().expect("every page reachable or free, once");
+            for (id, answer) in [1, 2].into_iter().zip(answers.iter_mut()) {
+                assert!(matches!(answer.try_recv(), Ok(None)), "client {id} was not answered");
+                assert!(waiters.borrow_mut().take(id).is_some(), "client {id} waits again");
+            }
+        });
+    }
+
     #[test]
     fn entries_applied_ahead_commit_in_turn_and_later_ones_wait_in_the_batch() {
         let ahead = entries(5..=7, 2);
