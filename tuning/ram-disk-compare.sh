@@ -5,7 +5,7 @@
 # flush is cheap, comes closest). Nothing written there survives a reboot: use it to
 # measure, never to keep data.
 #
-#   sudo bash tuning/ram-disk-compare.sh tuning/scenarios/etcd-doc.toml [more scenario files]
+#   bash tuning/ram-disk-compare.sh tuning/scenarios/etcd-doc.toml [more scenario files]
 #
 # Env: RUNS (runs per scenario and server, the table shows the median; default 3), SCALE
 # (ringbench's --scale, each scenario's request count times it; default 1), SIZE (the
