@@ -8,8 +8,9 @@
 #
 #   bash tuning/ab-compare.sh OLD_RINGD NEW_RINGD SCENARIO.toml
 #
-# Env: PAIRS (default 3), DATA_ROOT (ringbench compare's --data-root: put it on a RAM disk to
-# take the device out, e.g. a zram device as tuning/ram-disk-compare.sh makes), SCALE
+# Env: PAIRS (default 3), DATA_ROOT (ringbench compare's --data-root, for both builds; by
+# default a new directory under target/, removed at the end; put it on a RAM disk to take
+# the device out, e.g. a zram device as tuning/ram-disk-compare.sh makes), SCALE
 # (--scale, default 1), RINGBENCH (default target/release/ringbench).
 # Every run starts a fresh ringd on a fresh data dir and stops it (ringbench compare does).
 set -euo pipefail
@@ -25,19 +26,34 @@ for binary in "$old" "$new" "$RINGBENCH"; do
     [ -x "$binary" ] || { echo "$0: $binary is not an executable (cargo build --release?)" >&2; exit 2; }
 done
 [ -f "$scenario" ] || { echo "$0: no scenario file $scenario" >&2; exit 2; }
-root_args=()
-[ -n "${DATA_ROOT:-}" ] && root_args=(--data-root "$DATA_ROOT")
+# One data root for both builds, so that both write to the same file system (ringbench
+# compare's default is a directory next to each ringd binary).
+made_root=
+if [ -z "${DATA_ROOT:-}" ]; then
+    mkdir -p "$(dirname "$0")/../target"
+    DATA_ROOT=$(mktemp -d "$(dirname "$0")/../target/ab-compare.XXXXXX")
+    made_root=$DATA_ROOT
+fi
+root_args=(--data-root "$DATA_ROOT")
 
 runs=$(mktemp)
-trap 'rm -f "$runs"' EXIT
+errors=$(mktemp)
+trap 'rm -f "$runs" "$errors"; [ -z "$made_root" ] || rm -rf "$made_root"' EXIT
 run() {
-    local label=$1 binary=$2
+    local label=$1 binary=$2 table rows
     echo "== $label ($binary)"
-    # Rows of ringbench compare's table with one server: | scenario | req/s | p50 ms | p99 ms |
-    # errors | server CPU µs/req | ringbench CPU µs/req |
-    "$RINGBENCH" compare --servers ringd --ringd "$binary" "${root_args[@]}" --scale "$SCALE" \
-        --scenario "$scenario" 2>/dev/null | grep '^| ' | grep -v '^| scenario' | grep -v '^| ---' |
-        tee /dev/stderr | sed "s/^/$label /" >>"$runs"
+    table=$("$RINGBENCH" compare --servers ringd --ringd "$binary" "${root_args[@]}" --scale "$SCALE" \
+        --scenario "$scenario" 2>"$errors") || {
+        echo "$0: ringbench compare failed with $binary (its data and logs are kept):" >&2
+        tail -n 5 "$errors" >&2
+        made_root=
+        exit 1
+    }
+    # Rows of the table with one server: | scenario | req/s | p50 ms | p99 ms | errors |
+    # server CPU µs/req | ringbench CPU µs/req |
+    rows=$(grep '^| ' <<<"$table" | grep -v -e '^| scenario' -e '^| ---')
+    echo "$rows"
+    sed "s/^/$label /" <<<"$rows" >>"$runs"
 }
 for pair in $(seq 1 "$PAIRS"); do
     if [ $((pair % 2)) = 1 ]; then
@@ -47,7 +63,7 @@ for pair in $(seq 1 "$PAIRS"); do
         run new "$new"
         run old "$old"
     fi
-done 2>&1
+done
 
 echo
 echo "| scenario | old req/s (range) | new req/s (range) | new/old | server CPU µs/req old / new | p99 ms old / new |"
@@ -73,4 +89,4 @@ awk -F'|' '
         }
     }' "$runs"
 echo
-echo "$PAIRS pairs, order alternated; scenario $scenario${DATA_ROOT:+, data dirs under $DATA_ROOT}"
+echo "$PAIRS pairs, order alternated; scenario $scenario, data dirs under $DATA_ROOT"

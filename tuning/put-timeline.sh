@@ -183,6 +183,7 @@ schemes = [
      + reply_to_submit[1] + [('WAL write submitted -> completion seen', 'the device, and the core picking it up')]),
 ]
 
+
 def cycle(a, b, anchors):
     """The times of `anchors` between marks a and b (both 'wal_done'), or None."""
     found, position = [], a
