@@ -204,7 +204,14 @@ fn three_members_elect_one_leader_replicate_and_forward() {
     assert!(output.status.success());
     assert_eq!(get_value(&cluster.member(follower).endpoint(), "fresh", false).as_deref(), Some("from-the-leader"));
 
-    cluster.wait_for_same_index();
+    let index = cluster.wait_for_same_index();
+    // Every member applied the four puts and counts them (etcd's "puts seen by this member").
+    for i in 0..3 {
+        let scrape = support::Scrape::of(cluster.member(i).port);
+        assert_eq!(scrape.value("etcd_mvcc_put_total"), 4.0, "member {i}");
+        // At least: a member may publish its name and URLs through Raft after the wait.
+        assert!(scrape.value("etcd_server_proposals_applied_total") >= index as f64, "member {i}");
+    }
 
     // The member list: three members with their names and client URLs, on every member.
     for i in 0..3 {
@@ -322,6 +329,13 @@ fn a_member_without_quorum_refuses_writes_and_linearizable_reads() {
     let (status, body) = support::http(cluster.member(0).port, "GET", "/health", "");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("false"), "{body}");
+    // /metrics: no leader, and the refused put counted as a failed proposal (the refused
+    // read is no proposal).
+    let scrape = support::Scrape::of(cluster.member(0).port);
+    assert_eq!(scrape.value("etcd_server_has_leader"), 0.0);
+    assert_eq!(scrape.value("etcd_server_is_leader"), 0.0);
+    assert!(scrape.value("etcd_server_proposals_failed_total") >= 1.0);
+    assert_eq!(scrape.value("etcd_server_proposals_pending"), 0.0);
 }
 
 /// Growing a one-member cluster (etcd's restore recipe): `member add` of a voter is answered
@@ -700,6 +714,14 @@ fn move_leader_hands_leadership_to_the_target() {
     assert!(output.status.success(), "{}", support::error_line(&output));
     assert!(stdout(&output).contains("Leadership transferred"), "{}", stdout(&output));
     assert_eq!(cluster.wait_for_leader(), target);
+    // /metrics on every member: the leader it follows, and both leaders it saw.
+    for i in 0..3 {
+        let scrape = support::Scrape::of(cluster.member(i).port);
+        assert_eq!(scrape.value("etcd_server_has_leader"), 1.0, "member {i}");
+        assert_eq!(scrape.value("etcd_server_is_leader"), if i == target { 1.0 } else { 0.0 }, "member {i}");
+        assert!(scrape.value("etcd_server_leader_changes_seen_total") >= 2.0, "member {i}");
+        assert_eq!(scrape.value("etcd_server_is_learner"), 0.0, "member {i}");
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 JSON gateway on the client port: etcd's `/v3/...` paths with the protobuf
 //! JSON mapping (pbjson: proto field names, 64-bit integers as strings, bytes as base64),
-//! plus `/health` and `/version`. Errors have grpc-gateway's shape:
+//! plus `/health`, `/version` and `/metrics` (`api::metrics`). Errors have grpc-gateway's shape:
 //! `{"error": msg, "message": msg, "code": grpc_code}`.
 //!
 //! `POST /v3/watch` is grpc-gateway's bidirectional stream over HTTP/1.1: the request body
@@ -62,12 +62,15 @@ impl Codec for JsonCodec {
 
 struct Reply {
     status_code: u16,
+    content_type: &'static str,
     body: Bytes,
 }
 
+const JSON: &str = "application/json";
+
 impl Reply {
     fn error(status: &Status) -> Reply {
-        Reply { status_code: status.code.http_status(), body: error_body(status) }
+        Reply { content_type: JSON, status_code: status.code.http_status(), body: error_body(status) }
     }
 }
 
@@ -220,13 +223,18 @@ async fn route(
         ("GET", "/version") => json_reply(200, core.version_json()),
         ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
         ("GET", "/debug/cores") => json_reply(200, core.cores_json()),
+        ("GET", "/metrics") => Reply {
+            status_code: 200,
+            content_type: crate::api::metrics::CONTENT_TYPE,
+            body: Bytes::from(crate::api::metrics::render(core)),
+        },
         // A POST was taken over by `serve_watch` or `serve_observe`; any other method is
         // refused as elsewhere.
         (_, WATCH_PATH | OBSERVE_PATH | KEEP_ALIVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),
         (_, path) => match service::route_gateway(path) {
             Some(api_method) if method == "POST" => {
                 match service::call(core, api_method, body, &JsonCodec, cancelled).await {
-                    Ok(body) => Reply { status_code: 200, body },
+                    Ok(body) => Reply { content_type: JSON, status_code: 200, body },
                     Err(status) => Reply::error(&status),
                 }
             }
@@ -234,7 +242,11 @@ async fn route(
             None if service::is_known_gateway_path(path) => {
                 Reply::error(&Status::not_implemented(path.rsplit('/').next().unwrap_or(path)))
             }
-            None => Reply { status_code: 404, body: error_body(&Status::new(Code::NotFound, "Not Found")) },
+            None => Reply {
+                content_type: JSON,
+                status_code: 404,
+                body: error_body(&Status::new(Code::NotFound, "Not Found")),
+            },
         },
     }
 }
@@ -247,7 +259,7 @@ fn health(core: &Core) -> Reply {
 }
 
 fn json_reply(status_code: u16, body: serde_json::Value) -> Reply {
-    Reply { status_code, body: Bytes::from(body.to_string()) }
+    Reply { content_type: JSON, status_code, body: Bytes::from(body.to_string()) }
 }
 
 async fn write_reply<S: futures_lite::AsyncWrite + Unpin>(
@@ -258,9 +270,10 @@ async fn write_reply<S: futures_lite::AsyncWrite + Unpin>(
     let reason = reason_phrase(reply.status_code);
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
         reply.status_code,
         reason,
+        reply.content_type,
         reply.body.len(),
         connection
     );

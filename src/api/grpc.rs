@@ -12,7 +12,8 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
-use crate::api::errors::{self, Status};
+use crate::api::errors::{self, Code, Status};
+use crate::api::metrics::Call;
 use crate::api::service::{self, Codec};
 use crate::server::Core;
 
@@ -78,37 +79,57 @@ where
 /// the unary calls (`service::call`). That took it from 3,520 to 1,576 bytes and ringd's CPU
 /// per put from 13.3 to 11.8 µs at 1000 clients (README, issue 6).
 async fn serve_stream(core: &Rc<Core>, path: &str, body: RecvStream, mut respond: SendResponse<Bytes>) {
-    if path == SNAPSHOT_PATH {
-        drop(body);
-        return Box::pin(stream_snapshot(core, respond)).await;
-    }
-    if path == WATCH_PATH {
-        return Box::pin(serve_watch(core, body, respond)).await;
-    }
-    if path == LEASE_KEEP_ALIVE_PATH {
-        return Box::pin(serve_keep_alive(core, body, respond)).await;
-    }
-    if path == OBSERVE_PATH {
-        return Box::pin(serve_observe(core, body, respond)).await;
+    let calls = &core.shared.grpc_calls;
+    if let Some(streaming) =
+        [SNAPSHOT_PATH, WATCH_PATH, LEASE_KEEP_ALIVE_PATH, OBSERVE_PATH].iter().position(|p| *p == path)
+    {
+        let call = calls.start(core.index(), service::method_slot(path).expect("the streaming paths are etcd's"));
+        let code = match streaming {
+            0 => {
+                drop(body);
+                Box::pin(stream_snapshot(core, respond, &call)).await
+            }
+            1 => Box::pin(serve_watch(core, body, respond, &call)).await,
+            2 => Box::pin(serve_keep_alive(core, body, respond, &call)).await,
+            _ => Box::pin(serve_observe(core, body, respond, &call)).await,
+        };
+        return call.handled(code);
     }
     let method = match service::route_grpc(path) {
         Ok(method) => method,
-        Err(status) => return send_status(&mut respond, &status),
+        Err(status) => {
+            if let Some(slot) = service::method_slot(path) {
+                calls.start(core.index(), slot).handled(status.code);
+            }
+            return send_status(&mut respond, &status);
+        }
     };
+    let call = calls.start(core.index(), service::routed_slot(method));
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let message = match read_unary(body, limit_bytes).await {
         Ok(message) => message,
-        Err(status) => return send_status(&mut respond, &status),
+        Err(status) => return fail(call, &mut respond, &status),
     };
     if message.len() > core.max_request_bytes() {
-        return send_status(&mut respond, &errors::REQUEST_TOO_LARGE);
+        return fail(call, &mut respond, &errors::REQUEST_TOO_LARGE);
     }
+    call.received(message.len());
     let client_reset = futures::FutureExt::map(futures::future::poll_fn(|cx| respond.poll_reset(cx)), |_| ());
     let called = service::call(core, method, &message, &ProtobufCodec, client_reset).await;
     match called {
-        Ok(reply) => send_reply(&mut respond, reply),
-        Err(status) => send_status(&mut respond, &status),
+        Ok(reply) => {
+            call.sent(reply.len() - PREFIX_BYTES);
+            send_reply(&mut respond, reply);
+            call.handled(errors::Code::Ok);
+        }
+        Err(status) => fail(call, &mut respond, &status),
     }
+}
+
+/// A unary call that ends with `status`.
+fn fail(call: crate::api::metrics::Call<'_>, respond: &mut SendResponse<Bytes>, status: &Status) {
+    call.handled(status.code);
+    send_status(respond, status);
 }
 
 /// The gRPC status headers as made names: inserting a `&'static str` parses it and, for a
@@ -124,8 +145,10 @@ const OBSERVE_PATH: &str = "/v3electionpb.Election/Observe";
 
 /// Ends a server stream with the grpc-status (and grpc-message) trailers of how it ended.
 /// Every unary reply ends here too.
-fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) {
+/// Returns the stream's code.
+fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) -> Code {
     let mut trailers = HeaderMap::new();
+    let code = ended.as_ref().map_or_else(|status| status.code, |()| Code::Ok);
     match ended {
         Ok(()) => {
             trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
@@ -140,12 +163,18 @@ fn end_stream(stream: &mut h2::SendStream<Bytes>, ended: Result<(), Status>) {
         }
     }
     let _ = stream.send_trailers(trailers);
+    code
 }
 
 /// Lease.LeaseKeepAlive: one response per request, in order (etcd answers a lease that
 /// does not exist with TTL 0).
-async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
-    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+async fn serve_keep_alive(
+    core: &Core,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    call: &Call<'_>,
+) -> Code {
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return Code::Canceled };
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let mut buffer = BytesMut::new();
     let mut ended = Ok(());
@@ -159,10 +188,11 @@ async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendRe
                 break;
             }
         };
+        call.received(prost::Message::encoded_len(&request));
         match core.lease_keep_alive(request.id).await {
             Ok(response) => {
-                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
-                    return;
+                if !send_counted(&mut stream, ProtobufCodec.encode(&response), call).await {
+                    return Code::Canceled;
                 }
             }
             Err(status) => {
@@ -171,12 +201,12 @@ async fn serve_keep_alive(core: &Core, mut body: RecvStream, mut respond: SendRe
             }
         }
     }
-    end_stream(&mut stream, ended);
+    end_stream(&mut stream, ended)
 }
 
 /// Election.Observe: one request, then a response per leader and per proclaimed value until
 /// the client resets the stream (which drops the observer and its watchers).
-async fn serve_observe(core: &Rc<Core>, body: RecvStream, mut respond: SendResponse<Bytes>) {
+async fn serve_observe(core: &Rc<Core>, body: RecvStream, mut respond: SendResponse<Bytes>, call: &Call<'_>) -> Code {
     use futures::StreamExt;
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let request = match read_unary(body, limit_bytes)
@@ -184,9 +214,13 @@ async fn serve_observe(core: &Rc<Core>, body: RecvStream, mut respond: SendRespo
         .and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::v3electionpb::LeaderRequest>(&bytes))
     {
         Ok(request) => request,
-        Err(status) => return send_status(&mut respond, &status),
+        Err(status) => {
+            send_status(&mut respond, &status);
+            return status.code;
+        }
     };
-    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    call.received(prost::Message::encoded_len(&request));
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return Code::Canceled };
     let (sender, mut responses) = futures::channel::mpsc::channel(0);
     let observing = core.clone();
     let observer = glommio::spawn_local(async move { observing.observe(request, sender).await });
@@ -196,16 +230,16 @@ async fn serve_observe(core: &Rc<Core>, body: RecvStream, mut respond: SendRespo
         futures::pin_mut!(reset);
         match futures::future::select(next, reset).await {
             futures::future::Either::Left((Some(response), _)) => {
-                if !send_when_room(&mut stream, ProtobufCodec.encode(&response)).await {
-                    return;
+                if !send_counted(&mut stream, ProtobufCodec.encode(&response), call).await {
+                    return Code::Canceled;
                 }
             }
             futures::future::Either::Left((None, _)) => break,
-            futures::future::Either::Right(_) => return,
+            futures::future::Either::Right(_) => return Code::Canceled,
         }
     }
     drop(observer);
-    end_stream(&mut stream, Ok(()));
+    end_stream(&mut stream, Ok(()))
 }
 
 /// Reads the next length-prefixed message of a streaming request; None at the end of the
@@ -245,17 +279,21 @@ async fn next_message(
 /// Watch: a bidirectional stream. Requests (create, cancel, progress) are handled as they
 /// arrive; responses come from this core's watch hub through the stream's outbox and are
 /// sent as flow control allows. The stream ends when the client closes its side.
-async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>) {
+async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendResponse<Bytes>, call: &Call<'_>) -> Code {
     use futures::{FutureExt, StreamExt};
     let (watch, mut responses) = core.watch_hub().open_encoded_stream();
-    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return Code::Canceled };
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let receiver = watch.clone();
+    let (shared, core_index, slot) = (core.shared.clone(), core.index(), call.slot());
     let receive = glommio::spawn_local(async move {
         let mut buffer = BytesMut::new();
         loop {
             receiver.room_for_requests().await;
             let Some(message) = next_message(&mut body, &mut buffer, limit_bytes).await else { break };
+            if let Ok(bytes) = &message {
+                shared.grpc_calls.received(core_index, slot, bytes.len());
+            }
             let request =
                 message.and_then(|bytes| ProtobufCodec.decode::<crate::api::pb::etcdserverpb::WatchRequest>(&bytes))?;
             receiver.handle(request);
@@ -284,7 +322,7 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
                     crate::server::watch::Outgoing::Response(response) => ProtobufCodec.encode(&response),
                     crate::server::watch::Outgoing::Encoded(message) => message,
                 };
-                if !send_when_room(&mut stream, message).await {
+                if !send_counted(&mut stream, message, call).await {
                     break Ok(());
                 }
             }
@@ -292,7 +330,7 @@ async fn serve_watch(core: &Core, mut body: RecvStream, mut respond: SendRespons
         }
     };
     drop(ticker);
-    end_stream(&mut stream, ended);
+    end_stream(&mut stream, ended)
 }
 /// Bytes of the db per SnapshotResponse (etcd's snapshotSendBufferSize).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
@@ -303,12 +341,15 @@ const SNAPSHOT_READ_BYTES: usize = 1024 * 1024;
 /// etcd does, one last message with the sha256 of the db (etcdctl checks it is there). Each
 /// message is sent only once flow control has room for it, so a slow client holds back the
 /// stream instead of filling memory.
-async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
+async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>, call: &Call<'_>) -> Code {
     let mut image = match core.snapshot_image().await {
         Ok(image) => image,
-        Err(status) => return send_status(&mut respond, &status),
+        Err(status) => {
+            send_status(&mut respond, &status);
+            return status.code;
+        }
     };
-    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return };
+    let Ok(mut stream) = respond.send_response(response_headers(), false) else { return Code::Canceled };
     let total_bytes = image.len_bytes();
     let mut offset = 0u64;
     let mut digest = <sha2::Sha256 as sha2::Digest>::new();
@@ -331,8 +372,8 @@ async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
                 remaining_bytes: total_bytes - offset,
                 blob: piece.to_vec(),
             };
-            if !send_when_room(&mut stream, ProtobufCodec.encode(&message)).await {
-                return;
+            if !send_counted(&mut stream, ProtobufCodec.encode(&message), call).await {
+                return Code::Canceled;
             }
         }
     }
@@ -341,10 +382,20 @@ async fn stream_snapshot(core: &Core, mut respond: SendResponse<Bytes>) {
         remaining_bytes: 0,
         blob: sha2::Digest::finalize(digest).to_vec(),
     };
-    if !send_when_room(&mut stream, ProtobufCodec.encode(&checksum)).await {
-        return;
+    if !send_counted(&mut stream, ProtobufCodec.encode(&checksum), call).await {
+        return Code::Canceled;
     }
-    end_stream(&mut stream, Ok(()));
+    end_stream(&mut stream, Ok(()))
+}
+
+/// `send_when_room` of one message of a stream, counted for its call once sent.
+async fn send_counted(stream: &mut h2::SendStream<Bytes>, message: Bytes, call: &Call<'_>) -> bool {
+    let message_bytes = message.len() - PREFIX_BYTES;
+    let sent = send_when_room(stream, message).await;
+    if sent {
+        call.sent(message_bytes);
+    }
+    sent
 }
 
 /// Sends `data` piece by piece as the peer's flow-control window grants room, so at most one

@@ -118,6 +118,50 @@ const SERVICES: &[(&str, &[&str])] = &[
     ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
 ];
 
+/// How many methods `SERVICES` lists: the slots of the call counters (`api::metrics`).
+pub const METHODS_COUNT: usize = {
+    let mut count = 0;
+    let mut service = 0;
+    while service < SERVICES.len() {
+        count += SERVICES[service].1.len();
+        service += 1;
+    }
+    count
+};
+
+/// Every (service, method) of etcd's API, in slot order.
+pub fn methods() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SERVICES.iter().flat_map(|&(service, methods)| methods.iter().map(move |&method| (service, method)))
+}
+
+/// The slot of the method a gRPC path names, if it is one of etcd's.
+pub fn method_slot(path: &str) -> Option<usize> {
+    let (service, method) = path.strip_prefix('/')?.rsplit_once('/')?;
+    methods().position(|entry| entry == (service, method))
+}
+
+/// The slot of a method ringd routes (no search: a table made once).
+pub fn routed_slot(method: Method) -> usize {
+    static SLOTS: std::sync::LazyLock<Vec<usize>> = std::sync::LazyLock::new(|| {
+        let mut slots = vec![usize::MAX; ROUTES.len()];
+        for &(path, _, method) in ROUTES {
+            slots[method as usize] = method_slot(path).expect("every routed path is one of etcd's methods");
+        }
+        assert!(slots.iter().all(|&slot| slot < METHODS_COUNT), "every method has a route");
+        slots
+    });
+    SLOTS[method as usize]
+}
+
+/// The type go-grpc-prometheus gives a method (its `grpc_type` label).
+pub fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
+        _ => "unary",
+    }
+}
+
 /// The method a gRPC path names, or the status grpc-go would answer for it.
 pub fn route_grpc(path: &str) -> Result<Method, Status> {
     if let Some(&(_, _, method)) = ROUTES.iter().find(|(grpc, _, _)| *grpc == path) {

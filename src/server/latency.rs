@@ -1,5 +1,6 @@
 //! Where the time of a request goes (DESIGN §3): one HDR histogram per stage and core, in
-//! microseconds, exported merged at `GET /debug/latency`.
+//! microseconds, exported merged at `GET /debug/latency` (and as Prometheus histograms in
+//! seconds at `GET /metrics`, `api::metrics`).
 //!
 //! Stages of a write, in order: `queue` (client core to the raft core), `batch` (waiting in
 //! the raft core for the entry that carries it), `wal_sync` (the WAL write and fdatasync of
@@ -74,8 +75,8 @@ impl Latency {
         self.record(core, stage, since.elapsed().as_micros() as u64);
     }
 
-    /// All cores merged, per stage.
-    pub fn json(&self) -> serde_json::Value {
+    /// All cores merged, one histogram per stage in `STAGES`' order.
+    pub fn merged(&self) -> Vec<Histogram<u64>> {
         let mut merged: Vec<Histogram<u64>> = STAGES
             .iter()
             .map(|_| Histogram::new_with_bounds(1, HIGHEST_MICROS, 3).expect("valid histogram bounds"))
@@ -86,6 +87,12 @@ impl Latency {
                 total.add(histogram).expect("same bounds");
             }
         }
+        merged
+    }
+
+    /// All cores merged, per stage.
+    pub fn json(&self) -> serde_json::Value {
+        let merged = self.merged();
         let mut stages = serde_json::Map::new();
         for ((_, name), histogram) in STAGES.iter().zip(merged.iter()) {
             let mut serialized = Vec::new();

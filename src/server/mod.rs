@@ -26,6 +26,7 @@ mod forward;
 pub mod identity;
 pub mod kv;
 pub mod latency;
+pub mod metrics;
 mod raft_core;
 mod reconfig;
 pub mod watch;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub leader_id: AtomicU64,
     pub raft_term: AtomicU64,
     pub raft_index: AtomicU64,
+    /// The commit index this member knows of, published with the leader.
+    pub commit_index: AtomicU64,
     /// This member leads as the only voter and has applied every entry committed before its
     /// term (set by the raft core, which clears it before proposing a membership change).
     /// Then the latest visible commit holds every acknowledged write (a write is answered
@@ -86,8 +89,12 @@ pub struct Shared {
     pub raft_learner: AtomicBool,
     /// The member table, written by the apply task.
     pub members: RwLock<Vec<pb::Member>>,
-    /// Per-stage latency histograms (GET /debug/latency).
+    /// Per-stage latency histograms (GET /debug/latency, GET /metrics).
     pub latency: latency::Latency,
+    /// The store's operations, leader changes, failed and pending proposals (GET /metrics).
+    pub counts: metrics::Counts,
+    /// gRPC calls per method and code, per core (GET /metrics).
+    pub grpc_calls: crate::api::metrics::GrpcCalls,
     /// Live client connections per core (`api::listener` places connections by them).
     pub client_connections: crate::api::listener::ConnectionCounts,
     /// Client connections accepted since start, on every core (GET /debug/cores).
@@ -114,8 +121,11 @@ impl Shared {
             leader_id: AtomicU64::new(crate::raft::NONE),
             raft_term: AtomicU64::new(0),
             raft_index: AtomicU64::new(0),
+            commit_index: AtomicU64::new(0),
             members: RwLock::new(members),
             latency: latency::Latency::new(config.cores),
+            counts: metrics::Counts::new(config.cores),
+            grpc_calls: crate::api::metrics::GrpcCalls::new(config.cores),
             client_connections: crate::api::listener::connection_counts(config.cores),
             accepted_connections: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -246,9 +256,16 @@ impl Core {
     /// Sends a command that goes through Raft: refused at once while there is no leader.
     async fn propose(&self, command: Command) -> Result<writer::Outcome, Status> {
         if !self.shared.has_leader() {
+            if command.is_raft_proposal() {
+                self.count_failed_proposal();
+            }
             return Err(errors::NO_LEADER);
         }
         self.submit(command).await
+    }
+
+    fn count_failed_proposal(&self) {
+        self.shared.counts.core(self.index).proposals_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sends a command to the raft core and waits for its answer, at most the request timeout.
@@ -260,6 +277,8 @@ impl Core {
             Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => Some(latency::Stage::WriteTotal),
             _ => None,
         };
+        let raft_proposal = command.is_raft_proposal();
+        let _pending = raft_proposal.then(|| metrics::Pending::start(self.shared.counts.core(self.index)));
         let proposal = Proposal { command, reply, created: started };
         let sent = match &self.route {
             Route::Local(sender) => {
@@ -269,6 +288,9 @@ impl Core {
             Route::Remote(sender) => sender.send(proposal).await.is_ok(),
         };
         if !sent {
+            if raft_proposal {
+                self.count_failed_proposal();
+            }
             return Err(errors::STOPPED);
         }
         let timeout = glommio::timer::sleep(self.shared.request_timeout());
@@ -279,6 +301,10 @@ impl Core {
         };
         if let Some(stage) = stage {
             self.shared.latency.record_since(self.index, stage, started);
+        }
+        let failed = |status: &Status| [errors::TIMEOUT, errors::STOPPED, errors::NO_LEADER].contains(status);
+        if raft_proposal && outcome.as_ref().is_err_and(failed) {
+            self.count_failed_proposal();
         }
         outcome
     }
@@ -313,6 +339,7 @@ impl Core {
         let _total =
             RecordOnDrop { latency: &self.shared.latency, core: self.index, stage: latency::Stage::ReadTotal, started };
         let snapshot = self.shared.snapshot();
+        self.shared.counts.core(self.index).ranges.fetch_add(1, Ordering::Relaxed);
         let mut response = kv::range(&snapshot, &request)?;
         response.header = Some(self.shared.header(snapshot.revision()));
         Ok(response)
@@ -335,6 +362,7 @@ impl Core {
             self.read_barrier().await?;
             let snapshot = self.shared.snapshot();
             let mut response = kv::txn_read(&snapshot, &request)?;
+            self.shared.counts.count_txn(self.index, &request, &response);
             response.header = Some(self.shared.header(snapshot.revision()));
             return Ok(response);
         }

@@ -1407,6 +1407,10 @@ impl RaftCore {
         }
         shared.raft_term.store(self.raft.term(), Ordering::Release);
         shared.raft_index.store(self.raft.log().last_index(), Ordering::Release);
+        shared.commit_index.store(self.raft.log().committed, Ordering::Release);
+        if leader != previous_leader && leader != crate::raft::NONE {
+            shared.counts.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
         if previous_leader != leader && leader == crate::raft::NONE {
             // Reads waiting for a round of a leader that is gone would only time out.
             let status = errors::NO_LEADER;

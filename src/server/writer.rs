@@ -60,6 +60,24 @@ pub enum Command {
     LeaseLeases,
 }
 
+impl Command {
+    /// Whether the command goes into the Raft log (etcd's proposals, which its metrics count;
+    /// reads, leader moves and the lessor's answers do not).
+    pub fn is_raft_proposal(&self) -> bool {
+        matches!(
+            self,
+            Command::Put(_)
+                | Command::DeleteRange(_)
+                | Command::Txn(_)
+                | Command::Compact(_)
+                | Command::Alarm(_)
+                | Command::ConfChange(..)
+                | Command::LeaseGrant(_)
+                | Command::LeaseRevoke(_)
+        )
+    }
+}
+
 pub enum Outcome {
     Put(pb::PutResponse),
     DeleteRange(pb::DeleteRangeResponse),
@@ -1300,6 +1318,9 @@ fn apply_write(
             let mut txn = store.write();
             let result = kv::put(&mut txn, leases, &request);
             let revision = txn.end();
+            if result.is_ok() {
+                shared.counts.count_put(super::RAFT_CORE, &request);
+            }
             (
                 result.map(|mut r| {
                     r.header = Some(shared.header(revision));
@@ -1312,6 +1333,7 @@ fn apply_write(
             let mut txn = store.write();
             let mut response = kv::delete_range(&mut txn, leases, &request);
             let revision = txn.end();
+            shared.counts.core(super::RAFT_CORE).deletes.fetch_add(1, Ordering::Relaxed);
             response.header = Some(shared.header(revision));
             (Ok(Outcome::DeleteRange(response)), true)
         }
@@ -1322,6 +1344,9 @@ fn apply_write(
             let mut txn = store.write();
             let result = kv::txn_write(&mut txn, leases, &request);
             let revision = txn.end();
+            if let Ok(response) = &result {
+                shared.counts.count_txn(super::RAFT_CORE, &request, response);
+            }
             (
                 result.map(|mut r| {
                     r.header = Some(shared.header(revision));

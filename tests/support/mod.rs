@@ -639,3 +639,47 @@ pub fn b64(text: &str) -> String {
     }
     out
 }
+
+/// The samples of a Prometheus text exposition (`GET /metrics`), by series: the metric name
+/// with its labels as written (`etcd_server_id{server_id="..."}`).
+pub struct Scrape {
+    pub text: String,
+    pub samples: std::collections::BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    /// Scrapes `GET /metrics` on 127.0.0.1:`port`; the answer must be 200 in the text format.
+    pub fn of(port: u16) -> Scrape {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // HTTP/1.0: the answer comes whole, not chunked (etcd's Go server chunks it for 1.1).
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let response = String::from_utf8(response).expect("the exposition is UTF-8");
+        let (head, text) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200 ") || head.starts_with("HTTP/1.0 200 "), "{head}");
+        let content_type = head.lines().find_map(|line| line.strip_prefix("Content-Type: "));
+        assert_eq!(content_type, Some("text/plain; version=0.0.4; charset=utf-8"), "{head}");
+        Scrape::parse(text)
+    }
+
+    pub fn parse(text: &str) -> Scrape {
+        let mut samples = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {line:?}"));
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                value => value.parse().unwrap_or_else(|_| panic!("a number in {line:?}")),
+            };
+            assert!(samples.insert(series.to_owned(), value).is_none(), "one sample per series: {line:?}");
+        }
+        Scrape { text: text.to_owned(), samples }
+    }
+
+    /// The value of `series`; the series must be there.
+    pub fn value(&self, series: &str) -> f64 {
+        *self.samples.get(series).unwrap_or_else(|| panic!("no series {series} in the exposition"))
+    }
+}
