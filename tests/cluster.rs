@@ -1042,6 +1042,9 @@ fn a_deposed_leader_drops_the_writes_it_applied_ahead_of_their_commit() {
         assert_eq!(get_value(&endpoint, "after-4", true).as_deref(), Some("2"), "member {i}");
         assert_eq!(get_value(&endpoint, "before", true).as_deref(), Some("1"), "member {i}");
     }
+    // The old leader counts the puts it applied and kept, not the one it dropped (/metrics).
+    let scrape = support::Scrape::of(cluster.member(leader).port);
+    assert_eq!(scrape.value("etcd_mvcc_put_total"), 6.0, "before, after-0..4");
     let stderr = cluster.members[leader].take().unwrap().kill_and_read_stderr();
     assert!(stderr.contains("applied ahead of their commit: this member stopped leading"), "{stderr}");
 }

@@ -43,7 +43,8 @@ fn the_counters_follow_what_clients_did_and_promtool_accepts_the_exposition() {
     assert_eq!(watch.lines(3, SETTLE_TIMEOUT), ["PUT", "w", "x"]);
     watch.terminate(Duration::from_secs(5));
     ok(ringd.etcdctl(&["snapshot", "save", temp.path().join("snap.db").to_str().unwrap()]));
-    // The gateway's calls count in the store, not as gRPC calls (etcd's gateway is a client).
+    // The gateway's calls count in the store, not as gRPC calls (unlike etcd's: its gateway
+    // is a gRPC client of its own port).
     let (code, _) = support::http(ringd.port, "POST", "/v3/kv/put", r#"{"key":"Zw==","value":"MQ=="}"#);
     assert_eq!(code, 200);
     let status: serde_json::Value =
@@ -52,8 +53,9 @@ fn the_counters_follow_what_clients_did_and_promtool_accepts_the_exposition() {
 
     let scrape = Scrape::of(ringd.port);
     let value = |series: &str| scrape.value(series);
-    // The store: puts a, b, w, the txn's c and the gateway's g; ranges: the two gets and the
-    // txn's (the refused one counts, as in etcd); one delete; one txn of two operations.
+    // The store, as the requests asked: puts a, b, w, the txn's c and the gateway's g;
+    // ranges: the two gets (the refused one too) and the txn's; one delete; one txn of two
+    // operations. (etcd would count the txn's compare as a range too.)
     assert_eq!(value("etcd_mvcc_put_total"), 5.0);
     assert_eq!(value("etcd_mvcc_range_total"), 3.0);
     assert_eq!(value("etcd_mvcc_delete_total"), 1.0);

@@ -104,15 +104,17 @@ async fn serve_stream(core: &Rc<Core>, path: &str, body: RecvStream, mut respond
             return send_status(&mut respond, &status);
         }
     };
-    let call = calls.start(core.index(), service::routed_slot(method));
     let limit_bytes = core.max_request_bytes() + GRPC_OVERHEAD_BYTES;
     let message = match read_unary(body, limit_bytes).await {
         Ok(message) => message,
-        Err(status) => return fail(call, &mut respond, &status),
+        Err(status) => return send_status(&mut respond, &status),
     };
     if message.len() > core.max_request_bytes() {
-        return fail(call, &mut respond, &errors::REQUEST_TOO_LARGE);
+        return send_status(&mut respond, &errors::REQUEST_TOO_LARGE);
     }
+    // Counted from here, as grpc-go's interceptors count: a call its transport refused (the
+    // message unreadable or too large) never reached them.
+    let call = calls.start(core.index(), service::routed_slot(method));
     call.received(message.len());
     let client_reset = futures::FutureExt::map(futures::future::poll_fn(|cx| respond.poll_reset(cx)), |_| ());
     let called = service::call(core, method, &message, &ProtobufCodec, client_reset).await;

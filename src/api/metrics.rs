@@ -4,8 +4,8 @@
 //!
 //! - `etcd_server_*`: leader, learner, member ID, versions, leader changes, the committed and
 //!   applied indexes, failed and pending proposals, the quota; `etcd_mvcc_*` and
-//!   `etcd_debugging_mvcc_*`: db sizes, revisions, and the store's operations
-//!   (`server::metrics`).
+//!   `etcd_debugging_mvcc_*`: db sizes, revisions, and the store's operations as requests
+//!   asked for them (`server::metrics` says how that differs from etcd's counts).
 //! - `etcd_disk_wal_fsync_duration_seconds`: ringd's `wal_sync` stage (one O_DSYNC write,
 //!   where etcd times its fdatasync alone); `etcd_disk_backend_commit_duration_seconds`: the
 //!   store's durable checkpoints. Both with etcd's buckets (1 ms to 8.192 s).
@@ -13,9 +13,12 @@
 //!   `grpc_server_msg_received_total`, `grpc_server_msg_sent_total` for every method of
 //!   etcd's API (listed at zero before their first call, as go-grpc-prometheus does), and
 //!   `etcd_network_client_grpc_{received,sent}_bytes_total` (message bytes, gRPC's 5-byte
-//!   prefix excluded). Calls over the JSON gateway are not gRPC calls and are not counted
-//!   there (nor are they in etcd, whose gateway calls its own gRPC port; they count the
-//!   store's operations all the same).
+//!   prefix excluded). A call is counted once its message was read (as grpc-go's
+//!   interceptors count: not when the transport refused it). Calls over the JSON gateway are
+//!   not counted there: ringd's gateway answers them itself, where etcd's is a gRPC client of
+//!   its own port, so etcd counts them (both count the store's operations).
+//!   `etcd_server_client_requests_total` is labelled with the API version ringd serves
+//!   (etcd labels it with the client's).
 //! - `process_*`: CPU, memory, descriptors and start time, from `/proc/self`.
 //! - `ringd_stage_duration_seconds{stage}`: every stage of `GET /debug/latency`, buckets from
 //!   10 µs doubling to about 10 s; `ringd_client_connections{core}`,
@@ -185,15 +188,17 @@ impl Exposition {
 
 /// The text of `GET /metrics` for the member `core` belongs to.
 pub fn render(core: &Core) -> String {
-    let mut exposition = Exposition { out: String::with_capacity(96 * 1024) };
-    server_families(&mut exposition, core);
+    let mut exposition = Exposition { out: String::with_capacity(160 * 1024) };
+    // Merged once: merging locks each core's histograms, which holds up its recording.
+    let histograms = core.shared.latency.merged();
+    server_families(&mut exposition, core, &histograms);
     grpc_families(&mut exposition, &core.shared.grpc_calls);
     process_families(&mut exposition);
-    ringd_families(&mut exposition, core);
+    ringd_families(&mut exposition, core, &histograms);
     exposition.out
 }
 
-fn server_families(e: &mut Exposition, core: &Core) {
+fn server_families(e: &mut Exposition, core: &Core, histograms: &[Histogram<u64>]) {
     let shared = &core.shared;
     let status = core.status().expect("Status is answered from published state");
     let snapshot = shared.snapshot();
@@ -218,7 +223,6 @@ fn server_families(e: &mut Exposition, core: &Core) {
         "The total size of put kv pairs seen by this member.",
         totals.put_bytes,
     );
-    let histograms = shared.latency.merged();
     let stage = |wanted: crate::server::latency::Stage| &histograms[wanted as usize];
     e.family(
         "etcd_disk_backend_commit_duration_seconds",
@@ -454,7 +458,7 @@ fn process_families(e: &mut Exposition) {
     e.single("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", stats.virtual_bytes);
 }
 
-fn ringd_families(e: &mut Exposition, core: &Core) {
+fn ringd_families(e: &mut Exposition, core: &Core, histograms: &[Histogram<u64>]) {
     let shared = &core.shared;
     e.single(
         "ringd_accepted_connections_total",
@@ -471,7 +475,6 @@ fn ringd_families(e: &mut Exposition, core: &Core) {
         "histogram",
         "Time of each stage of a request (GET /debug/latency has the stages).",
     );
-    let histograms = shared.latency.merged();
     for ((_, name), histogram) in crate::server::latency::STAGES.iter().zip(histograms.iter()) {
         e.histogram("ringd_stage_duration_seconds", &format!("stage=\"{name}\""), histogram, STAGE_BUCKETS);
     }

@@ -4,12 +4,14 @@
 //! latency histograms are `latency`'s; nothing here is read on a request's path.
 //!
 //! Each core counts into its own line of atomics (relaxed adds, no sharing between cores
-//! while serving); the endpoint sums the cores. Counts follow etcd's rules (its
-//! `mvcc/metrics_txn.go`): a Range request is one range, a Put one put, a DeleteRange one
+//! while serving); the endpoint sums the cores. The store's operations are counted as the
+//! requests asked for them: a Range request is one range, a Put one put, a DeleteRange one
 //! delete, and a Txn counts each operation of the branch it took (nested txns' included) and
-//! is itself one txn when it did more than one operation. Writes are counted where they are
-//! applied, so every member counts them (etcd's "seen by this member"); reads where they are
-//! answered.
+//! is itself one txn when it did more than one operation (etcd's `mvcc/metrics_txn.go` rule
+//! for a txn; etcd also counts its own reads inside a request, a txn's compares or a put's
+//! prev_kv, as ranges, which ringd does not). Writes are counted where they are applied and
+//! committed, so every member counts them (etcd's "seen by this member"); reads where they
+//! are answered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,25 +63,14 @@ impl Counts {
         &self.cores[core]
     }
 
-    /// A Put's operations, applied on `core`.
-    pub fn count_put(&self, core: usize, request: &pb::PutRequest) {
+    /// Adds what `tally` counted to `core`'s counters.
+    pub fn add(&self, core: usize, tally: &Tally) {
         let counts = self.core(core);
-        counts.puts.fetch_add(1, Ordering::Relaxed);
-        counts.put_bytes.fetch_add((request.key.len() + request.value.len()) as u64, Ordering::Relaxed);
-    }
-
-    /// A Txn's operations (the branch it took, as its response lists them), on `core`.
-    pub fn count_txn(&self, core: usize, request: &pb::TxnRequest, response: &pb::TxnResponse) {
-        let counts = self.core(core);
-        let mut operations = Operations::default();
-        operations.add_txn(request, response);
-        counts.ranges.fetch_add(operations.ranges, Ordering::Relaxed);
-        counts.puts.fetch_add(operations.puts, Ordering::Relaxed);
-        counts.deletes.fetch_add(operations.deletes, Ordering::Relaxed);
-        counts.put_bytes.fetch_add(operations.put_bytes, Ordering::Relaxed);
-        if operations.ranges + operations.puts + operations.deletes > 1 {
-            counts.txns.fetch_add(1, Ordering::Relaxed);
-        }
+        counts.ranges.fetch_add(tally.ranges, Ordering::Relaxed);
+        counts.puts.fetch_add(tally.puts, Ordering::Relaxed);
+        counts.deletes.fetch_add(tally.deletes, Ordering::Relaxed);
+        counts.txns.fetch_add(tally.txns, Ordering::Relaxed);
+        counts.put_bytes.fetch_add(tally.put_bytes, Ordering::Relaxed);
     }
 
     pub fn totals(&self) -> Totals {
@@ -121,17 +112,39 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// The operations a txn performed, counted from its request and response side by side.
-#[derive(Default)]
-struct Operations {
-    ranges: u64,
-    puts: u64,
-    deletes: u64,
-    put_bytes: u64,
+/// The store's operations of some requests, counted before they are added to a core's
+/// counters: a leader that applies writes ahead of their commit adds them only once they
+/// commit (entries it drops are applied, and counted, again or never).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub ranges: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub txns: u64,
+    pub put_bytes: u64,
 }
 
-impl Operations {
-    fn add_txn(&mut self, request: &pb::TxnRequest, response: &pb::TxnResponse) {
+impl Tally {
+    pub fn put(&mut self, request: &pb::PutRequest) {
+        self.puts += 1;
+        self.put_bytes += (request.key.len() + request.value.len()) as u64;
+    }
+
+    pub fn delete(&mut self) {
+        self.deletes += 1;
+    }
+
+    /// A txn: each operation of the branch it took (nested txns' included), and the txn
+    /// itself when it did more than one.
+    pub fn txn(&mut self, request: &pb::TxnRequest, response: &pb::TxnResponse) {
+        let before = self.ranges + self.puts + self.deletes;
+        self.operations(request, response);
+        if self.ranges + self.puts + self.deletes - before > 1 {
+            self.txns += 1;
+        }
+    }
+
+    fn operations(&mut self, request: &pb::TxnRequest, response: &pb::TxnResponse) {
         use pb::request_op::Request;
         use pb::response_op::Response;
         let branch = if response.succeeded { &request.success } else { &request.failure };
@@ -140,13 +153,10 @@ impl Operations {
         for (operation, answer) in branch.iter().zip(response.responses.iter()) {
             match (&operation.request, &answer.response) {
                 (Some(Request::RequestRange(_)), _) => self.ranges += 1,
-                (Some(Request::RequestPut(put)), _) => {
-                    self.puts += 1;
-                    self.put_bytes += (put.key.len() + put.value.len()) as u64;
-                }
-                (Some(Request::RequestDeleteRange(_)), _) => self.deletes += 1,
+                (Some(Request::RequestPut(put)), _) => self.put(put),
+                (Some(Request::RequestDeleteRange(_)), _) => self.delete(),
                 (Some(Request::RequestTxn(nested)), Some(Response::ResponseTxn(nested_response))) => {
-                    self.add_txn(nested, nested_response)
+                    self.operations(nested, nested_response)
                 }
                 _ => {}
             }
@@ -206,7 +216,9 @@ mod tests {
             ]),
             ..Default::default()
         };
-        counts.count_txn(1, &request, &response);
+        let mut tally = Tally::default();
+        tally.txn(&request, &response);
+        counts.add(1, &tally);
         let totals = counts.totals();
         assert_eq!((totals.ranges, totals.puts, totals.deletes, totals.txns), (2, 2, 0, 1));
         assert_eq!(totals.put_bytes, 3 + 4);
@@ -217,7 +229,9 @@ mod tests {
             responses: answers(vec![Response::ResponsePut(Default::default())]),
             ..Default::default()
         };
-        counts.count_txn(0, &single, &single_response);
+        let mut tally = Tally::default();
+        tally.txn(&single, &single_response);
+        counts.add(0, &tally);
         assert_eq!(counts.totals().txns, 1);
         assert_eq!(counts.totals().puts, 3);
     }

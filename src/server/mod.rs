@@ -296,13 +296,15 @@ impl Core {
         let timeout = glommio::timer::sleep(self.shared.request_timeout());
         futures::pin_mut!(timeout);
         let outcome = match futures::future::select(answer, timeout).await {
-            futures::future::Either::Left((answer, _)) => answer.map_err(|_| errors::STOPPED)?,
+            futures::future::Either::Left((answer, _)) => answer.unwrap_or(Err(errors::STOPPED)),
             futures::future::Either::Right(_) => Err(errors::TIMEOUT),
         };
         if let Some(stage) = stage {
             self.shared.latency.record_since(self.index, stage, started);
         }
-        let failed = |status: &Status| [errors::TIMEOUT, errors::STOPPED, errors::NO_LEADER].contains(status);
+        let failed = |status: &Status| {
+            [errors::TIMEOUT, errors::STOPPED, errors::NO_LEADER, errors::LEADER_CHANGED].contains(status)
+        };
         if raft_proposal && outcome.as_ref().is_err_and(failed) {
             self.count_failed_proposal();
         }
@@ -362,7 +364,9 @@ impl Core {
             self.read_barrier().await?;
             let snapshot = self.shared.snapshot();
             let mut response = kv::txn_read(&snapshot, &request)?;
-            self.shared.counts.count_txn(self.index, &request, &response);
+            let mut tally = metrics::Tally::default();
+            tally.txn(&request, &response);
+            self.shared.counts.add(self.index, &tally);
             response.header = Some(self.shared.header(snapshot.revision()));
             return Ok(response);
         }

@@ -843,6 +843,7 @@ impl Ahead<'_> {
         let applying = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut requests = 0u64;
+        let mut tally = super::metrics::Tally::default();
         // (request id, reply, result) of this member's clients.
         let mut answers = Vec::new();
         {
@@ -859,7 +860,7 @@ impl Ahead<'_> {
                         Some(entry::Op::Txn(request)) => Command::Txn(request),
                         _ => continue,
                     };
-                    let (result, _) = apply_write(self.store, &mut leases, self.shared, command);
+                    let (result, _) = apply_write(self.store, &mut leases, self.shared, command, &mut tally);
                     if let Some(reply) = reply {
                         answers.push((request.id, reply, result));
                     }
@@ -930,6 +931,7 @@ impl Ahead<'_> {
         // The commit's stage is its own time: the page writes, then the publication.
         let started = std::time::Instant::now().checked_sub(written).unwrap_or_else(std::time::Instant::now);
         publish_commit(self.store, self.shared, done, mvcc::Durability::Visible, started);
+        self.shared.counts.add(super::RAFT_CORE, &tally);
         let mut lessor = self.lessor.borrow_mut();
         for change in changes {
             match change {
@@ -1238,7 +1240,13 @@ fn apply(
 ) -> (Result<Outcome, Status>, bool) {
     let mut leases = LessorHook(lessor);
     match command {
-        Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => apply_write(store, &mut leases, shared, command),
+        Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => {
+            // Applied committed: counted at once.
+            let mut tally = super::metrics::Tally::default();
+            let applied = apply_write(store, &mut leases, shared, command, &mut tally);
+            shared.counts.add(super::RAFT_CORE, &tally);
+            applied
+        }
         Command::Compact(request) => {
             let result = store.compact(request.revision).map_err(kv::mvcc_status);
             let header = Some(shared.header(store.current_revision()));
@@ -1303,12 +1311,14 @@ fn apply(
     }
 }
 
-/// A put, delete or txn: the store, and the lease table's keys through `leases`.
+/// A put, delete or txn: the store, and the lease table's keys through `leases`; its
+/// operations counted in `tally`.
 fn apply_write(
     store: &mut mvcc::Store,
     leases: &mut dyn kv::Leases,
     shared: &Shared,
     command: Command,
+    tally: &mut super::metrics::Tally,
 ) -> (Result<Outcome, Status>, bool) {
     match command {
         Command::Put(request) => {
@@ -1319,7 +1329,7 @@ fn apply_write(
             let result = kv::put(&mut txn, leases, &request);
             let revision = txn.end();
             if result.is_ok() {
-                shared.counts.count_put(super::RAFT_CORE, &request);
+                tally.put(&request);
             }
             (
                 result.map(|mut r| {
@@ -1333,7 +1343,7 @@ fn apply_write(
             let mut txn = store.write();
             let mut response = kv::delete_range(&mut txn, leases, &request);
             let revision = txn.end();
-            shared.counts.core(super::RAFT_CORE).deletes.fetch_add(1, Ordering::Relaxed);
+            tally.delete();
             response.header = Some(shared.header(revision));
             (Ok(Outcome::DeleteRange(response)), true)
         }
@@ -1345,7 +1355,7 @@ fn apply_write(
             let result = kv::txn_write(&mut txn, leases, &request);
             let revision = txn.end();
             if let Ok(response) = &result {
-                shared.counts.count_txn(super::RAFT_CORE, &request, response);
+                tally.txn(&request, response);
             }
             (
                 result.map(|mut r| {
