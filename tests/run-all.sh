@@ -11,6 +11,8 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # tests/metrics.rs: promtool checks the /metrics exposition and a real Prometheus scrapes it.
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+# tests/tls.rs: curl over https.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   SUDO=""

@@ -1,6 +1,8 @@
 //! The client port: every core binds it (glommio sets SO_REUSEPORT, so the kernel picks a
 //! core for each connection by a hash of its addresses) and sniffs each connection's first
-//! bytes: the HTTP/2 preface means gRPC, anything else is HTTP/1.1 for the JSON gateway.
+//! bytes: the HTTP/2 preface means gRPC, anything else is HTTP/1.1 for the JSON gateway. On
+//! an https port the core serving a connection first completes its TLS handshake
+//! (`io::tls`), then sniffs the bytes inside.
 //!
 //! The core that accepts a connection may hand it to another (`Balancer`). The raft core
 //! has a lane to every other core and hands each connection it accepts to the core with the
@@ -68,6 +70,8 @@ impl Drop for Live {
 /// that a burst of connections does not all pick the same core).
 pub struct Handoff {
     stream: AcceptedTcpStream,
+    /// Accepted on an https port.
+    tls: bool,
     live: Live,
 }
 
@@ -108,9 +112,10 @@ impl Balancer {
             let core = core.clone();
             glommio::spawn_local(async move {
                 let receiver = receiver.connect().await;
-                while let Some(Handoff { stream, live }) = receiver.recv().await {
+                while let Some(Handoff { stream, tls, live }) = receiver.recv().await {
                     debug_assert_eq!(live.core, core.index());
-                    glommio::spawn_local(serve_connection(stream.bind_to_executor(), core.clone(), live)).detach();
+                    let serve = serve_connection(stream.bind_to_executor(), tls, core.clone(), live);
+                    glommio::spawn_local(serve).detach();
                 }
             })
             .detach();
@@ -137,7 +142,7 @@ impl Balancer {
     }
 
     /// Hands `stream` to the core that should serve it, or returns it to be served here.
-    fn place(&self, stream: AcceptedTcpStream) -> Option<(AcceptedTcpStream, Live)> {
+    fn place(&self, stream: AcceptedTcpStream, tls: bool) -> Option<(AcceptedTcpStream, Live)> {
         let target = self.target();
         if target == self.core {
             return Some((stream, Live::count(&self.counts, self.core)));
@@ -147,11 +152,11 @@ impl Balancer {
             .iter()
             .find(|(core, _)| *core == target)
             .expect("target() picks a core this one has a lane to");
-        match sender.try_send(Handoff { stream, live: Live::count(&self.counts, target) }) {
+        match sender.try_send(Handoff { stream, tls, live: Live::count(&self.counts, target) }) {
             Ok(()) => None,
             // The target's queue is full (or it stopped): serve here after all.
-            Err(GlommioError::WouldBlock(ResourceType::Channel(Handoff { stream, live })))
-            | Err(GlommioError::Closed(ResourceType::Channel(Handoff { stream, live }))) => {
+            Err(GlommioError::WouldBlock(ResourceType::Channel(Handoff { stream, live, .. })))
+            | Err(GlommioError::Closed(ResourceType::Channel(Handoff { stream, live, .. }))) => {
                 drop(live);
                 Some((stream, Live::count(&self.counts, self.core)))
             }
@@ -160,8 +165,9 @@ impl Balancer {
     }
 }
 
-/// Accepts connections forever, one task per connection served on this core.
-pub async fn accept_loop(listener: TcpListener, core: Rc<Core>, balancer: Rc<Balancer>) {
+/// Accepts connections forever, one task per connection served on this core; `tls`: the
+/// port is https.
+pub async fn accept_loop(listener: TcpListener, tls: bool, core: Rc<Core>, balancer: Rc<Balancer>) {
     loop {
         let stream = match listener.shared_accept().await {
             Ok(stream) => stream,
@@ -171,15 +177,32 @@ pub async fn accept_loop(listener: TcpListener, core: Rc<Core>, balancer: Rc<Bal
             }
         };
         core.shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
-        if let Some((stream, live)) = balancer.place(stream) {
-            glommio::spawn_local(serve_connection(stream.bind_to_executor(), core.clone(), live)).detach();
+        if let Some((stream, live)) = balancer.place(stream, tls) {
+            glommio::spawn_local(serve_connection(stream.bind_to_executor(), tls, core.clone(), live)).detach();
         }
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, core: Rc<Core>, live: Live) {
+async fn serve_connection(stream: TcpStream, tls: bool, core: Rc<Core>, live: Live) {
     debug_assert_eq!(live.core, core.index());
     let _ = stream.set_nodelay(true);
+    if !tls {
+        return serve_protocol(stream, core).await;
+    }
+    let config = core.shared.config.client_tls.clone().expect("an https port has the client port's TLS");
+    // A client that fails its handshake (no certificate, an unknown CA, plain HTTP on an
+    // https port) is dropped, as Go's TLS server drops it.
+    if let Ok(stream) = crate::io::tls::TlsAcceptor::from(config).accept(stream).await {
+        serve_protocol(stream, core).await;
+    }
+    drop(live);
+}
+
+/// Serves one connection's bytes (inside TLS on an https port): gRPC or the gateway.
+async fn serve_protocol<S>(mut stream: S, core: Rc<Core>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let mut buffer = vec![0u8; 4096];
     let mut filled = 0usize;
     // Read until the bytes either are or cannot be the HTTP/2 preface.

@@ -14,13 +14,15 @@
 //!   pages and clears the error). Callers therefore never retry a failed sync.
 //! - Directory changes (create, rename, remove) are durable only after `Storage::sync` returns.
 //!
-//! [`stream`] adapts glommio's sockets to the tokio-io traits h2 drives.
+//! [`stream`] adapts glommio's sockets to the tokio-io traits h2 drives; [`tls`] makes TLS
+//! configurations from PEM files and runs TLS over those sockets.
 //!
-//! May depend on: glommio, futures-lite and tokio's io traits (never its runtime). Nothing
-//! above `io` is imported here.
+//! May depend on: glommio, futures-lite, tokio's io traits (never its runtime), rustls and
+//! futures-rustls. Nothing above `io` is imported here.
 
 pub mod glommio_storage;
 pub mod stream;
+pub mod tls;
 
 use std::ops::Deref;
 

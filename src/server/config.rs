@@ -125,6 +125,30 @@ pub struct Flags {
     )]
     pub strict_reconfig_check: bool,
 
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Enable client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_CLIENT_CERT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub client_cert_auth: bool,
+
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
     /// Number of cores (one pinned executor each) to serve on [default: all].
     #[arg(long, env = "RINGD_CORES")]
     pub cores: Option<usize>,
@@ -169,12 +193,30 @@ fn cpu_list(cpus: &[usize]) -> String {
 /// too.
 pub const IDLE_POLL_US_DEFAULT: u64 = 200;
 
+/// One --listen-client-urls entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientListener {
+    pub address: SocketAddr,
+    /// https: every connection starts with a TLS handshake.
+    pub tls: bool,
+}
+
+impl std::fmt::Display for ClientListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", if self.tls { "https" } else { "http" }, self.address)
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
-    pub listen_client_addresses: Vec<SocketAddr>,
+    /// Where to accept clients, each with whether it speaks TLS (an https URL).
+    pub listen_client_addresses: Vec<ClientListener>,
+    /// The client port's TLS (--cert-file, --key-file, --client-cert-auth,
+    /// --trusted-ca-file), when a listen URL is https.
+    pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     /// Where to accept peer connections; empty for a one-member cluster without the flag.
@@ -233,9 +275,10 @@ impl Flags {
 
     /// Checks the flags against each other and resolves defaults.
     pub fn into_config(self) -> Result<Config, String> {
-        let listen_client_addresses = parse_urls("--listen-client-urls", &self.listen_client_urls)?;
+        let listen_client_addresses = parse_client_urls("--listen-client-urls", &self.listen_client_urls)?;
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
-        parse_urls("--advertise-client-urls", &self.advertise_client_urls)?;
+        parse_client_urls("--advertise-client-urls", &self.advertise_client_urls)?;
+        let client_tls = self.client_tls(&listen_client_addresses)?;
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
         let initial_cluster = self
             .initial_cluster
@@ -315,6 +358,7 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client_addresses,
+            client_tls,
             advertise_client_urls,
             peer_urls,
             listen_peer_addresses,
@@ -339,6 +383,33 @@ impl Flags {
     }
 }
 
+impl Flags {
+    /// The client port's TLS when a listen URL is https (etcd's checks and message).
+    fn client_tls(&self, listeners: &[ClientListener]) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        let Some(https) = listeners.iter().find(|listener| listener.tls) else { return Ok(None) };
+        let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) else {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {https} with HTTPS scheme"
+            ));
+        };
+        let trusted_ca_file = self.trusted_ca_file.as_deref();
+        crate::io::tls::server_config(cert_file, key_file, trusted_ca_file, self.client_cert_auth).map(Some)
+    }
+}
+
+/// Client URLs: `http://host:port` or `https://host:port`.
+fn parse_client_urls(flag: &str, urls: &str) -> Result<Vec<ClientListener>, String> {
+    let urls = split_urls(urls);
+    if urls.is_empty() {
+        return Err(format!("{flag} is empty"));
+    }
+    let parse = |url: &String| match url.strip_prefix("https://") {
+        Some(rest) => parse_url(flag, &format!("http://{rest}")).map(|address| ClientListener { address, tls: true }),
+        None => parse_url(flag, url).map(|address| ClientListener { address, tls: false }),
+    };
+    urls.iter().map(parse).collect()
+}
+
 fn split_urls(urls: &str) -> Vec<String> {
     urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
 }
@@ -351,11 +422,11 @@ fn parse_urls(flag: &str, urls: &str) -> Result<Vec<SocketAddr>, String> {
     urls.iter().map(|url| parse_url(flag, url)).collect()
 }
 
-/// `http://host:port` to a socket address. TLS (https) comes with the auth/TLS work.
+/// `http://host:port` to a socket address (peer URLs: TLS between members is not built).
 fn parse_url(flag: &str, url: &str) -> Result<SocketAddr, String> {
     let Some(host_port) = url.strip_prefix("http://") else {
         if url.starts_with("https://") {
-            return Err(format!("{flag}: {url}: https is not supported yet (TLS is not built)"));
+            return Err(format!("{flag}: {url}: https is not supported yet for peers (no TLS between members)"));
         }
         return Err(format!("{flag}: URL scheme must be http or https: {url}"));
     };
@@ -417,7 +488,10 @@ mod tests {
         let config = flags(&[]).unwrap().into_config().unwrap();
         assert_eq!(config.name, "default");
         assert_eq!(config.data_dir, std::env::current_dir().unwrap().join("default.ringd"));
-        assert_eq!(config.listen_client_addresses, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(
+            config.listen_client_addresses,
+            vec![ClientListener { address: "127.0.0.1:2379".parse().unwrap(), tls: false }]
+        );
         assert_eq!(config.max_request_bytes, 1572864);
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.quota_backend_bytes, QUOTA_BACKEND_BYTES_DEFAULT);

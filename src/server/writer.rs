@@ -5,7 +5,6 @@
 //! form the next turn (group commit). Entries at or below the store's consistent index are
 //! already in the store (a restart replays the WAL from there) and are skipped.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -196,7 +195,7 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
             Err(_) => return Err(StartError("a core stopped while starting".into())),
         }
     }
-    let urls: Vec<String> = shared.config.listen_client_addresses.iter().map(|a| format!("http://{a}")).collect();
+    let urls: Vec<String> = shared.config.listen_client_addresses.iter().map(|listener| listener.to_string()).collect();
     eprintln!(
         "ringd: ready to serve client requests on {} ({} cores, data dir {})",
         urls.join(","),
@@ -229,17 +228,19 @@ fn builder(core: usize, config: &super::Config) -> LocalExecutorBuilder {
 fn serve_clients(
     core: Rc<super::Core>,
     lanes: crate::api::listener::Lanes,
-    addresses: &[SocketAddr],
+    listeners: &[super::config::ClientListener],
 ) -> Result<(), String> {
-    let mut listeners = Vec::with_capacity(addresses.len());
-    for &address in addresses {
-        listeners
-            .push(crate::api::listener::bind(address).map_err(|e| format!("cannot listen on http://{address}: {e}"))?);
+    let mut bound = Vec::with_capacity(listeners.len());
+    for &listener in listeners {
+        let socket =
+            crate::api::listener::bind(listener.address).map_err(|e| format!("cannot listen on {listener}: {e}"))?;
+        bound.push((socket, listener.tls));
     }
     glommio::spawn_local(async move {
         let balancer = Rc::new(crate::api::listener::Balancer::connect(lanes, core.clone()).await);
-        for listener in listeners {
-            glommio::spawn_local(crate::api::listener::accept_loop(listener, core.clone(), balancer.clone())).detach();
+        for (socket, tls) in bound {
+            let accept = crate::api::listener::accept_loop(socket, tls, core.clone(), balancer.clone());
+            glommio::spawn_local(accept).detach();
         }
     })
     .detach();
