@@ -208,3 +208,73 @@ fn a_tls_configuration_that_cannot_work_is_refused_with_a_message() {
     assert!(!data.join("member").exists(), "nothing written to the data dir");
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+/// (this member's ID, the leader's ID) as an https member reports them.
+fn ids(endpoint: &str, trusting: &[String]) -> Option<(u64, u64)> {
+    let output = etcdctl(endpoint, trusting, &["endpoint", "status", "-w", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).ok()?;
+    let status = &json[0]["Status"];
+    Some((status["header"]["member_id"].as_u64()?, status["leader"].as_u64().filter(|&leader| leader != 0)?))
+}
+
+#[test]
+fn a_follower_forwards_lease_calls_to_its_https_leader_and_ringbench_runs_over_https() {
+    let certificates = Certificates::make();
+    let ca = certificates.file("ca.pem");
+    let peers: Vec<String> = (0..3).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let initial: Vec<String> = peers.iter().enumerate().map(|(i, url)| format!("m{i}={url}")).collect();
+    let initial = initial.join(",");
+    let members: Vec<TlsRingd> = (0..3)
+        .map(|i| {
+            let name = format!("m{i}");
+            let mut args = vec!["--name", &name, "--initial-advertise-peer-urls", &peers[i]];
+            args.extend(["--listen-peer-urls", &peers[i], "--initial-cluster", &initial]);
+            args.extend(["--heartbeat-interval", "50", "--election-timeout", "500", "--trusted-ca-file", &ca]);
+            TlsRingd::start(&certificates, &args)
+        })
+        .collect();
+    let trusting = tls_args(&certificates, &[("cacert", "ca.pem")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (follower, leader) = loop {
+        let known: Vec<Option<(u64, u64)>> = members.iter().map(|m| ids(&m.endpoint(), &trusting)).collect();
+        let leader = known.iter().flatten().map(|&(_, leader)| leader).next();
+        let follower = members.iter().zip(&known).find(|(_, ids)| ids.is_some_and(|(me, leader)| me != leader));
+        let leading = members.iter().zip(&known).find(|(_, ids)| ids.is_some_and(|(me, leader)| me == leader));
+        if let (Some(_), Some((follower, _)), Some((leading, _))) = (leader, follower, leading) {
+            if known.iter().all(|ids| ids.map(|(_, l)| l) == leader) {
+                break (follower, leading);
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among the https members: {known:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A keepalive and a time-to-live on a follower are answered by the leader's lessor, which
+    // the follower reaches over the leader's https client URL.
+    let granted = stdout(&etcdctl(&follower.endpoint(), &trusting, &["lease", "grant", "60"]));
+    let lease = granted.split_whitespace().nth(1).unwrap_or_else(|| panic!("lease grant: {granted:?}")).to_owned();
+    let kept = etcdctl(&follower.endpoint(), &trusting, &["lease", "keep-alive", "--once", &lease]);
+    assert!(stdout(&kept).contains(&format!("lease {lease} keepalived with TTL(")), "{}", support::error_line(&kept));
+    let alive = etcdctl(&follower.endpoint(), &trusting, &["lease", "timetolive", &lease]);
+    assert!(stdout(&alive).contains("remaining"), "{} {}", stdout(&alive), support::error_line(&alive));
+    // ringbench with --cacert, against the leader over https.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["--endpoints", &leader.endpoint(), "--cacert", &ca, "--conns", "2", "--clients", "4"])
+        .args(["put", "--key-size", "8", "--val-size", "16", "--total", "400"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).contains("Requests/sec"), "{}", stdout(&output));
+    let metrics = curl(&["--cacert", &ca, &format!("{}/metrics", leader.endpoint())]);
+    assert!(stdout(&metrics).contains("\netcd_mvcc_put_total 400\n"), "the leader applied every put");
+    // Without --cacert ringbench says what is missing.
+    let output = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["--endpoints", &leader.endpoint(), "put", "--total", "10"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--cacert"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -18,20 +18,44 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// client); bounded so that a broken length prefix cannot make us allocate without limit.
 pub const REPLY_BYTES_MAX: usize = 2 << 30;
 
-/// Where to connect: `http://host:port` or `host:port` (etcd's --endpoints accepts both).
+/// Where to connect: `http://host:port`, `https://host:port` or `host:port` (etcd's
+/// --endpoints accepts them all). An https endpoint needs a TLS configuration
+/// (`with_tls`) before a channel can connect to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    pub https: bool,
+    pub tls: Option<ClientTls>,
+}
+
+/// A client's TLS configuration (`io::tls::client_config`); equal only to itself.
+#[derive(Clone)]
+pub struct ClientTls(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &ClientTls) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClientTls {}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls")
+    }
 }
 
 impl Endpoint {
     pub fn parse(text: &str) -> Result<Endpoint, String> {
         let text = text.trim();
-        if text.starts_with("https://") || text.starts_with("unixs://") {
-            return Err(format!("endpoint {text}: TLS is not supported by ringd's client yet"));
+        if text.starts_with("unix://") || text.starts_with("unixs://") {
+            return Err(format!("endpoint {text}: unix sockets are not supported by ringd's client"));
         }
-        let address = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
+        let https = text.starts_with("https://");
+        let address = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://")).unwrap_or(text);
+        let address = address.trim_end_matches('/');
         let (host, port) =
             address.rsplit_once(':').ok_or_else(|| format!("endpoint {text}: expected http://host:port"))?;
         let port = port.parse().map_err(|_| format!("endpoint {text}: bad port {port:?}"))?;
@@ -39,7 +63,15 @@ impl Endpoint {
         if host.is_empty() {
             return Err(format!("endpoint {text}: no host"));
         }
-        Ok(Endpoint { host: host.to_owned(), port })
+        Ok(Endpoint { host: host.to_owned(), port, https, tls: None })
+    }
+
+    /// The endpoint with `tls` to connect with if it is https (an http one ignores it).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Endpoint {
+        if self.https {
+            self.tls = tls;
+        }
+        self
     }
 
     /// The authority part of request URIs (`host:port`, IPv6 in brackets).
@@ -73,6 +105,28 @@ impl Channel {
             Error::unavailable(format!("connection error: dial tcp {}: {error}", endpoint.authority()))
         })?;
         let _ = stream.set_nodelay(true);
+        if !endpoint.https {
+            return Channel::handshake(stream, endpoint).await;
+        }
+        let Some(ClientTls(config)) = &endpoint.tls else {
+            return Err(Error::unavailable(format!(
+                "https://{}: no CA to verify the server's certificate with (--cacert)",
+                endpoint.authority()
+            )));
+        };
+        let name = crate::io::tls::server_name(&endpoint.host).map_err(Error::unavailable)?;
+        let stream =
+            crate::io::tls::TlsConnector::from(config.clone()).connect(name, stream).await.map_err(|error| {
+                Error::unavailable(format!("connection error: tls handshake with {}: {error}", endpoint.authority()))
+            })?;
+        Channel::handshake(stream, endpoint).await
+    }
+
+    /// HTTP/2 over `stream` (TCP, or TLS over it), and the task that drives the connection.
+    async fn handshake<S>(stream: S, endpoint: &Endpoint) -> Result<Channel, Error>
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    {
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -230,11 +284,14 @@ mod tests {
     fn endpoints_parse_as_etcds_flag() {
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:2379").unwrap(),
-            Endpoint { host: "127.0.0.1".into(), port: 2379 }
+            Endpoint { host: "127.0.0.1".into(), port: 2379, https: false, tls: None }
         );
         assert_eq!(Endpoint::parse("localhost:23790").unwrap().authority(), "localhost:23790");
         assert_eq!(Endpoint::parse("http://[::1]:2379/").unwrap().authority(), "[::1]:2379");
-        assert!(Endpoint::parse("https://127.0.0.1:2379").unwrap_err().contains("TLS"));
+        let https = Endpoint::parse("https://localhost:2379").unwrap();
+        assert!(https.https && https.tls.is_none());
+        assert_eq!(https.authority(), "localhost:2379");
+        assert!(Endpoint::parse("unixs://a:1").is_err());
         assert!(Endpoint::parse("127.0.0.1").is_err());
     }
 

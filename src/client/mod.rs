@@ -23,7 +23,7 @@ mod watch;
 use std::cell::Cell;
 use std::time::Duration;
 
-pub use channel::{encode, Channel, Endpoint};
+pub use channel::{encode, Channel, ClientTls, Endpoint};
 pub use error::{code_from_number, Error};
 pub use lease::LeaseKeepAliveStream;
 pub use watch::WatchStream;

@@ -217,6 +217,9 @@ pub struct Config {
     /// The client port's TLS (--cert-file, --key-file, --client-cert-auth,
     /// --trusted-ca-file), when a listen URL is https.
     pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// TLS toward another member's https client URL (a follower forwarding to its leader):
+    /// the CAs of --trusted-ca-file, presenting --cert-file when the leader asks.
+    pub forward_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     /// Where to accept peer connections; empty for a one-member cluster without the flag.
@@ -279,6 +282,7 @@ impl Flags {
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         parse_client_urls("--advertise-client-urls", &self.advertise_client_urls)?;
         let client_tls = self.client_tls(&listen_client_addresses)?;
+        let forward_tls = self.forward_tls()?;
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
         let initial_cluster = self
             .initial_cluster
@@ -359,6 +363,7 @@ impl Flags {
             data_dir,
             listen_client_addresses,
             client_tls,
+            forward_tls,
             advertise_client_urls,
             peer_urls,
             listen_peer_addresses,
@@ -394,6 +399,13 @@ impl Flags {
         };
         let trusted_ca_file = self.trusted_ca_file.as_deref();
         crate::io::tls::server_config(cert_file, key_file, trusted_ca_file, self.client_cert_auth).map(Some)
+    }
+
+    /// A client's TLS for other members' https client URLs, when --trusted-ca-file is given.
+    fn forward_tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        let Some(ca_file) = &self.trusted_ca_file else { return Ok(None) };
+        let certificate = self.cert_file.as_deref().zip(self.key_file.as_deref());
+        crate::io::tls::client_config(ca_file, certificate).map(Some)
     }
 }
 

@@ -119,6 +119,7 @@ impl Core {
         // A leader that has not published its client URLs yet cannot be reached: retry.
         let url = url.ok_or(errors::LEADER_CHANGED)?;
         let endpoint = Endpoint::parse(&url).map_err(|message| Status::with_message(Code::Unavailable, message))?;
+        let endpoint = endpoint.with_tls(self.shared.config.forward_tls.clone().map(crate::client::ClientTls));
         let channel = Rc::new(Channel::connect(&endpoint, DIAL_TIMEOUT).await?);
         self.leader_link.channel.replace(Some((leader, channel.clone())));
         Ok(channel)

@@ -69,7 +69,7 @@ pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Opti
 /// leader it reports; etcd and ringd both answer so). An election in progress has no such
 /// member yet, so the search is repeated until LEADER_SEARCH_TIMEOUT.
 pub fn target_endpoints(cli: &Cli) -> Result<Vec<Endpoint>, String> {
-    let endpoints: Vec<Endpoint> = cli.global.endpoints.iter().map(|e| Endpoint::parse(e)).collect::<Result<_, _>>()?;
+    let endpoints: Vec<Endpoint> = cli.endpoints()?;
     if endpoints.is_empty() {
         return Err("no --endpoints given".into());
     }
@@ -209,6 +209,10 @@ pub fn main(cli: &Cli) -> Result<(), String> {
 /// goes to stderr: the benchmark itself stands).
 fn run_with_server_stages(cli: &Cli) -> Result<(Vec<Run>, Option<ServerStages>), String> {
     let endpoints = server_stages::endpoints_of(&cli.global.endpoints);
+    if endpoints.iter().any(|endpoint| endpoint.https) {
+        eprintln!("ringbench: no server-side latency by stage: /debug/latency is read over plain HTTP only");
+        return Ok((run(cli, true)?, None));
+    }
     let before = server_stages::capture(&endpoints);
     let runs = run(cli, true)?;
     let stages = match before {
@@ -308,7 +312,7 @@ fn write_hgrm(path: &std::path::Path, runs: &[Run]) -> Result<(), String> {
 
 /// put --check-hashkv: etcd's HashKV summary of the first endpoint after the run.
 fn check_hashkv(cli: &Cli) -> Result<(), String> {
-    let endpoint = Endpoint::parse(&cli.global.endpoints[0])?;
+    let endpoint = cli.endpoints()?.swap_remove(0);
     let dial_timeout = cli.global.dial_timeout;
     let shown = endpoint.authority();
     let (hash, db_size, took) = block_on(move || async move {

@@ -53,13 +53,13 @@ pub struct Global {
     /// provide username[:password] (auth is not supported by ringd yet)
     #[arg(long, global = true, default_value = "")]
     pub user: String,
-    /// identify HTTPS client using this SSL certificate file (TLS not supported yet)
+    /// identify HTTPS client using this SSL certificate file
     #[arg(long = "cert", id = "tls_cert", global = true, default_value = "")]
     pub cert: String,
-    /// identify HTTPS client using this SSL key file (TLS not supported yet)
+    /// identify HTTPS client using this SSL key file
     #[arg(long = "key", id = "tls_key", global = true, default_value = "")]
     pub key: String,
-    /// verify certificates of HTTPS-enabled servers using this CA bundle (TLS not supported yet)
+    /// verify certificates of HTTPS-enabled servers using this CA bundle
     #[arg(long = "cacert", id = "tls_cacert", global = true, default_value = "")]
     pub cacert: String,
     /// Output format for benchmark results: etcd's text summary (default), json or csv
@@ -390,14 +390,34 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    /// --endpoints, the https ones with the TLS of --cacert (and --cert, --key).
+    pub fn endpoints(&self) -> Result<Vec<ringd::client::Endpoint>, String> {
+        let tls = self.client_tls()?;
+        let parse = |text: &String| ringd::client::Endpoint::parse(text).map(|endpoint| endpoint.with_tls(tls.clone()));
+        self.global.endpoints.iter().map(parse).collect()
+    }
+
+    /// The TLS of --cacert (ringbench verifies servers' certificates, as etcdctl does with
+    /// it), presenting --cert and --key when given; None without --cacert.
+    fn client_tls(&self) -> Result<Option<ringd::client::ClientTls>, String> {
+        let global = &self.global;
+        if global.cacert.is_empty() {
+            return Ok(None);
+        }
+        let certificate =
+            (!global.cert.is_empty()).then(|| (std::path::Path::new(&global.cert), std::path::Path::new(&global.key)));
+        let config = ringd::io::tls::client_config(std::path::Path::new(&global.cacert), certificate)?;
+        Ok(Some(ringd::client::ClientTls(config)))
+    }
+
     /// Checks that clap cannot express; the message says what to change.
     pub fn validate(&self) -> Result<(), String> {
         let global = &self.global;
         if global.conns == 0 || global.clients == 0 || global.client_cores == 0 {
             return Err("--conns, --clients and --client-cores must be at least 1".into());
         }
-        if !global.cert.is_empty() || !global.key.is_empty() || !global.cacert.is_empty() {
-            return Err("TLS (--cert, --key, --cacert) is not supported yet: ringd has no TLS".into());
+        if global.cert.is_empty() != global.key.is_empty() {
+            return Err("--cert and --key go together".into());
         }
         if !global.user.is_empty() {
             return Err("--user is not supported yet: ringd has no auth".into());
