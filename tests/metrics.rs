@@ -200,6 +200,24 @@ fn every_etcd_family_has_etcds_name_type_help_and_labels() {
 }
 
 #[test]
+fn listen_metrics_urls_serve_metrics_and_health_alone() {
+    let metrics_port = free_port();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let ringd = Ringd::start(&["--listen-metrics-urls", &metrics_url]);
+    ok(ringd.etcdctl(&["put", "k", "v"]));
+    let scrape = Scrape::of(metrics_port);
+    assert_eq!(scrape.value("etcd_mvcc_put_total"), 1.0);
+    assert_eq!(scrape.value("etcd_server_has_leader"), 1.0);
+    assert_eq!(support::http(metrics_port, "GET", "/health", ""), (200, r#"{"health":"true","reason":""}"#.to_owned()));
+    let (code, _) = support::http(metrics_port, "POST", "/v3/kv/range", r#"{"key":"aw=="}"#);
+    assert_eq!(code, 404, "the metrics port serves no API");
+    let grpc = etcdctl(&metrics_url, &["get", "k", "--command-timeout=2s"], None);
+    assert!(!grpc.status.success(), "the metrics port serves no gRPC");
+    // The client port still serves /metrics too.
+    assert_eq!(Scrape::of(ringd.port).value("etcd_mvcc_put_total"), 1.0);
+}
+
+#[test]
 fn a_real_prometheus_scrapes_ringd() {
     let ringd = Ringd::start(&[]);
     for key in ["a", "b", "c"] {

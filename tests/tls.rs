@@ -143,7 +143,12 @@ fn etcdctl_and_curl_reach_ringd_over_https_and_plain_clients_do_not() {
 fn client_cert_auth_admits_only_clients_with_a_certificate_of_the_trusted_ca() {
     let certificates = Certificates::make();
     let ca = certificates.file("ca.pem");
-    let ringd = TlsRingd::start(&certificates, &["--client-cert-auth", "--trusted-ca-file", &ca]);
+    let metrics_port = free_port();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let ringd = TlsRingd::start(
+        &certificates,
+        &["--client-cert-auth", "--trusted-ca-file", &ca, "--listen-metrics-urls", &metrics_url],
+    );
     let endpoint = ringd.endpoint();
     let with_certificate =
         tls_args(&certificates, &[("cacert", "ca.pem"), ("cert", "client.pem"), ("key", "client.key")]);
@@ -159,6 +164,9 @@ fn client_cert_auth_admits_only_clients_with_a_certificate_of_the_trusted_ca() {
     let health = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &format!("{endpoint}/health")]);
     assert_eq!(stdout(&health), r#"{"health":"true","reason":""}"#);
     assert!(!curl(&["--cacert", &ca, &format!("{endpoint}/health")]).status.success());
+    // Prometheus needs no client certificate on --listen-metrics-urls (plain HTTP here).
+    let scraped = curl(&[&format!("{metrics_url}/metrics")]);
+    assert!(stdout(&scraped).contains("\netcd_mvcc_put_total 1\n"), "{}", stdout(&scraped));
 }
 
 #[test]

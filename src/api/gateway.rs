@@ -123,6 +123,45 @@ where
     }
 }
 
+/// Serves a --listen-metrics-urls connection: `GET /metrics` and `GET /health` only (etcd's
+/// metrics listener), HTTP/1.1 with keep-alive; anything else is a 404.
+pub async fn serve_metrics<S>(mut stream: S, core: Rc<Core>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let mut buffer = Vec::new();
+    loop {
+        let Some((head, body_start)) = read_head(&mut stream, &mut buffer).await else { return };
+        buffer.drain(..body_start);
+        let mut reader = Body::new(&mut stream, std::mem::take(&mut buffer), head.framing);
+        let read = reader.read_to_end(body_limit_bytes(&core)).await;
+        buffer = reader.into_buffer();
+        if read.is_err() {
+            return;
+        }
+        let reply = match (head.method.as_str(), head.path.as_str()) {
+            ("GET", "/metrics") => metrics_reply(&core),
+            ("GET", "/health") => health(&core),
+            _ => Reply {
+                content_type: JSON,
+                status_code: 404,
+                body: error_body(&Status::new(Code::NotFound, "Not Found")),
+            },
+        };
+        if write_reply(&mut stream, &reply, head.keep_alive).await.is_err() || !head.keep_alive {
+            return;
+        }
+    }
+}
+
+fn metrics_reply(core: &Core) -> Reply {
+    Reply {
+        status_code: 200,
+        content_type: crate::api::metrics::CONTENT_TYPE,
+        body: Bytes::from(crate::api::metrics::render(core)),
+    }
+}
+
 struct Head {
     method: String,
     path: String,
@@ -223,11 +262,7 @@ async fn route(
         ("GET", "/version") => json_reply(200, core.version_json()),
         ("GET", "/debug/latency") => json_reply(200, core.latency_json()),
         ("GET", "/debug/cores") => json_reply(200, core.cores_json()),
-        ("GET", "/metrics") => Reply {
-            status_code: 200,
-            content_type: crate::api::metrics::CONTENT_TYPE,
-            body: Bytes::from(crate::api::metrics::render(core)),
-        },
+        ("GET", "/metrics") => metrics_reply(core),
         // A POST was taken over by `serve_watch` or `serve_observe`; any other method is
         // refused as elsewhere.
         (_, WATCH_PATH | OBSERVE_PATH | KEEP_ALIVE_PATH) => Reply::error(&METHOD_NOT_ALLOWED),

@@ -183,6 +183,29 @@ pub async fn accept_loop(listener: TcpListener, tls: bool, core: Rc<Core>, balan
     }
 }
 
+/// Accepts --listen-metrics-urls connections forever (on the core that bound the port; the
+/// load is a scrape now and then): `GET /metrics` and `GET /health` only.
+pub async fn metrics_accept_loop(listener: TcpListener, tls: bool, core: Rc<Core>) {
+    loop {
+        let Ok(stream) = listener.accept().await else {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let _ = stream.set_nodelay(true);
+            if !tls {
+                return crate::api::gateway::serve_metrics(stream, core).await;
+            }
+            let config = core.shared.config.client_tls.clone().expect("an https port has the client port's TLS");
+            if let Ok(stream) = crate::io::tls::TlsAcceptor::from(config).accept(stream).await {
+                crate::api::gateway::serve_metrics(stream, core).await;
+            }
+        })
+        .detach();
+    }
+}
+
 async fn serve_connection(stream: TcpStream, tls: bool, core: Rc<Core>, live: Live) {
     debug_assert_eq!(live.core, core.index());
     let _ = stream.set_nodelay(true);

@@ -125,6 +125,10 @@ pub struct Flags {
     )]
     pub strict_reconfig_check: bool,
 
+    /// List of additional URLs to listen on that will respond to both the /metrics and /health endpoints.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Path to the client server TLS cert file.
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -214,6 +218,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where to accept clients, each with whether it speaks TLS (an https URL).
     pub listen_client_addresses: Vec<ClientListener>,
+    /// --listen-metrics-urls: where /metrics and /health alone are served (https ones with
+    /// the client port's TLS, as etcd's).
+    pub listen_metrics_addresses: Vec<ClientListener>,
     /// The client port's TLS (--cert-file, --key-file, --client-cert-auth,
     /// --trusted-ca-file), when a listen URL is https.
     pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -281,7 +288,13 @@ impl Flags {
         let listen_client_addresses = parse_client_urls("--listen-client-urls", &self.listen_client_urls)?;
         let advertise_client_urls = split_urls(&self.advertise_client_urls);
         parse_client_urls("--advertise-client-urls", &self.advertise_client_urls)?;
-        let client_tls = self.client_tls(&listen_client_addresses)?;
+        let listen_metrics_addresses = match split_urls(&self.listen_metrics_urls).is_empty() {
+            true => Vec::new(),
+            false => parse_client_urls("--listen-metrics-urls", &self.listen_metrics_urls)?,
+        };
+        let all_listeners: Vec<ClientListener> =
+            listen_client_addresses.iter().chain(&listen_metrics_addresses).copied().collect();
+        let client_tls = self.client_tls(&all_listeners)?;
         let forward_tls = self.forward_tls()?;
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
         let initial_cluster = self
@@ -362,6 +375,7 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client_addresses,
+            listen_metrics_addresses,
             client_tls,
             forward_tls,
             advertise_client_urls,

@@ -202,6 +202,10 @@ pub fn start_cores(shared: Arc<Shared>, store: mvcc::Store) -> Result<(), StartE
         cores,
         shared.config.data_dir.display()
     );
+    if !shared.config.listen_metrics_addresses.is_empty() {
+        let urls: Vec<String> = shared.config.listen_metrics_addresses.iter().map(ToString::to_string).collect();
+        eprintln!("ringd: serving /metrics and /health on {}", urls.join(","));
+    }
     for handle in handles {
         let _ = handle.join();
     }
@@ -244,6 +248,16 @@ fn serve_clients(
         }
     })
     .detach();
+    Ok(())
+}
+
+/// Binds the --listen-metrics-urls on this core (the raft core) and serves them.
+fn serve_metrics(core: Rc<super::Core>, listeners: &[super::config::ClientListener]) -> Result<(), String> {
+    for &listener in listeners {
+        let socket =
+            crate::api::listener::bind(listener.address).map_err(|e| format!("cannot listen on {listener}: {e}"))?;
+        glommio::spawn_local(crate::api::listener::metrics_accept_loop(socket, listener.tls, core.clone())).detach();
+    }
     Ok(())
 }
 
@@ -333,7 +347,8 @@ async fn run_raft_core(
     raft.start();
     let core = super::local_core(shared.clone(), sender);
     glommio::spawn_local(super::compactor::run(core.clone(), shared.config.auto_compaction)).detach();
-    let _ = ready.send(serve_clients(core, lanes, &shared.config.listen_client_addresses));
+    let metrics = serve_metrics(core.clone(), &shared.config.listen_metrics_addresses);
+    let _ = ready.send(metrics.and_then(|()| serve_clients(core, lanes, &shared.config.listen_client_addresses)));
     raft.run(queue, events_received, incoming_received).await;
 }
 
